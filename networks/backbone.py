@@ -1,0 +1,109 @@
+"""Deep-stem ResNet-101 (the CE2P / MIT CSAIL scene-parsing flavour) used by DFPnet.
+
+Differences from torchvision's ResNet, all needed for the authors' ImageNet weights and
+checkpoints: a three-conv 3x3 stem (3->64->64->128), the stride in each bottleneck's 3x3
+conv, and layer4 dilated (stride 1, dilation 2) for an output stride of 16. Batch norms are
+InPlace-ABN with activation "none" followed by a separate ReLU, as the authors build them.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+NormLayer = Callable[..., nn.Module]
+
+
+def _identity_norm(norm_layer: NormLayer) -> NormLayer:
+    # The authors' ``BatchNorm2d = partial(InPlaceABNSync, activation='none')``.
+    return lambda channels: norm_layer(channels, activation="identity")
+
+
+class Bottleneck(nn.Module):
+    """ResNet bottleneck (1x1, 3x3 with stride and dilation, 1x1) with a projection shortcut."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, *, stride: int = 1, dilation: int = 1,
+                 downsample: nn.Module | None = None, norm_layer: NormLayer) -> None:
+        super().__init__()
+        bn = _identity_norm(norm_layer)
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = bn(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=dilation, dilation=dilation,
+                               bias=False)
+        self.bn2 = bn(planes)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = bn(planes * self.expansion)
+        self.relu = nn.ReLU()
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        residual = x if self.downsample is None else self.downsample(x)
+        return torch.relu_(out + residual)
+
+
+class DeepStemResNet(nn.Module):
+    """The backbone. Its attribute names (``conv1``, ``bn1``, ..., ``layer4``) are those of the
+    authors' checkpoints, which is why DFPNet inherits from this class instead of holding it.
+
+    Args:
+        layers: bottleneck counts of layer1..layer4 ([3, 4, 23, 3] is ResNet-101).
+        norm_layer: InPlace-ABN-like factory ``(channels, activation=...) -> nn.Module``.
+    """
+
+    def __init__(self, layers: tuple[int, int, int, int] = (3, 4, 23, 3), *, norm_layer: NormLayer) -> None:
+        super().__init__()
+        bn = _identity_norm(norm_layer)
+        self._norm_layer = norm_layer
+        self.inplanes = 128
+        self.conv1 = nn.Conv2d(3, 64, 3, stride=2, padding=1, bias=False)
+        self.bn1 = bn(64)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(64, 64, 3, padding=1, bias=False)
+        self.bn2 = bn(64)
+        self.relu2 = nn.ReLU()
+        self.conv3 = nn.Conv2d(64, 128, 3, padding=1, bias=False)
+        self.bn3 = bn(128)
+        self.relu3 = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(64, layers[0])
+        self.layer2 = self._make_layer(128, layers[1], stride=2)
+        self.layer3 = self._make_layer(256, layers[2], stride=2)
+        self.layer4 = self._make_layer(512, layers[3], dilation=2)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+        out_channels = planes * Bottleneck.expansion
+        downsample = None
+        if stride != 1 or self.inplanes != out_channels:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, out_channels, 1, stride=stride, bias=False),
+                _identity_norm(self._norm_layer)(out_channels),
+            )
+        stack = [Bottleneck(self.inplanes, planes, stride=stride, dilation=dilation, downsample=downsample,
+                            norm_layer=self._norm_layer)]
+        self.inplanes = out_channels
+        stack += [Bottleneck(out_channels, planes, dilation=dilation, norm_layer=self._norm_layer)
+                  for _ in range(1, blocks)]
+        return nn.Sequential(*stack)
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x1 (stem, 128 ch, H/2), x2 (256, H/4), x3 (512, H/8), x4 (1024, H/16), x5 (2048, H/16)."""
+        x1 = self.relu1(self.bn1(self.conv1(x)))
+        x1 = self.relu2(self.bn2(self.conv2(x1)))
+        x1 = self.relu3(self.bn3(self.conv3(x1)))
+        x2 = self.layer1(self.maxpool(x1))
+        x3 = self.layer2(x2)
+        x4 = self.layer3(x3)
+        x5 = self.layer4(x4)
+        return x1, x2, x3, x4, x5
+
+    @classmethod
+    def backbone_prefixes(cls) -> tuple[str, ...]:
+        """State-dict prefixes that belong to the backbone (what ImageNet weights initialise)."""
+        return ("conv1.", "bn1.", "conv2.", "bn2.", "conv3.", "bn3.",
+                "layer1.", "layer2.", "layer3.", "layer4.")

@@ -1,0 +1,158 @@
+"""The one module that reads and writes weights.
+
+Everything goes through ``torch.load(..., weights_only=True)``: a ``.pth`` from the web is
+untrusted, and a pickle that carries code is refused, never executed. Writes are atomic
+(temporary file in the same folder, then ``os.replace``), so a run killed mid-save leaves the
+previous file intact.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+log = logging.getLogger("dfpnet")
+
+# Buffers that plain BatchNorm2d / the inplace-abn package keep and the authors' files lack.
+_OPTIONAL_SUFFIXES = ("num_batches_tracked",)
+_MAX_NAMED = 5
+
+
+class CheckpointError(Exception):
+    """A checkpoint could not be used; the message is one line naming the file and the problem."""
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """``torch.load`` with ``weights_only=True`` onto the CPU, with errors a person can act on."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: checkpoint file is empty")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: refused: the file holds Python objects other than tensors and "
+                              f"plain containers, which could run code (weights_only=True): {first}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or another format): "
+                              f"{first}") from None
+
+
+def extract_state_dict(obj: Any, path: str | os.PathLike = "<checkpoint>") -> dict[str, torch.Tensor]:
+    """The model's tensors from any of our formats, with a leading ``module.`` removed.
+
+    Accepted: a bare state_dict (the authors' ``DFPnet_epoch_*.pth``, our epoch snapshots and
+    ``best.pth``) or a dict whose ``"model"`` / ``"state_dict"`` entry is one (our training state).
+    """
+    if isinstance(obj, Mapping):
+        for key in ("model", "state_dict"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise CheckpointError(f"{path}: does not hold a state_dict (a mapping of names to tensors)")
+    if all(k.startswith("module.") for k in obj):  # saved from DataParallel / DDP
+        return {k[len("module."):]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def _optional(key: str) -> bool:
+    return key.endswith(_OPTIONAL_SUFFIXES)
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "x".join(map(str, t.shape)) or "scalar"
+
+
+def _named(keys: list[str]) -> str:
+    more = f", ... ({len(keys) - _MAX_NAMED} more)" if len(keys) > _MAX_NAMED else ""
+    return ", ".join(keys[:_MAX_NAMED]) + more
+
+
+def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor],
+                           path: str | os.PathLike = "<checkpoint>") -> None:
+    """Copy ``state`` into ``model``, all or nothing; ``num_batches_tracked`` may be absent on either side."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not _optional(k)]
+    unexpected = [k for k in state if k not in own and not _optional(k)]
+    mismatched = [f"{k}: file {_shape(state[k])}, model {_shape(own[k])}"
+                  for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys ({_named(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys ({_named(unexpected)})")
+        if mismatched:
+            parts.append(f"{len(mismatched)} mis-shaped ({_named(mismatched)})")
+        hint = ""
+        if any(k.startswith(("outc.", "aux_pred.4.")) for k in mismatched):
+            hint = "; the class count differs: set --num-classes to the checkpoint's"
+        raise CheckpointError(f"{path}: not a checkpoint of this network: {'; '.join(parts)}{hint}")
+    with torch.no_grad():
+        for k, v in state.items():
+            if k in own:
+                own[k].copy_(v)
+
+
+def load_model_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load any DFPnet checkpoint we know (authors', epoch snapshot, best.pth, training state) strictly."""
+    load_state_dict_strict(model, extract_state_dict(read_checkpoint(path), path), path)
+
+
+def load_imagenet_backbone(model: nn.Module, path: str | os.PathLike,
+                           min_fraction: float = 0.9) -> tuple[int, int]:
+    """Initialise the backbone from the deep-stem ImageNet ResNet-101 (CE2P / MIT CSAIL release).
+
+    Same-named, same-shaped tensors are copied (``module.`` stripped, ``fc.*`` skipped), as the
+    authors did; fewer than ``min_fraction`` of the backbone's tensors matching means the file is
+    some other network (torchvision's 7x7-stem ResNet-101, say) and is refused.
+    Returns ``(loaded, total)``.
+    """
+    state = extract_state_dict(read_checkpoint(path), path)
+    prefixes = model.backbone_prefixes()  # type: ignore[attr-defined]
+    own = {k: v for k, v in model.state_dict().items() if k.startswith(prefixes) and not _optional(k)}
+    usable = {k: v for k, v in state.items()
+              if not k.startswith("fc.") and k in own and v.shape == own[k].shape}
+    # torchvision's ResNet-101 shares every name past the stem, so counting alone would let its
+    # 7x7 stem through with a random deep stem: the stem must match too.
+    stem = [k for k in own if k.startswith(("conv1.", "conv2.", "conv3.")) and k not in usable]
+    if len(usable) < min_fraction * len(own) or stem:
+        why = f"its stem does not fit ({', '.join(stem)}); " if stem else ""
+        raise CheckpointError(
+            f"{path}: {len(usable)} of {len(own)} backbone tensors match by name and shape; {why}this is "
+            f"not the deep-stem ImageNet ResNet-101 (resnet101-imagenet.pth) DFPnet starts from "
+            f"(torchvision's 7x7-stem ResNet-101 does not fit)")
+    with torch.no_grad():
+        for k, v in usable.items():
+            own[k].copy_(v)
+    log.info("loaded %d of %d backbone tensors from %s", len(usable), len(own), path)
+    return len(usable), len(own)
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
