@@ -1,0 +1,124 @@
+"""DFPNet: the authors' state_dict, their wiring, their output order, any input size."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from networks.dfpnet import DFPNet
+from tests.reference_dfpnet import reference_forward
+
+
+@pytest.fixture(scope="module")
+def model() -> DFPNet:
+    torch.manual_seed(0)
+    return DFPNet(8)
+
+
+def _randomise_norms(model: torch.nn.Module, seed: int = 0) -> None:
+    """Give every ABN non-trivial statistics and weights, some negative or near zero."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name.endswith("running_mean"):
+                t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+            elif name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            elif t.dim() == 1 and name.endswith(".weight"):
+                w = torch.rand(t.shape, generator=g) * 1.5 + 0.25
+                sign = torch.where(torch.rand(t.shape, generator=g) < 0.3, -1.0, 1.0)
+                w = w * sign
+                w[::7] = 1e-7  # near-zero: |w| + eps differs from w most here
+                t.copy_(w)
+            elif t.dim() == 1 and name.endswith(".bias"):
+                t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+
+
+def test_state_dict_matches_the_authors(model, reference_keys):
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert list(ours) == list(reference_keys)  # same names, same order
+    assert ours == reference_keys
+    assert len(ours) == 701
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(61.18e6, rel=1e-3)
+
+
+def test_class_count_changes_only_the_classifiers(reference_keys):
+    ours = {k: tuple(v.shape) for k, v in DFPNet(20).state_dict().items()}
+    changed = {k for k in ours if ours[k] != reference_keys[k]}
+    assert changed == {"aux_pred.4.weight", "aux_pred.4.bias", "outc.2.weight", "outc.2.bias"}
+    assert ours["outc.2.weight"] == (20, 16, 1, 1)
+
+
+@pytest.mark.parametrize("size", [(61, 47), (33, 80), (64, 64)])
+def test_five_outputs_at_input_size_for_odd_sizes(model, size):
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, *size))
+    assert isinstance(out, (list, tuple)) and len(out) == 5
+    for o in out:
+        assert o.shape == (2, 8, *size)
+        assert torch.isfinite(o).all()
+
+
+def test_matches_the_authors_forward_float64(model):
+    _randomise_norms(model)
+    model.eval().double()
+    try:
+        x = torch.randn(1, 3, 53, 70, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            ours = model(x)
+            ref = reference_forward(model.state_dict(), x)
+        for a, b in zip(ours, ref):
+            assert torch.allclose(a, b, rtol=1e-9, atol=1e-9 * b.abs().max().item())
+    finally:
+        model.float()
+
+
+def test_matches_the_authors_forward_float32(model):
+    _randomise_norms(model, seed=3)
+    model.eval()
+    x = torch.randn(1, 3, 48, 40, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours = model(x)
+        ref = reference_forward({k: v.double() for k, v in model.state_dict().items()}, x.double())
+    for a, b in zip(ours, ref):
+        rel = (a.double() - b).norm() / b.norm()
+        assert rel < 1e-5, f"relative error {rel:.2e}"
+
+
+def test_reference_catches_a_wiring_change(model):
+    """The parity test above can fail: swapping two HD outputs in the fusion changes the result."""
+    model.eval()
+    x = torch.randn(1, 3, 40, 40, generator=torch.Generator().manual_seed(4))
+    sd = dict(model.state_dict())
+    w = sd["double3x3.0.weight"].clone()
+    sd["double3x3.0.weight"] = torch.cat([w[:, 32:64], w[:, :32], w[:, 64:]], 1)  # HD2 <-> HD3
+    with torch.no_grad():
+        ours = model(x)[-1]
+        wrong = reference_forward(sd, x)[-1]
+    assert (ours - wrong).abs().max() > 1e-4
+
+
+def test_eval_mode_is_deterministic(model):
+    model.eval()
+    x = torch.randn(1, 3, 45, 38)
+    with torch.no_grad():
+        a, b = model(x), model(x)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+
+
+def test_training_step_reaches_every_used_parameter():
+    torch.manual_seed(0)
+    net = DFPNet(8).train()
+    out = net(torch.randn(2, 3, 40, 36))
+    sum(o.float().mean() for o in out).backward()
+    no_grad = {n for n, p in net.named_parameters() if p.grad is None}
+    # layer5_pred3x3 exists in the authors' checkpoints but their forward never uses it.
+    assert no_grad == {n for n, _ in net.named_parameters() if n.startswith("layer5_pred3x3.")}
+
+
+def test_bad_input_shapes_are_explained(model):
+    with pytest.raises(ValueError, match="N x 3 x H x W"):
+        model(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="H, W >= 2"):
+        model(torch.randn(1, 3, 1, 32))

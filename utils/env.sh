@@ -1,0 +1,36 @@
+# Sourced by run.sh, run_evaluate.sh and tests/run.sh: makes sure ./.venv exists and is up to
+# date, then exports PYTHON. First use takes about a minute (torch CPU wheel, OpenCV, ...,
+# and inplace-abn built from source); later uses only compare a stamp.
+# Overrides: DFPNET_PYTHON (interpreter that creates the venv), DFPNET_SKIP_INPLACE_ABN=1.
+
+_dfpnet_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+_dfpnet_venv="$_dfpnet_root/.venv"
+_dfpnet_stamp="$_dfpnet_venv/.dfpnet-stamp"
+_dfpnet_want="$(cat "$_dfpnet_root/requirements.txt" "$_dfpnet_root/utils/env.sh" | sha256sum | cut -c1-16)"
+
+if [ ! -x "$_dfpnet_venv/bin/python" ] || [ "$(cat "$_dfpnet_stamp" 2>/dev/null)" != "$_dfpnet_want" ]; then
+  echo "[setup] preparing $_dfpnet_venv (first use: about a minute)" >&2
+  _dfpnet_t0=$SECONDS
+  if [ ! -x "$_dfpnet_venv/bin/python" ]; then
+    "${DFPNET_PYTHON:-python3}" -m venv "$_dfpnet_venv" || { echo "[setup] error: could not create $_dfpnet_venv" >&2; return 1 2>/dev/null || exit 1; }
+  fi
+  "$_dfpnet_venv/bin/python" -m pip install -q --upgrade pip >&2 || true
+  if ! "$_dfpnet_venv/bin/python" -m pip install -q -r "$_dfpnet_root/requirements.txt" >&2; then
+    echo "[setup] error: pip could not install requirements.txt into $_dfpnet_venv" >&2
+    return 1 2>/dev/null || exit 1
+  fi
+  # inplace-abn has no wheels: build it against the torch just installed. Optional: without it
+  # libs/ runs its pure-PyTorch backend (same numbers, no compiled kernels).
+  if [ "${DFPNET_SKIP_INPLACE_ABN:-0}" != 1 ] && ! "$_dfpnet_venv/bin/python" -c "import inplace_abn" 2>/dev/null; then
+    if ! SETUPTOOLS_SCM_PRETEND_VERSION=1.1.0 "$_dfpnet_venv/bin/python" -m pip install -q \
+         --no-build-isolation --no-cache-dir inplace-abn==1.1.0 >"$_dfpnet_venv/inplace-abn-build.log" 2>&1; then
+      echo "[setup] WARNING: inplace-abn did not build (see $_dfpnet_venv/inplace-abn-build.log);" \
+           "continuing with the pure-PyTorch InPlace-ABN backend" >&2
+    fi
+  fi
+  echo "$_dfpnet_want" > "$_dfpnet_stamp"
+  echo "[setup] ready in $((SECONDS - _dfpnet_t0)) s" >&2
+fi
+
+export PYTHON="$_dfpnet_venv/bin/python"
+export PYTHONPATH="$_dfpnet_root${PYTHONPATH:+:$PYTHONPATH}"
