@@ -1,0 +1,249 @@
+"""Check a data directory before training on it: every problem, each naming its file.
+
+    python -m dataset.check dataset/Cartoon_sketches/Dog
+    python -m dataset.check DATA_DIR --splits train val --num-classes 8
+
+Looks for: missing folders or id lists, empty or duplicated ids, ids without an image or a
+label, empty (0-byte) or undecodable files, images that are not 3-channel colour (grayscale,
+alpha), labels that are not single-channel 8-bit ids (colour or palette PNGs: OpenCV reads a
+palette PNG as its colours, not its indices), image/label size mismatches and label values
+outside ``0..num_classes-1`` and 255. Prints the problems one per line and a summary line
+(images per split, label pixels per class) and exits 0 only when the data is usable.
+
+Every file is decoded in full (that is the only way to know it decodes), in a thread pool:
+OpenCV releases the GIL while decoding, so the threads use all cores.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from utils.labels import IGNORE_LABEL, NUM_CLASSES, class_names
+
+DEFAULT_SPLITS = ("train", "val", "trainTest")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_PALETTE = 3  # IHDR colour type of an indexed-colour PNG
+
+
+@dataclass
+class CheckReport:
+    """What :func:`check_dataset` found.
+
+    ``ok`` is True when there is no problem at all; ``problems`` holds at most
+    ``max_problems`` one-line messages (``total_problems`` counts all of them); ``summary``
+    is one line; ``counts`` holds ``images`` (split -> number of ids), ``pixels`` (class
+    name -> label pixels over all checked splits) and ``ignored`` (pixels labelled 255).
+    """
+    ok: bool
+    problems: list[str]
+    summary: str
+    counts: dict = field(default_factory=dict)
+    total_problems: int = 0
+
+
+@dataclass
+class _Item:
+    split: str
+    name: str
+    image_path: str | None   # None when the split has no image folder (reported once)
+    label_path: str | None
+
+
+class _Problems:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.lines: list[str] = []
+        self.total = 0
+
+    def add(self, line: str) -> None:
+        self.total += 1
+        if len(self.lines) < self.limit:
+            self.lines.append(line)
+
+
+def _read_bytes(path: str, what: str, problems: list[str]) -> bytes | None:
+    try:
+        data = open(path, "rb").read()
+    except FileNotFoundError:
+        problems.append(f"{what} missing: {path}")
+        return None
+    except OSError as e:
+        problems.append(f"{what} unreadable ({e.strerror}): {path}")
+        return None
+    if not data:
+        problems.append(f"{what} is an empty file (0 bytes): {path}")
+        return None
+    return data
+
+
+def _check_item(item: _Item, num_classes: int, ignore_label: int) -> tuple[list[str], np.ndarray | None]:
+    """Problems of one id, and the histogram of its label values (None when unusable)."""
+    problems: list[str] = []
+    image_shape = None
+    if item.image_path is not None:
+        data = _read_bytes(item.image_path, "image", problems)
+        if data is not None:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+            if image is None:
+                problems.append(f"image cannot be decoded (corrupt or not an image): {item.image_path}")
+            else:
+                image_shape = image.shape[:2]
+                channels = 1 if image.ndim == 2 else image.shape[2]
+                if channels != 3:
+                    kind = {1: "grayscale", 2: "grayscale with alpha",
+                            4: "colour with alpha"}.get(channels, "other")
+                    problems.append(f"image has {channels} channel(s) ({kind}), expected 3-channel colour: "
+                                    f"{item.image_path}")
+                if image.dtype != np.uint8:
+                    problems.append(f"image is {image.dtype}, expected 8-bit: {item.image_path}")
+
+    histogram = None
+    if item.label_path is not None:
+        data = _read_bytes(item.label_path, "label", problems)
+        if data is not None:
+            label = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+            if label is None:
+                problems.append(f"label cannot be decoded (corrupt or not an image): {item.label_path}")
+            elif data[:8] == _PNG_SIGNATURE and len(data) > 25 and data[25] == _PNG_PALETTE:
+                problems.append(f"label is a palette PNG (OpenCV reads its colours, not its ids); save the "
+                                f"ids as 8-bit grayscale: {item.label_path}")
+            elif label.ndim != 2 or label.dtype != np.uint8:
+                channels = 1 if label.ndim == 2 else label.shape[2]
+                problems.append(f"label is {channels}-channel {label.dtype}, expected single-channel "
+                                f"8-bit ids: {item.label_path}")
+            else:
+                if image_shape is not None and label.shape != image_shape:
+                    problems.append(f"size mismatch: label {label.shape[1]}x{label.shape[0]} but image "
+                                    f"{image_shape[1]}x{image_shape[0]} (W x H): {item.label_path}")
+                histogram = np.bincount(label.ravel(), minlength=256)
+                bad = [v for v in np.flatnonzero(histogram) if v >= num_classes and v != ignore_label]
+                if bad:
+                    problems.append(f"label values {[int(v) for v in bad]} outside 0..{num_classes - 1} and "
+                                    f"{ignore_label}: {item.label_path}")
+    return problems, histogram
+
+
+def _read_split(root: str, split: str, problems: _Problems) -> list[_Item]:
+    list_path = os.path.join(root, f"{split}_id.txt")
+    image_dir = os.path.join(root, f"{split}_images")
+    label_dir = os.path.join(root, f"{split}_segmentations")
+    have_images, have_labels = os.path.isdir(image_dir), os.path.isdir(label_dir)
+    if not have_images:
+        problems.add(f"image folder missing: {image_dir}")
+    if not have_labels:
+        problems.add(f"label folder missing: {label_dir}")
+    if not os.path.isfile(list_path):
+        problems.add(f"id list missing: {list_path}")
+        return []
+
+    first_line: dict[str, int] = {}
+    with open(list_path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            name = line.strip()
+            if not name:
+                continue
+            if name in first_line:
+                problems.add(f"duplicate id '{name}' (lines {first_line[name]} and {number}): {list_path}")
+            else:
+                first_line[name] = number
+    if not first_line:
+        problems.add(f"id list holds no ids: {list_path}")
+    return [_Item(split, name,
+                  os.path.join(image_dir, name + ".jpg") if have_images else None,
+                  os.path.join(label_dir, name + ".png") if have_labels else None)
+            for name in first_line]
+
+
+def _human(n: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def check_dataset(root: str, splits: tuple[str, ...] | list[str] = DEFAULT_SPLITS,
+                  num_classes: int = NUM_CLASSES, ignore_label: int = IGNORE_LABEL,
+                  max_problems: int = 50, workers: int | None = None) -> CheckReport:
+    """Check the splits of a data directory (layout of SPEC section 2) and report every problem."""
+    root = str(root)
+    problems = _Problems(max_problems)
+    images: dict[str, int] = {}
+    pixels = np.zeros(256, dtype=np.int64)
+    if not os.path.isdir(root):
+        problems.add(f"data directory missing: {root}")
+        items: list[_Item] = []
+    else:
+        items = []
+        for split in splits:
+            split_items = _read_split(root, split, problems)
+            images[split] = len(split_items)
+            items.extend(split_items)
+
+    workers = workers or min(8, 2 * (os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(lambda it: _check_item(it, num_classes, ignore_label), items)
+        for item_problems, histogram in results:
+            for line in item_problems:
+                problems.add(line)
+            if histogram is not None:
+                pixels += histogram
+
+    names = class_names(num_classes)
+    counts = {
+        "images": images,
+        "pixels": {names[c]: int(pixels[c]) for c in range(num_classes)},
+        "ignored": int(pixels[ignore_label]),
+    }
+    total = max(int(pixels.sum()), 1)
+    per_split = ", ".join(f"{s} {n}" for s, n in images.items())
+    per_class = ", ".join(f"{names[c]} {_human(int(pixels[c]))} ({100 * pixels[c] / total:.1f}%)"
+                          for c in range(num_classes))
+    summary = (f"{root}: {sum(images.values())} images ({per_split or 'no splits read'}); label pixels: "
+               f"{per_class}, ignore {_human(int(pixels[ignore_label]))}; "
+               f"{problems.total} problem{'s' if problems.total != 1 else ''}")
+    return CheckReport(ok=problems.total == 0, problems=problems.lines, summary=summary, counts=counts,
+                       total_problems=problems.total)
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Check a cartoon dog data directory before training on it.",
+                                     add_help=add_help)
+    parser.add_argument("data_dir", help="data directory holding <split>_id.txt, <split>_images/, "
+                                         "<split>_segmentations/")
+    parser.add_argument("--splits", nargs="+", default=list(DEFAULT_SPLITS), help="splits to check")
+    parser.add_argument("--num-classes", type=int, default=NUM_CLASSES, help="number of label ids in use")
+    parser.add_argument("--ignore-label", type=int, default=IGNORE_LABEL, help="label id that is not scored")
+    parser.add_argument("--max-problems", type=int, default=50, help="print at most this many problems")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="reader threads (default: 2 per core, at most 8)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    start = time.perf_counter()
+    report = check_dataset(args.data_dir, args.splits, num_classes=args.num_classes,
+                           ignore_label=args.ignore_label, max_problems=args.max_problems,
+                           workers=args.workers)
+    seconds = time.perf_counter() - start
+    for line in report.problems:
+        print(line)
+    if report.total_problems > len(report.problems):
+        print(f"... and {report.total_problems - len(report.problems)} more problems (raise --max-problems)")
+    print(report.summary)
+    if report.ok:
+        print(f"OK: the data is usable (checked in {seconds:.2f} s)")
+        return 0
+    print(f"NOT USABLE: fix the {report.total_problems} problem(s) above (checked in {seconds:.2f} s)")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
