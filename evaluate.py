@@ -1,0 +1,237 @@
+"""Evaluate a DFPnet checkpoint on a split of the Dog dataset (SPEC section 7).
+
+    python evaluate.py --data-dir ./dataset/Cartoon_sketches/Dog/ --dataset val \
+        --restore-from ./snapshots/DFPnet_epoch_495.pth --input-size 384,384 \
+        --metrics-out outputs/eval/metrics.json --save-path outputs/eval/
+
+Every image is letterboxed into the crop exactly as the loader does, predicted, warped back to
+its original size and scored against its ground truth there: mean IU, pixel accuracy and mean
+accuracy over the authors' 8 classes. ``--truncate-centers`` reproduces the authors' int32
+centers (their logged numbers); ``--flip`` and ``--scales`` add test-time augmentation, which
+the original did not have.
+
+Exit status: 0 on success; 1 for a bad dataset or a failure while evaluating; 2 for bad
+arguments or an unusable checkpoint. The metrics file is written (atomically) only on success.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import cv2
+import torch
+
+from utils.inference import (
+    InferenceStats,
+    add_inference_arguments,
+    evaluate_model,
+    load_model,
+    make_eval_loader,
+    resolve_device,
+    save_prediction,
+)
+from utils.labels import IGNORE_LABEL, class_names
+
+PROG = "evaluate.py"
+
+
+def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description="Evaluate a DFPnet checkpoint: mean IU, pixel "
+                                     "accuracy and mean accuracy on a val-type split, at the original image "
+                                     "size.")
+    parser.add_argument("--data-dir", default="./dataset/Cartoon_sketches/Dog/",
+                        help="dataset root holding <split>_id.txt, <split>_images/ and "
+                             "<split>_segmentations/")
+    parser.add_argument("--dataset", default="val",
+                        help="split to evaluate: val, trainTest or test (training splits are augmented, "
+                             "so refused)")
+    parser.add_argument("--restore-from", default="./snapshots/DFPnet_epoch_495.pth",
+                        help="checkpoint: the authors' .pth, our DFPnet_epoch_<e>.pth / best.pth, or a "
+                             "training-state file")
+    parser.add_argument("--ignore-label", type=int, default=IGNORE_LABEL,
+                        help="ground-truth id that is not scored")
+    parser.add_argument("--gpu", default=None,
+                        help="authors' flag: GPU ids to expose through CUDA_VISIBLE_DEVICES (e.g. 0); "
+                             "default: leave the environment as it is")
+    add_inference_arguments(parser)
+    parser.add_argument("--truncate-centers", action="store_true",
+                        help="store centers as int32 before warping predictions back, as the authors did "
+                             "(reproduces their numbers; off: exact float centers)")
+    parser.add_argument("--save-path", default=None, metavar="DIR",
+                        help="write <id>_label.png (ids), <id>_color.png (palette), <id>_overlay.jpg at the "
+                             "original size, plus confusion_matrix.png and per_class_iou.png")
+    parser.add_argument("--metrics-out", default=None, metavar="FILE.json",
+                        help="write the metrics, confusion matrix and settings as JSON (only on success)")
+    parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    args = parser.parse_args(argv)
+    if not 0 <= args.ignore_label <= 255:
+        parser.error(f"argument --ignore-label: expected 0..255 (labels are 8-bit PNGs), "
+                     f"got {args.ignore_label}")
+    if args.num_classes > 255:
+        parser.error(f"argument --num-classes: at most 255 classes fit in 8-bit labels, "
+                     f"got {args.num_classes}")
+    if args.ignore_label < args.num_classes:
+        parser.error(f"argument --ignore-label: {args.ignore_label} is a class id "
+                     f"(0..{args.num_classes - 1})")
+    return args
+
+
+def fail(message: str, code: int = 1) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def one_line(exc: BaseException) -> str:
+    """The message a person needs: DataLoader workers wrap the original error in a traceback."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    last = lines[-1]
+    prefix = f"{type(exc).__name__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
+
+
+def check_split(data_dir: str, split: str, num_classes: int, ignore_label: int) -> None:
+    """Stop before any work if the split is missing or the checker finds a problem."""
+    if not os.path.isdir(data_dir):
+        fail(f"{data_dir}: dataset folder not found (set --data-dir)")
+    id_file = os.path.join(data_dir, f"{split}_id.txt")
+    if not os.path.isfile(id_file):
+        have = sorted(f[:-len("_id.txt")] for f in os.listdir(data_dir) if f.endswith("_id.txt"))
+        fail(f"{id_file}: not found: {data_dir} has no split {split!r} "
+             f"(splits there: {', '.join(have) if have else 'none'})")
+    from dataset.check import check_dataset
+    from dataset.datasets import is_training_split
+
+    if is_training_split(split):
+        fail(f"--dataset {split}: training splits are loaded with random augmentation; "
+             f"evaluate val, trainTest or another held-out split")
+
+    report = check_dataset(data_dir, [split], num_classes=num_classes, ignore_label=ignore_label)
+    if not report.ok:
+        print(f"{PROG}: error: {data_dir} split {split!r} failed the dataset check:", file=sys.stderr)
+        for problem in report.problems:
+            print(f"  {problem}", file=sys.stderr)
+        hidden = getattr(report, "total_problems", len(report.problems)) - len(report.problems)
+        if hidden > 0:
+            print(f"  ... and {hidden} more problems (python -m dataset.check {data_dir} --splits {split})",
+                  file=sys.stderr)
+        if report.summary:
+            print(report.summary, file=sys.stderr)
+        sys.exit(1)
+
+
+def write_json_atomic(obj: dict, path: str) -> None:
+    """Temporary file beside ``path`` then ``os.replace``: readers never see a half-written file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")  # open() honours the umask
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.gpu is not None:  # before anything touches CUDA
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    check_split(args.data_dir, args.dataset, args.num_classes, args.ignore_label)
+    # Fail now, not after the whole evaluation, if the outputs cannot be written.
+    metrics_dir = os.path.dirname(os.path.abspath(args.metrics_out)) if args.metrics_out else None
+    for folder in filter(None, [args.save_path, metrics_dir]):
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            fail(f"{folder}: cannot create the output folder: {exc.strerror or exc}")
+        if not os.access(folder, os.W_OK):
+            fail(f"{folder}: output folder is not writable")
+
+    from dataset.datasets import CartoonDataSet
+    from dataset.transforms import default_transform
+    from utils.checkpoint import CheckpointError
+
+    try:
+        dataset = CartoonDataSet(args.data_dir, args.dataset, crop_size=args.input_size,
+                                 ignore_label=args.ignore_label, transform=default_transform(),
+                                 num_classes=args.num_classes)
+    except (ValueError, OSError) as exc:
+        fail(one_line(exc))
+    try:
+        model = load_model(args.restore_from, args.num_classes, device, channels_last=args.channels_last)
+    except CheckpointError as exc:
+        fail(str(exc), 2)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one fixed crop size: let cuDNN pick its kernels once
+    loader = make_eval_loader(dataset, batch_size=args.batch_size, workers=args.workers,
+                              pin_memory=device.type == "cuda")
+    names = class_names(args.num_classes)
+
+    def save_pictures(name: str, label, index: int) -> None:
+        image = cv2.imread(dataset.image_path(index), cv2.IMREAD_COLOR)
+        save_prediction(args.save_path, name, label, image)
+
+    stats = InferenceStats()
+    try:
+        matrix = evaluate_model(model, dataset, loader, device, num_classes=args.num_classes, amp=args.amp,
+                                flip=args.flip, scales=args.scales, truncate_centers=args.truncate_centers,
+                                progress=not args.no_progress, channels_last=args.channels_last,
+                                on_prediction=save_pictures if args.save_path else None, stats=stats)
+    except (ValueError, OSError) as exc:
+        fail(one_line(exc))
+    if stats.images == 0:
+        fail(f"{args.data_dir}: split {args.dataset!r} has no images")
+
+    metrics = matrix.to_dict(names)
+    print(f"Evaluated {stats.images} images of {args.data_dir} split {args.dataset!r} "
+          f"with {args.restore_from}")
+    print(f"Settings: input {args.input_size[0]}x{args.input_size[1]}, amp {args.amp}, "
+          f"flip {'on' if args.flip else 'off'}, scales {','.join(f'{s:g}' for s in args.scales)}, "
+          f"centers {'truncated (authors)' if args.truncate_centers else 'float'}, device {device}")
+    print(matrix.table(names))
+    print(f"{stats.images} images in {stats.seconds:.2f} s: {stats.images_per_second:.2f} images/s "
+          f"(network {100.0 * stats.network_share:.0f}% of the time)")
+
+    if args.save_path:
+        from utils.visualize import confusion_matrix_figure, iou_bar_figure, save_figure
+
+        save_figure(confusion_matrix_figure(matrix.mat, names),
+                    os.path.join(args.save_path, "confusion_matrix.png"))
+        save_figure(iou_bar_figure(list(metrics["per_class_iou"].values()), names,
+                                   mean_iou=metrics["mean_iou"]),
+                    os.path.join(args.save_path, "per_class_iou.png"))
+        print(f"Pictures in {args.save_path}")
+    if args.metrics_out:
+        metrics.update({
+            "num_images": stats.images,
+            "checkpoint": args.restore_from,
+            "dataset": args.dataset,
+            "data_dir": args.data_dir,
+            "input_size": list(args.input_size),
+            "flip": args.flip,
+            "scales": list(args.scales),
+            "truncate_centers": args.truncate_centers,
+            "amp": args.amp,
+            "channels_last": args.channels_last,
+            "device": str(device),
+            "images_per_second": stats.images_per_second,
+        })
+        try:
+            write_json_atomic(metrics, args.metrics_out)
+        except OSError as exc:
+            fail(f"{args.metrics_out}: could not write the metrics: {exc.strerror or exc}")
+        print(f"Metrics in {args.metrics_out}")
+
+
+if __name__ == "__main__":
+    main(get_arguments())

@@ -1,0 +1,107 @@
+"""Parse any images with a DFPnet checkpoint: no dataset layout, no ground truth.
+
+    python parse_images.py --restore-from snapshots/DFPnet_epoch_495.pth --out outputs/parsed \
+        my_dog.jpg another.webp folder_of_drawings/
+
+Each image (any size, any format OpenCV reads) is letterboxed into the crop exactly as the
+loader does for val images, predicted, and warped back to its original size. Written per image:
+``<stem>_label.png`` (class ids 0..7), ``<stem>_color.png`` (the palette) and
+``<stem>_overlay.jpg`` (colours over the image). A file that cannot be read is reported on one
+line and skipped; the exit status is then 1 once the others are done.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import cv2
+import torch
+from tqdm import tqdm
+
+from utils.inference import (
+    ImageFiles,
+    InferenceStats,
+    add_inference_arguments,
+    list_images,
+    load_model,
+    resolve_device,
+    run_inference,
+    save_prediction,
+)
+
+PROG = "parse_images.py"
+
+
+def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description="Predict the dog-part labels of arbitrary images "
+                                     "and write label, colour and overlay pictures at their original size.")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
+                        help="image files, or folders whose image files (not sub-folders) are all parsed")
+    parser.add_argument("--restore-from", default="./snapshots/DFPnet_epoch_495.pth",
+                        help="checkpoint: the authors' .pth, our DFPnet_epoch_<e>.pth / best.pth, or a "
+                             "training-state file")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="folder for the output pictures (created)")
+    parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    add_inference_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def fail(message: str, code: int = 1) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    paths = list_images(args.inputs)
+    if not paths:
+        fail(f"no image files in {', '.join(args.inputs)}")
+
+    from utils.checkpoint import CheckpointError
+
+    try:
+        model = load_model(args.restore_from, args.num_classes, device, channels_last=args.channels_last)
+    except CheckpointError as exc:
+        fail(str(exc), 2)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    images = ImageFiles(paths, args.input_size)
+    loader = torch.utils.data.DataLoader(images, batch_size=args.batch_size, num_workers=args.workers,
+                                         pin_memory=device.type == "cuda")
+    os.makedirs(args.out, exist_ok=True)
+    failed: list[str] = []
+
+    def save(item: dict, label) -> None:
+        path = str(item["path"])
+        image = None if label is None else cv2.imread(path, cv2.IMREAD_COLOR)
+        if label is None or image is None:  # unreadable (or changed since the loader read it)
+            failed.append(path)
+            tqdm.write(f"{PROG}: error: {path}: {item['error'] or 'could not read the image again'}; skipped",
+                       file=sys.stderr)
+            return
+        save_prediction(args.out, str(item["name"]), label, image)
+
+    stats = InferenceStats()
+    try:
+        run_inference(model, loader, device, save, num_classes=args.num_classes, amp=args.amp, flip=args.flip,
+                      scales=args.scales, channels_last=args.channels_last, progress=not args.no_progress,
+                      desc="parsing", stats=stats)
+    except OSError as exc:  # an output picture could not be written: no point going on
+        fail(str(exc))
+    done = stats.images - len(failed)
+    print(f"Parsed {done} of {stats.images} images into {args.out} "
+          f"({stats.images_per_second:.2f} images/s, device {device})")
+    if failed:
+        print(f"{PROG}: error: {len(failed)} file(s) could not be read: {', '.join(failed[:5])}"
+              f"{' ...' if len(failed) > 5 else ''}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_arguments()))

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Evaluate DFPnet with the authors' settings (val split, 384x384, epoch-495 snapshot, 8 classes).
+# Every setting can be overridden from the environment, e.g.
+#   RESTORE_FROM=snapshots/best.pth DEVICE=cuda EXTRA_ARGS="--flip --amp bf16" ./run_evaluate.sh
+# Without a dataset at DATA_DIR it evaluates the synthetic demo (run ./run.sh first) instead.
+set -euo pipefail
+source "$(dirname "$0")/utils/env.sh"
+cd "$(dirname "$0")"
+
+DATA_DIR="${DATA_DIR:-./dataset/Cartoon_sketches/Dog/}"
+DATASET="${DATASET:-val}"
+RESTORE_FROM="${RESTORE_FROM:-./snapshots/DFPnet_epoch_495.pth}"
+INPUT_SIZE="${INPUT_SIZE:-384,384}"
+NUM_CLASSES="${NUM_CLASSES:-8}"
+BATCH_SIZE="${BATCH_SIZE:-1}"
+WORKERS="${WORKERS:-2}"
+DEVICE="${DEVICE:-auto}"
+AMP="${AMP:-off}"
+SAVE_PATH="${SAVE_PATH:-}"                           # empty: no pictures
+METRICS_OUT="${METRICS_OUT:-./outputs/eval/metrics.json}"
+EXTRA_ARGS="${EXTRA_ARGS:-}"                         # e.g. "--flip --scales 0.75,1.0,1.25 --truncate-centers"
+
+if [ ! -f "${DATA_DIR%/}/${DATASET}_id.txt" ]; then
+  DEMO_DATA=./dataset/synthetic/
+  DEMO_SNAPSHOT=./snapshots/demo/best.pth
+  echo "No dataset at ${DATA_DIR} (no ${DATASET}_id.txt there): evaluating the synthetic demo instead" \
+       "(${DEMO_DATA}, ${DEMO_SNAPSHOT}, 128x128)."
+  if [ ! -f "$DEMO_SNAPSHOT" ]; then
+    echo "error: the demo snapshot ${DEMO_SNAPSHOT} does not exist: run ./run.sh first" >&2
+    exit 1
+  fi
+  if [ ! -f "${DEMO_DATA}${DATASET}_id.txt" ]; then
+    echo "Generating the synthetic dataset in ${DEMO_DATA}"
+    "$PYTHON" -m dataset.synthetic --out "$DEMO_DATA" --train 96 --val 24 --trainTest 12 --seed 0
+  fi
+  DATA_DIR="$DEMO_DATA"
+  RESTORE_FROM="$DEMO_SNAPSHOT"
+  INPUT_SIZE=128,128
+  SAVE_PATH=./outputs/eval_demo/
+  METRICS_OUT=./outputs/eval_demo/metrics.json
+fi
+
+args=(--data-dir "$DATA_DIR" --dataset "$DATASET" --restore-from "$RESTORE_FROM"
+      --input-size "$INPUT_SIZE" --num-classes "$NUM_CLASSES" --batch-size "$BATCH_SIZE"
+      --workers "$WORKERS" --device "$DEVICE" --amp "$AMP" --metrics-out "$METRICS_OUT")
+if [ -n "$SAVE_PATH" ]; then args+=(--save-path "$SAVE_PATH"); fi
+# shellcheck disable=SC2206  # EXTRA_ARGS is split into words on purpose
+extra=($EXTRA_ARGS)
+exec "$PYTHON" evaluate.py "${args[@]}" ${extra[@]+"${extra[@]}"}
