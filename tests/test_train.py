@@ -1,0 +1,292 @@
+"""train.py end to end on tiny synthetic sets (CPU): learning, logs, checkpoints, resume, errors."""
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train
+from utils.engine import poly_lr
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    from dataset.synthetic import generate_dataset
+
+    out = str(tmp_path_factory.mktemp("synthetic"))
+    generate_dataset(out, 16, 4, 2, seed=0, min_size=48, max_size=96)
+    return out
+
+
+def _env(threads: int = 2) -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=str(threads))
+
+
+def _train(args: list[str], threads: int = 2) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=_env(threads),
+                          capture_output=True, text=True, timeout=600)
+
+
+def _scalars(logdir: str, tag: str) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(logdir, size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    return {e.step: e.value for e in events.Scalars(tag)}
+
+
+def _tags(logdir: str) -> dict[str, list[str]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(logdir, size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    return events.Tags()
+
+
+# ------------------------------------------------------------------------------------------
+# A short real run
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_tiny_run_learns_logs_and_writes_checkpoints(data_dir, tmp_path):
+    snap = str(tmp_path / "snap")
+    missing = str(tmp_path / "no-such-resnet101.pth")
+    # 16 images, batch 4: 4 iterations per epoch, 6 epochs = 24 iterations; default amp/channels-last.
+    result = _train(["--data-dir", data_dir, "--input-size", "64,64", "--batch-size", "4", "--epochs", "6",
+                     "--learning-rate", "1e-2", "--restore-from", missing, "--snapshot-dir", snap,
+                     "--workers", "0", "--log-every", "1", "--image-every", "8", "--eval-every", "3",
+                     "--snapshot-every", "4"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    # A missing ImageNet file is loud, and training goes on from random weights.
+    assert "FILE NOT FOUND" in result.stderr and "RANDOM" in result.stderr and missing in result.stderr
+    epoch_lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 6 and epoch_lines[-1].startswith("epoch 6/6  iter 24/24")
+    assert "val mIoU" in epoch_lines[2] and "val mIoU" in epoch_lines[5] and "val mIoU" not in epoch_lines[0]
+
+    # Learning: the loss of the last iterations is well below that of the first (about 10.4 = 5 x ln 8).
+    loss = _scalars(snap, "loss")
+    assert sorted(loss) == list(range(1, 25))
+    first = sum(loss[i] for i in range(1, 5)) / 4
+    last = sum(loss[i] for i in range(21, 25)) / 4
+    assert first > 9.5 and last < first - 3.0, (first, last)
+    # The LR logged at step i is the one iteration i-1 ran with: the base LR first.
+    lr = _scalars(snap, "learning_rate")
+    assert lr[1] == pytest.approx(1e-2)
+    for step in (1, 12, 24):
+        assert lr[step] == pytest.approx(poly_lr(1e-2, step - 1, 24), rel=1e-6)
+
+    tags = _tags(snap)
+    assert {"loss", "learning_rate", "images_per_second"} <= set(tags["scalars"])
+    assert {"Images", "Labels", "Preds", "val/prediction", "val/ground_truth", "val/confusion_matrix",
+            "val/per_class_iou", "trainTest/confusion_matrix"} <= set(tags["images"])
+    # add_scalars: one run per curve under <snapshot-dir>/<main tag>/<name>, the authors' tags and names.
+    for name in ("Mean IU", "Pixel accuracy", "Mean accuracy", "Background", "tail"):
+        values = _scalars(os.path.join(snap, "mIoUval", name), "mIoUval")
+        assert sorted(values) == [3, 6], name
+        assert all(0.0 <= v <= 100.0 for v in values.values())
+    assert sorted(_scalars(os.path.join(snap, "mIoUtest", "Mean IU"), "mIoUtest")) == [3, 6]
+
+    # Checkpoints: epoch snapshots at e % 4 == 0 and the last epoch, best and the training state.
+    names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(snap, "*.pth")))
+    assert names == ["DFPnet_epoch_0.pth", "DFPnet_epoch_4.pth", "DFPnet_epoch_5.pth", "best.pth", "last.pth"]
+    from networks.dfpnet import DFPNet
+    from utils.checkpoint import load_model_weights, read_checkpoint
+
+    model = DFPNet(num_classes=8)
+    for name in names:
+        load_model_weights(model, os.path.join(snap, name))
+    snapshot = read_checkpoint(os.path.join(snap, "DFPnet_epoch_5.pth"))
+    assert all(key.startswith("module.") for key in snapshot)  # the authors' format
+    state = read_checkpoint(os.path.join(snap, "last.pth"))
+    assert state["iteration"] == 24 and state["epoch"] == 6
+    assert state["schedule"]["total_iters"] == 24 and state["schedule"]["iters_per_epoch"] == 4
+    assert 0.0 <= state["best"]["mean_iou"] <= 100.0 and state["args"]["batch_size"] == 4
+    assert {"python", "numpy", "torch"} <= set(state["rng"][0])
+    assert torch.equal(state["model"]["outc.1.weight"], snapshot["module.outc.1.weight"])
+
+    # Running it again resumes from last.pth, finds the run complete and does nothing.
+    again = _train(["--data-dir", data_dir, "--input-size", "64,64", "--batch-size", "4", "--epochs", "6",
+                    "--restore-from", "none", "--snapshot-dir", snap, "--workers", "0"])
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+
+
+# ------------------------------------------------------------------------------------------
+# Kill and resume
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_to_the_same_weights(data_dir, tmp_path):
+    # 16 images, batch 4, 48x48: 4 iterations per epoch, 2 epochs. Deterministic CPU maths, one
+    # thread, no workers, float32: two runs with the same seed give bit-identical weights.
+    common = ["--data-dir", data_dir, "--input-size", "48,48", "--batch-size", "4", "--epochs", "2",
+              "--learning-rate", "1e-2", "--restore-from", "none", "--workers", "0", "--amp", "off",
+              "--deterministic", "--random-seed", "7", "--log-every", "1", "--val-datasets", "val",
+              "--eval-every", "1"]
+    whole = str(tmp_path / "whole")
+    result = _train(common + ["--snapshot-dir", whole, "--save-every", "0"], threads=1)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    # The same run, SIGKILLed as soon as its first save (mid-epoch, iteration 3) is on disk.
+    cut = str(tmp_path / "cut")
+    last = os.path.join(cut, "last.pth")
+    process = subprocess.Popen([sys.executable, "train.py", *common, "--snapshot-dir", cut,
+                                "--save-every", "3"], cwd=ROOT, env=_env(threads=1),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not os.path.exists(last) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL, stderr[-3000:]
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    assert saved["iteration"] < 8  # killed before the end
+
+    resumed = _train(common + ["--snapshot-dir", cut, "--save-every", "3"], threads=1)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"starting at epoch {saved['iteration'] // 4}, iteration {saved['iteration']}" in resumed.stdout
+
+    a = torch.load(os.path.join(whole, "last.pth"), map_location="cpu", weights_only=True)
+    b = torch.load(last, map_location="cpu", weights_only=True)
+    assert a["iteration"] == b["iteration"] == 8
+    diff = max((a["model"][k].float() - b["model"][k].float()).abs().max().item() for k in a["model"])
+    moved = max((a["model"][k].float() - saved["model"][k].float()).abs().max().item() for k in a["model"])
+    print(f"resumed after iteration {saved['iteration']}: max abs weight difference {diff:.3e} "
+          f"(the resumed part moved weights by up to {moved:.3e})")
+    assert moved > 0 and diff == 0.0
+    for key in ("mean_iou", "epoch"):
+        assert a["best"][key] == b["best"][key]
+    # The LR continues on the same schedule across the resume boundary. (The killed process may
+    # not have written its last events: tensorboardX writes from a queue.)
+    lr_whole = _scalars(whole, "learning_rate")
+    lr_cut = _scalars(cut, "learning_rate")
+    assert sorted(lr_whole) == list(range(1, 9))
+    assert set(range(saved["iteration"] + 1, 9)) <= set(lr_cut) <= set(lr_whole)
+    for step, value in lr_cut.items():
+        assert value == pytest.approx(lr_whole[step], rel=1e-7), step
+
+
+# ------------------------------------------------------------------------------------------
+# Failures
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_and_keeps_the_last_good_state(data_dir, tmp_path):
+    snap = str(tmp_path / "snap")
+    result = _train(["--data-dir", data_dir, "--input-size", "48,48", "--batch-size", "4", "--epochs", "2",
+                     "--learning-rate", "1e30", "--restore-from", "none", "--snapshot-dir", snap,
+                     "--workers", "0", "--amp", "off", "--save-every", "1", "--val-datasets"])
+    assert result.returncode == 1
+    message = result.stderr.strip().splitlines()[-1]
+    assert "non-finite loss in iteration" in message and "output " in message
+    assert "Traceback" not in result.stderr
+    failed = int(message.split("non-finite loss in iteration ")[1].split()[0])
+    assert f"saved after iteration {failed - 1}) is the last good state" in message
+    state = torch.load(os.path.join(snap, "last.pth"), map_location="cpu", weights_only=True)
+    assert state["iteration"] == failed - 1
+    assert all(torch.isfinite(v.float()).all() for v in state["model"].values())
+
+
+def _run_inprocess(argv: list[str], capsys) -> tuple[int, str]:
+    """train.run in this process: argparse errors raise SystemExit; returns (exit code, stderr)."""
+    try:
+        code = train.run(argv)
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--input-size", "0,5"], "argument --input-size"),
+    (["--input-size", "64"], "argument --input-size"),
+    (["--learning-rate", "-1e-3"], "argument --learning-rate"),
+    (["--learning-rate", "nan"], "argument --learning-rate"),
+    (["--amp", "fp8"], "argument --amp: invalid choice"),
+    (["--epochs", "0"], "argument --epochs"),
+    (["--batch-size", "-2"], "argument --batch-size"),
+    (["--start-epoch", "6", "--epochs", "6"], "argument --start-epoch"),
+    (["--weight-decay", "-1"], "argument --weight-decay"),
+    (["--momentum", "1.5"], "argument --momentum"),
+    (["--batch-size", "17"], "argument --batch-size: 17 x 1 process(es) needs at least 17 training images"),
+    (["--resume", "/no/such/last.pth"], "argument --resume"),
+    (["--amp", "fp16", "--device", "cpu"], "argument --amp: fp16 needs a CUDA device"),
+    (["--device", "tpu"], "argument --device"),
+])
+def test_bad_values_exit_2_with_a_message(flags, message, data_dir, tmp_path, capsys):
+    code, err = _run_inprocess(["--data-dir", data_dir, "--snapshot-dir", str(tmp_path),
+                                "--input-size", "64,64", "--restore-from", "none", *flags], capsys)
+    assert code == 2
+    assert message in err and "usage: train.py" in err
+
+
+def test_missing_dataset_exits_1_before_training(tmp_path, capsys):
+    code, err = _run_inprocess(["--data-dir", str(tmp_path / "Dog"), "--snapshot-dir", str(tmp_path / "s")],
+                               capsys)
+    assert code == 1
+    assert "data directory missing" in err and str(tmp_path / "Dog") in err and "run.sh" in err
+    assert not os.path.exists(tmp_path / "s")
+
+
+def test_dataset_problem_is_reported_with_its_file(data_dir, tmp_path, capsys):
+    import shutil
+
+    import cv2
+    import numpy as np
+
+    broken = str(tmp_path / "data")
+    shutil.copytree(data_dir, broken)
+    first = open(os.path.join(broken, "train_id.txt")).read().split()[0]
+    label_path = os.path.join(broken, "train_segmentations", first + ".png")
+    label = cv2.imread(label_path, cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(label_path, np.full_like(label, 9))  # id 9 does not exist with 8 classes
+    code, err = _run_inprocess(["--data-dir", broken, "--snapshot-dir", str(tmp_path / "s")], capsys)
+    assert code == 1 and "failed the dataset check" in err and label_path in err
+
+
+def test_trainval_without_its_own_lists_trains_on_train_plus_val(data_dir):
+    from torch.utils.data import ConcatDataset
+
+    args = train.get_args_parser().parse_args(["--data-dir", data_dir, "--input-size", "64,64"])
+    assert train.training_splits(data_dir, "trainval") == ["train", "val"]
+    assert train.training_splits(data_dir, "train") == ["train"]
+    dataset = train.build_train_dataset(args, ["train", "val"])
+    assert isinstance(dataset, ConcatDataset) and len(dataset) == 16 + 4
+    image, label, _edge, _meta = dataset[len(dataset) - 1]  # a val image, augmented like training data
+    assert image.shape == (3, 64, 64) and label.shape == (64, 64)
+
+
+def test_checkpoint_of_another_network_exits_2(data_dir, tmp_path, capsys):
+    # torchvision-like ResNet keys: a 7x7 stem and nothing of DFPnet's deep stem.
+    other = str(tmp_path / "resnet101-torchvision.pth")
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "bn1.weight": torch.ones(64),
+                "fc.weight": torch.zeros(1000, 2048)}, other)
+    common = ["--data-dir", data_dir, "--snapshot-dir", str(tmp_path / "s"), "--input-size", "64,64",
+              "--batch-size", "4", "--epochs", "1", "--workers", "0"]
+    code, err = _run_inprocess(common + ["--restore-from", other], capsys)
+    assert code == 2
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("train.py: error: ") and other in line and "deep-stem" in line
+    assert "Traceback" not in err
+
+    # --resume wants a training state: a weights-only file is refused with a hint.
+    code, err = _run_inprocess(common + ["--restore-from", "none", "--resume", other], capsys)
+    assert code == 2 and "not a training state" in err
+
+
+def test_out_of_memory_prints_a_hint(data_dir, tmp_path, capsys, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train, "train_one_epoch", out_of_memory)
+    code, err = _run_inprocess(["--data-dir", data_dir, "--snapshot-dir", str(tmp_path / "s"),
+                                "--input-size", "64,64", "--batch-size", "4", "--restore-from", "none",
+                                "--workers", "0"], capsys)
+    assert code == 1
+    assert "out of memory" in err and "--batch-size" in err and "--amp bf16" in err and "Traceback" not in err
