@@ -1,0 +1,113 @@
+"""Smoke tests of bench/: each benchmark runs end to end at a tiny size and writes sound JSON.
+
+The numbers of a tiny run mean nothing; what is checked is that every bench still runs against
+the current model, loss, loader and evaluation loop, and reports the keys that bench/RESULTS.md
+and issue 6 rely on, with positive values and consistent ratios.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench.common import format_table, summarize
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_bench(module: str, *args: str, json_path: str) -> dict:
+    cmd = [sys.executable, "-m", module, *args, "--json", json_path]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}"
+    with open(json_path) as f:
+        return json.load(f)
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_summarize_and_table():
+    stats = summarize([4.0, 1.0, 3.0, 2.0, 100.0])
+    assert stats["median"] == 3.0 and stats["min"] == 1.0 and stats["max"] == 100.0 and stats["n"] == 5
+    assert stats["q1"] == 2.0 and stats["q3"] == 4.0  # one outlier moves neither the median nor the IQR
+    table = format_table([{"a": 1.23456, "b": None}], [("a", "A", ".2f"), ("b", "B", "")])
+    assert table.splitlines() == ["| A | B |", "|---|---|", "| 1.23 | - |"]
+
+
+def test_train_step_rejects_unknown_config():
+    done = subprocess.run([sys.executable, "-m", "bench.train_step", "--configs", "default,turbo"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "turbo" in done.stderr
+
+
+@pytest.mark.slow
+def test_train_step_json(tmp_path):
+    out = run_bench("bench.train_step", "--device", "cpu", "--batch-size", "2", "--input-size", "32,32",
+                     "--iters", "2", "--warmup", "0", "--memory-steps", "1", "--configs", "default,baseline",
+                     json_path=str(tmp_path / "train.json"))
+    assert out["configs"] == ["default", "baseline"]
+    for name in ("default", "baseline"):
+        entry = out[name]
+        for key in ("step_s", "images_per_s", "peak_mem_mb", "model_mem_mb", "achieved_tflops"):
+            assert positive(entry[key]), (name, key, entry.get(key))
+        assert len(entry["step_samples"]) == 2
+        assert entry["step_s_min"] <= entry["step_s"] <= entry["step_s_max"]
+        assert entry["images_per_s"] == pytest.approx(2 / entry["step_s"])
+        assert entry["peak_mem_mb"] >= entry["model_mem_mb"]
+        assert math.isfinite(entry["loss"])
+    assert out["default"]["amp"] == "bf16" and out["default"]["channels_last"] and out["default"]["norm"] == "inplace"
+    assert out["baseline"]["amp"] == "off" and not out["baseline"]["channels_last"] and out["baseline"]["norm"] == "abn"
+    assert out["ratios"]["step_time"] == pytest.approx(out["default"]["step_s"] / out["baseline"]["step_s"])
+    assert out["ratios"]["peak_mem"] == pytest.approx(out["default"]["peak_mem_mb"] / out["baseline"]["peak_mem_mb"])
+    # FLOPs scale with the pixels: 105.6 GFLOP at 384x384 (SPEC 4) is ~0.73 GFLOP at 32x32; training ~3x.
+    assert 0.5e9 < out["flops_per_image"] < 1.0e9
+    assert 2.0 < out["train_flops_per_image"] / out["flops_per_image"] < 3.5
+    assert positive(out["matmul_tflops"]["bf16"]) and positive(out["matmul_tflops"]["fp32"])
+    assert out["versions"]["torch"] and "bench.train_step" in out["command"]
+
+
+@pytest.mark.slow
+def test_evaluate_json(tmp_path):
+    out = run_bench("bench.evaluate", "--device", "cpu", "--input-size", "48,48", "--images", "3",
+                    "--repeats", "1", "--workers", "0", "--amp", "bf16", "--channels-last",
+                    json_path=str(tmp_path / "eval.json"))
+    entry = out["bf16"]
+    assert out["modes"] == ["bf16"] and entry["images"] == 3
+    assert positive(entry["images_per_s"]) and positive(entry["network_s_per_image"])
+    assert entry["network_s_per_image"] <= entry["total_s_per_image"]
+    assert 0.0 <= entry["outside_share"] < 1.0
+    assert 0.0 <= entry["mean_iou"] <= 100.0
+
+
+@pytest.mark.slow
+def test_evaluate_compare_amp(tmp_path):
+    import torch
+    from networks.dfpnet import DFPNet
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "model.pth"
+    torch.save(DFPNet(8).state_dict(), checkpoint)
+    out = run_bench("bench.evaluate", "--device", "cpu", "--compare-amp", "--restore-from", str(checkpoint),
+                    "--input-size", "48,48", "--images", "2", "--repeats", "1", "--workers", "0",
+                    json_path=str(tmp_path / "amp.json"))
+    assert out["modes"] == ["off", "bf16"]
+    assert out["mean_iou_difference"] == pytest.approx(out["bf16"]["mean_iou"] - out["off"]["mean_iou"])
+    assert out["within_tolerance"] == (abs(out["mean_iou_difference"]) <= 0.1)
+
+
+@pytest.mark.slow
+def test_data_json(tmp_path):
+    out = run_bench("bench.data", "--workers", "0,1", "--batch-size", "2", "--input-size", "64,64",
+                    "--batches", "4", "--repeats", "1", "--images", "3", json_path=str(tmp_path / "data.json"))
+    assert sorted(out["workers"]) == ["0", "1"]
+    for entry in out["workers"].values():
+        assert positive(entry["samples_per_s"]) and positive(entry["first_batch_s"])
+        assert positive(entry["overall_samples_per_s"])
+    # Steady state: 4 batches of 2 after the first; with one worker the 2 prefetched ones are skipped.
+    assert out["workers"]["0"]["passes"][0]["samples"] == 8
+    assert out["workers"]["1"]["passes"][0]["samples"] == 4
