@@ -191,14 +191,13 @@ def _invert_activation(y: torch.Tensor, grad: torch.Tensor, activation: str, act
 class InPlaceABNFunction(torch.autograd.Function):
     """Training-mode InPlace-ABN in pure PyTorch: saves only the activated output.
 
-    Saved for backward: the output y, the weight (a parameter: no new memory) and the per-channel
-    inverse std. Backward inverts the activation from y (leaky ReLU: y / slope where y < 0; ELU:
-    log1p(y / alpha)) and recovers x_hat = (y_pre - bias) / (|weight| + eps). The bias needs no
-    saving either: x_hat has zero mean over the batch, so bias = mean(y_pre). ELU saves it all the
-    same, because saturated outputs (y -> -alpha) cannot be inverted accurately enough to average.
+    Saved for backward: the output y, the weight and bias (parameters: no new memory) and the
+    per-channel inverse std. Backward inverts the activation from y (leaky ReLU: y / slope where
+    y < 0; ELU: log1p(y / alpha)) and recovers x_hat = (y_pre - bias) / (|weight| + eps).
 
-    In one process both passes run on ATen's fused batch-norm kernels. Synchronised, or with dtypes
-    those kernels refuse, the statistics and gradient sums are computed explicitly (and all-reduced).
+    In one process both passes run on ATen's fused batch-norm kernels, 16-bit tensors staying
+    16-bit. Synchronised, or with dtypes the forward kernel refuses, the statistics and gradient
+    sums are computed explicitly in float32 (and all-reduced).
 
     apply(x, weight, bias, running_mean, running_var, momentum, eps, activation,
     activation_param, group, overwrite) with activation in ("leaky_relu", "elu", "identity");
@@ -251,8 +250,8 @@ class InPlaceABNFunction(torch.autograd.Function):
         ctx.has_weight = weight is not None
         ctx.has_bias = bias is not None
         ctx.bias_dtype = bias.dtype if bias is not None else None
-        # Only ELU keeps its bias (see the class docstring); the others recover it from y.
-        ctx.save_for_backward(out, weight, invstd, bias if activation == "elu" else None)
+        # weight and bias are parameters: saving them costs no memory.
+        ctx.save_for_backward(out, weight, invstd, bias)
         if overwrite:
             ctx.mark_dirty(x)
         return out
@@ -260,31 +259,22 @@ class InPlaceABNFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        y, weight, invstd, saved_bias = ctx.saved_tensors
+        y, weight, invstd, bias = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         need_w, need_b = need_w and ctx.has_weight, need_b and ctx.has_bias
         if not (need_x or need_w or need_b):
             return (None,) * 11
         with torch.autocast(y.device.type, enabled=False):
             acc = invstd.dtype
-            shape = _channel_shape(y)
-            dims = _reduce_dims(y)
             count = ctx.count
-            y_pre, dy = _invert_activation(y.to(acc), grad_out.to(acc), ctx.activation, ctx.activation_param)
-
             scale = torch.ones_like(invstd) if weight is None else weight.to(acc).abs() + ctx.eps
-            if not ctx.has_bias:
-                bias = torch.zeros_like(invstd)
-            elif saved_bias is not None:
-                bias = saved_bias.to(acc)
-            else:
-                bias = y_pre.sum(dims)
-                if ctx.group is not None:
-                    dist.all_reduce(bias, group=ctx.group)
-                bias = bias / count
-
-            grad_x = grad_scale = grad_b = None
+            # x_hat has zero mean over the batch, so the bias is what y_pre averages to: the
+            # parameter itself (saved at no cost), or zero without one.
+            bias = torch.zeros_like(invstd) if bias is None else bias.to(acc)
             if ctx.group is None:
+                # 16-bit y and grad stay 16-bit: ATen's kernels take them beside float32 statistics
+                # and accumulate in float32, which saves three full-size casts per layer.
+                y_pre, dy = _invert_activation(y, grad_out.to(y.dtype), ctx.activation, ctx.activation_param)
                 # ATen's batch-norm backward, fed y_pre as its input: with mean = bias and
                 # invstd = 1 / scale it normalises y_pre to x_hat, and weight = scale^2 * invstd makes
                 # its weight * invstd equal to ours, scale * invstd. Its weight gradient, sum(dy * x_hat),
@@ -293,15 +283,21 @@ class InPlaceABNFunction(torch.autograd.Function):
                     dy, y_pre, scale * scale * invstd, None, None, bias, 1.0 / scale, True, ctx.eps,
                     [need_x, need_w, need_b])
             else:
+                shape = _channel_shape(y)
+                dims = _reduce_dims(y)
+                y_pre, dy = _invert_activation(y.to(acc), grad_out.to(acc), ctx.activation,
+                                               ctx.activation_param)
                 inv_scale = 1.0 / scale
                 x_hat = torch.addcmul((-bias * inv_scale).view(shape), y_pre, inv_scale.view(shape))
                 sum_dy = dy.sum(dims)
                 sum_dy_xhat = (dy * x_hat).sum(dims)
                 # Parameter gradients are this process's share, like any parameter under DDP.
                 grad_scale, grad_b = sum_dy_xhat, sum_dy
+                grad_x = None
                 if need_x:
                     sums = torch.stack([sum_dy, sum_dy_xhat])
-                    dist.all_reduce(sums, group=ctx.group)
+                    if ctx.group is not None:
+                        dist.all_reduce(sums, group=ctx.group)
                     # dx = gain * (dy - mean(dy) - x_hat * mean(dy * x_hat)), means over all processes
                     x_hat.mul_((sums[1] / count).view(shape)).add_((sums[0] / count).view(shape))
                     grad_x = (dy - x_hat).mul_((invstd * scale).view(shape))

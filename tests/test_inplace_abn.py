@@ -186,12 +186,15 @@ def test_output_modified_in_place_is_refused():
 
 
 def saved_bytes(fn, x) -> int:
-    """Bytes of the distinct storages autograd keeps for fn's backward."""
+    """Bytes of the distinct storages autograd keeps for fn's backward, fn's parameters excepted
+    (they exist anyway: saving one costs nothing)."""
     storages = {}
+    params = {p.untyped_storage().data_ptr() for p in fn.parameters()} if isinstance(fn, nn.Module) else set()
 
     def pack(t):
         storage = t.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
         return t
 
     with saved_tensors_hooks(pack, lambda t: t):
@@ -415,3 +418,37 @@ def test_sync_two_processes_equal_one_process(tmp_path):
             for r in ranks:
                 torch.testing.assert_close(r[key], whole[key], **tol,
                                            msg=lambda m, key=key, case=case: f"{case} {key}: {m}")
+
+
+# ---- CUDA (skipped without a GPU; run on a lent GPU machine by bench/cuda_suite.sh) ----
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 2e-2), (torch.bfloat16, 5e-2)],
+                         ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("backend", ["pure", "compiled"])
+@pytest.mark.parametrize("activation", ["leaky_relu", "elu", "identity"])
+def test_cuda_matches_float64_reference(backend, activation, dtype, tol):
+    if backend == "compiled" and BACKEND != "compiled":
+        pytest.skip("inplace-abn not importable")
+    torch.manual_seed(12)
+    x64 = (torch.randn(4, C, 9, 7, dtype=torch.float64) * 2 + 0.5).contiguous(memory_format=torch.channels_last)
+    upstream = torch.randn_like(x64)
+    layer = make_layer(InPlaceABN, activation, backend=backend).cuda()  # float32 parameters
+    if dtype != torch.float32:
+        # Backward recovers x_hat = (y - bias) / |w|, which scales y's rounding by |bias| / |w|: in
+        # 16 bits a weight of 1e-4 leaves no correct digit of its gradient (in both backends).
+        with torch.no_grad():
+            layer.weight.copy_(torch.tensor([1.5, -0.7, 0.5, -0.4, 0.3, -0.9]))
+    x_in = x64.to("cuda", dtype).requires_grad_()
+    y = layer(x_in * 1)  # a non-leaf, as inside a network
+    (y.double() * upstream.cuda()).sum().backward()
+    twin = make_layer(InPlaceABN, activation, torch.float64)  # the same rounded input, on the CPU
+    with torch.no_grad():
+        twin.weight.copy_(layer.weight)
+    got, want = run_both(twin, x_in.detach().double().cpu(), activation, True, upstream)
+    assert y.dtype == dtype and x_in.grad.dtype == dtype
+    assert_all_close((y.cpu(), x_in.grad.cpu(), layer.weight.grad.cpu(), layer.bias.grad.cpu(),
+                      layer.running_mean.cpu(), layer.running_var.cpu()),
+                     [w.to(torch.float64) for w in want], rtol=tol, atol=tol, check_dtype=False)
