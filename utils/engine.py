@@ -117,10 +117,11 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
     same step, before ``optimizer.step``: a NaN never reaches the weights.
     """
     set_lr(optimizer, lr)
+    # Freed before the forward pass, so last step's gradients do not sit beside the activations.
+    optimizer.zero_grad(set_to_none=True)
     with autocast(images.device.type, amp):
         outputs = model(images)
     losses = output_losses(outputs, labels, ignore_label)
-    optimizer.zero_grad(set_to_none=True)
     total = losses.sum()
     (scaler.scale(total) if scaler is not None else total).backward()
 
