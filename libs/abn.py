@@ -384,6 +384,13 @@ class _ActivatedBatchNorm(nn.Module):
         y = torch.addcmul(shift.view(shape), x, gain.view(shape)).to(x.dtype)
         return _activate_(y, _canonical_activation(self.activation), self.activation_param)
 
+    def _autograd_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Batch norm with scale |weight| + eps, then the activation, under plain autograd."""
+        scale = self.weight.abs() + self.eps if self.affine else None
+        y = F.batch_norm(x, self.running_mean, self.running_var, scale, self.bias, self.training,
+                         self.momentum, self.eps)
+        return _activate_(y, _canonical_activation(self.activation), self.activation_param)
+
     def extra_repr(self) -> str:
         text = f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
         text += f"activation={self.activation}"
@@ -410,10 +417,7 @@ class ABN(_ActivatedBatchNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        scale = self.weight.abs() + self.eps if self.affine else None
-        y = F.batch_norm(x, self.running_mean, self.running_var, scale, self.bias, self.training,
-                         self.momentum, self.eps)
-        return _activate_(y, _canonical_activation(self.activation), self.activation_param)
+        return self._autograd_forward(x)
 
 
 class InPlaceABN(_ActivatedBatchNorm):
@@ -469,6 +473,11 @@ class InPlaceABN(_ActivatedBatchNorm):
         return x.device.type == "cpu" and x.dtype == torch.float32
 
     def _train_forward(self, x: torch.Tensor, group) -> torch.Tensor:
+        if group is None and torch.compiler.is_compiling():
+            # torch.compile cannot trace the in-place Function (it breaks the graph at every layer
+            # and recompiles per channel count); given the plain math, Inductor fuses norm and
+            # activation and chooses itself what to save for backward.
+            return self._autograd_forward(x)
         activation = _canonical_activation(self.activation)
         overwrite = _overwritable(x)
         if self._compiled_serves(x) and (group is None or x.is_cuda):

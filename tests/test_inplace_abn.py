@@ -1,6 +1,7 @@
 """libs/abn.py: InPlace-ABN's math (scale |weight| + eps), memory, backends, checkpoints and sync."""
 from __future__ import annotations
 
+import copy
 import os
 import socket
 import subprocess
@@ -452,3 +453,26 @@ def test_cuda_matches_float64_reference(backend, activation, dtype, tol):
     assert_all_close((y.cpu(), x_in.grad.cpu(), layer.weight.grad.cpu(), layer.bias.grad.cpu(),
                       layer.running_mean.cpu(), layer.running_var.cpu()),
                      [w.to(torch.float64) for w in want], rtol=tol, atol=tol, check_dtype=False)
+
+
+def test_torch_compile_traces_one_graph_and_matches_eager():
+    # fullgraph=True fails on any graph break: the in-place Function must not be traced.
+    torch.manual_seed(13)
+    net = nn.Sequential(nn.Conv2d(3, C, 3, padding=1, bias=False), InPlaceABNSync(C),
+                        nn.Conv2d(C, C, 3, padding=1, bias=False), InPlaceABN(C, activation="identity"),
+                        nn.ReLU(), nn.Conv2d(C, 4, 1))
+    with torch.no_grad():
+        for layer in (net[1], net[3]):
+            layer.weight.copy_(torch.tensor(WEIGHT))
+            layer.bias.copy_(torch.tensor(BIAS))
+    twin = copy.deepcopy(net)
+    x = torch.randn(2, 3, 8, 8)
+    y = torch.compile(net, fullgraph=True)(x)
+    y.square().sum().backward()
+    y_eager = twin(x)
+    y_eager.square().sum().backward()
+    torch.testing.assert_close(y, y_eager, rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(net.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
+    for a, b in zip(net.buffers(), twin.buffers()):
+        torch.testing.assert_close(a, b)
