@@ -26,6 +26,7 @@ import torch
 from utils.inference import (
     InferenceStats,
     add_inference_arguments,
+    default_amp,
     evaluate_model,
     load_model,
     make_eval_loader,
@@ -146,6 +147,8 @@ def main(args: argparse.Namespace) -> None:
         device = resolve_device(args.device)
     except ValueError as exc:
         fail(str(exc), 2)
+    if args.amp is None:
+        args.amp = default_amp(device)
     check_split(args.data_dir, args.dataset, args.num_classes, args.ignore_label)
     # Fail now, not after the whole evaluation, if the outputs cannot be written.
     metrics_dir = os.path.dirname(os.path.abspath(args.metrics_out)) if args.metrics_out else None

@@ -23,6 +23,7 @@ from utils.inference import (
     ImageFiles,
     InferenceStats,
     add_inference_arguments,
+    default_amp,
     list_images,
     load_model,
     resolve_device,
@@ -58,6 +59,8 @@ def main(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
     except ValueError as exc:
         fail(str(exc), 2)
+    if args.amp is None:
+        args.amp = default_amp(device)
     paths = list_images(args.inputs)
     if not paths:
         fail(f"no image files in {', '.join(args.inputs)}")

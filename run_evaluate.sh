@@ -15,7 +15,7 @@ NUM_CLASSES="${NUM_CLASSES:-8}"
 BATCH_SIZE="${BATCH_SIZE:-1}"
 WORKERS="${WORKERS:-2}"
 DEVICE="${DEVICE:-auto}"
-AMP="${AMP:-off}"
+AMP="${AMP:-}"                                       # empty: bf16 where native; off: exact float32
 SAVE_PATH="${SAVE_PATH:-}"                           # empty: no pictures
 METRICS_OUT="${METRICS_OUT:-./outputs/eval/metrics.json}"
 EXTRA_ARGS="${EXTRA_ARGS:-}"                         # e.g. "--flip --scales 0.75,1.0,1.25 --truncate-centers"
@@ -42,7 +42,8 @@ fi
 
 args=(--data-dir "$DATA_DIR" --dataset "$DATASET" --restore-from "$RESTORE_FROM"
       --input-size "$INPUT_SIZE" --num-classes "$NUM_CLASSES" --batch-size "$BATCH_SIZE"
-      --workers "$WORKERS" --device "$DEVICE" --amp "$AMP" --metrics-out "$METRICS_OUT")
+      --workers "$WORKERS" --device "$DEVICE" --metrics-out "$METRICS_OUT")
+if [ -n "$AMP" ]; then args+=(--amp "$AMP"); fi
 if [ -n "$SAVE_PATH" ]; then args+=(--save-path "$SAVE_PATH"); fi
 # shellcheck disable=SC2206  # EXTRA_ARGS is split into words on purpose
 extra=($EXTRA_ARGS)

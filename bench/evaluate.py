@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -30,8 +31,8 @@ from torch import nn
 
 from bench.common import (environment, format_environment, format_table, summarize, synchronize,
                           write_json)
-from utils.inference import (InferenceStats, add_inference_arguments, evaluate_model, make_eval_loader,
-                             positive_int, resolve_device)
+from utils.inference import (InferenceStats, add_inference_arguments, default_amp, evaluate_model,
+                             make_eval_loader, positive_int, resolve_device)
 
 DEMO_CHECKPOINT = "./snapshots/demo/best.pth"
 DEMO_DATA = "./dataset/synthetic"
@@ -84,6 +85,8 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         args.device = resolve_device(args.device)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.amp is None:
+        args.amp = default_amp(args.device)
     if args.compare_amp:
         args.restore_from = args.restore_from or DEMO_CHECKPOINT
         if not os.path.isfile(args.restore_from):
@@ -155,8 +158,8 @@ def evaluate_amp_modes(model: TimedModel, dataset, args: argparse.Namespace, mod
         results[amp] = {"images_per_s": speed["median"], "images_per_s_min": speed["min"],
                         "images_per_s_max": speed["max"], "outside_share": outside["median"],
                         "outside_share_min": outside["min"], "outside_share_max": outside["max"],
-                        "network_s_per_image": summarize([p["network_s"] / p["images"] for p in rows])["median"],
-                        "total_s_per_image": summarize([p["total_s"] / p["images"] for p in rows])["median"],
+                        "network_s_per_image": statistics.median(p["network_s"] / p["images"] for p in rows),
+                        "total_s_per_image": statistics.median(p["total_s"] / p["images"] for p in rows),
                         "mean_iou": rows[-1]["mean_iou"], "pixel_accuracy": rows[-1]["pixel_accuracy"],
                         "images": rows[-1]["images"], "passes": rows}
     return results
@@ -200,16 +203,18 @@ def main(args: argparse.Namespace) -> dict:
     rows = [{"amp": amp, **per_mode[amp],
              "outside_range": f"{100 * per_mode[amp]['outside_share_min']:.1f}-"
                               f"{100 * per_mode[amp]['outside_share_max']:.1f}%"} for amp in modes]
-    print(format_table(rows, [("amp", "amp", ""), ("images", "images", "d"),
-                              ("images_per_s", "images/s", ".3f"), ("network_s_per_image", "network s/img", ".3f"),
-                              ("total_s_per_image", "total s/img", ".3f"), ("outside_share", "outside", ".1%"),
-                              ("outside_range", "outside min-max", ""), ("mean_iou", "mean IU", ".3f")]))
+    print(format_table(rows, [
+        ("amp", "amp", ""), ("images", "images", "d"), ("images_per_s", "images/s", ".3f"),
+        ("network_s_per_image", "network s/img", ".3f"), ("total_s_per_image", "total s/img", ".3f"),
+        ("outside_share", "outside", ".1%"), ("outside_range", "outside min-max", ""),
+        ("mean_iou", "mean IU", ".3f")]))
     if args.compare_amp:
         diff = per_mode["bf16"]["mean_iou"] - per_mode["off"]["mean_iou"]
         result["mean_iou_difference"] = diff
         result["within_tolerance"] = abs(diff) <= AMP_TOLERANCE
+        verdict = "within" if result["within_tolerance"] else "OUTSIDE"
         print(f"mean IU bf16 - float32 = {diff:+.3f} points on {result['checkpoint']} "
-              f"({'within' if result['within_tolerance'] else 'OUTSIDE'} the {AMP_TOLERANCE} point tolerance)")
+              f"({verdict} the {AMP_TOLERANCE} point tolerance)")
     print(f"data: {result['data_dir']}; checkpoint: {result['checkpoint']}; batch {args.batch_size}, "
           f"{args.workers} workers, {'channels-last' if args.channels_last else 'NCHW'}")
     print(format_environment(info))

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import evaluate
+from utils.inference import default_amp
 from utils.labels import CLASS_NAMES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,7 +160,8 @@ def test_evaluate_end_to_end(data, dfpnet_checkpoint, tmp_path):
     assert result["num_images"] == 3 and result["dataset"] == "val"
     assert result["checkpoint"] == str(dfpnet_checkpoint)
     assert result["input_size"] == [64, 64] and result["scales"] == [1.0]
-    assert result["flip"] is False and result["truncate_centers"] is False and result["amp"] == "off"
+    assert result["flip"] is False and result["truncate_centers"] is False
+    assert result["amp"] == default_amp(torch.device("cpu")) and result["channels_last"] is True
     mat = np.array(result["confusion_matrix"])
     ids = (data / "val_id.txt").read_text().split()
     labels = {i: cv2.imread(str(data / "val_segmentations" / f"{i}.png"), cv2.IMREAD_UNCHANGED) for i in ids}
