@@ -50,7 +50,8 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                              "skips the 2 * workers prefetched ones)")
     parser.add_argument("--repeats", type=positive_int, default=2, help="passes over the worker counts")
     parser.add_argument("--data-dir", default=None,
-                        help="dataset root with a train split (default: a synthetic one in a temporary folder)")
+                        help="dataset root with a train split "
+                             "(default: a synthetic one in a temporary folder)")
     parser.add_argument("--images", type=positive_int, default=24,
                         help="images in the generated synthetic train split (sampled with replacement)")
     parser.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
@@ -122,7 +123,8 @@ def main(args: argparse.Namespace) -> dict:
                               ("range", "min-max", ""), ("ms_per_sample", "ms/sample", ".1f"),
                               ("overall_samples_per_s", "samples/s incl. start-up", ".1f"),
                               ("first_batch_s", "first batch s", ".2f")]))
-    print(f"data: {result['data_dir']}; batch {args.batch_size}, crop {args.input_size[0]}x{args.input_size[1]}")
+    print(f"data: {result['data_dir']}; batch {args.batch_size}, "
+          f"crop {args.input_size[0]}x{args.input_size[1]}")
     print(format_environment(info))
     if args.json:
         write_json(result, args.json)

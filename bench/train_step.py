@@ -121,13 +121,17 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                              "--rounds of them per configuration), as a training run sees it: no allocator "
                              "state shared between configurations; memory is measured in the same processes")
     parser.add_argument("--rounds", type=positive_int, default=2,
-                        help="with --isolate: processes per configuration, each running --warmup + --iters steps")
+                        help="with --isolate: processes per configuration, each running "
+                             "--warmup + --iters steps")
     parser.add_argument("--memory-steps", type=positive_int, default=2,
-                        help="without --isolate: steps each fresh memory process runs (2: the second has momentum buffers)")
-    parser.add_argument("--no-memory", action="store_true", help="skip the per-configuration memory processes")
+                        help="without --isolate: steps each fresh memory process runs "
+                             "(2: the second has momentum buffers)")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the per-configuration memory processes")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count and the matmul rates")
     parser.add_argument("--profile", action="store_true",
-                        help="after timing, print torch.profiler's top 15 ops by self CPU time for the first config")
+                        help="after timing, print torch.profiler's top 15 ops by self CPU time "
+                             "for the first config")
     parser.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     parser.add_argument("--worker", default=None, choices=list(CONFIGS),
                         help="internal: run --warmup + --iters steps of this configuration in this (fresh) "
@@ -314,8 +318,8 @@ def main(args: argparse.Namespace) -> dict:
                 losses[name] = out["loss"]
                 if name not in memory or out["peak_mem_mb"] > memory[name]["peak_mem_mb"]:
                     memory[name] = out
-                log(f"round {i + 1}/{args.rounds} {name}: steps {', '.join(f'{t:.3f}' for t in samples[name][-args.iters:])} s, "
-                    f"peak {out['peak_mem_mb']:.0f} MiB")
+                times = ", ".join(f"{t:.3f}" for t in samples[name][-args.iters:])
+                log(f"round {i + 1}/{args.rounds} {name}: steps {times} s, peak {out['peak_mem_mb']:.0f} MiB")
     else:
         # Memory first, in fresh processes, while this one holds nothing big.
         if not args.no_memory:
@@ -323,7 +327,8 @@ def main(args: argparse.Namespace) -> dict:
                 t0 = time.perf_counter()
                 memory[name] = run_worker(name, args, 0, args.memory_steps)
                 del memory[name]["step_samples"], memory[name]["counters"]
-                log(f"memory {name}: peak {memory[name]['peak_mem_mb']:.0f} MiB ({time.perf_counter() - t0:.0f} s)")
+                log(f"memory {name}: peak {memory[name]['peak_mem_mb']:.0f} MiB "
+                    f"({time.perf_counter() - t0:.0f} s)")
         images, labels = make_batch(args.batch_size, args.input_size, device)
         steps = {name: TrainStep(configs[name], device, images, labels) for name in args.configs}
         samples = alternate(steps, args.iters, args.warmup, device, log=log, counters=counters)
@@ -331,7 +336,8 @@ def main(args: argparse.Namespace) -> dict:
 
     def step_of(name: str) -> TrainStep:  # for the FLOP count and the profile; built here if isolated
         if name not in steps:
-            steps[name] = TrainStep(configs[name], device, *make_batch(args.batch_size, args.input_size, device))
+            batch = make_batch(args.batch_size, args.input_size, device)
+            steps[name] = TrainStep(configs[name], device, *batch)
         return steps[name]
 
     result: dict = {}
@@ -354,7 +360,8 @@ def main(args: argparse.Namespace) -> dict:
         entry.update(memory.get(name, {}))
         if flops:
             entry["achieved_tflops"] = 3.0 * flops * args.batch_size / stats["median"] / 1e12
-            entry["matmul_share"] = entry["achieved_tflops"] / rates["bf16" if config.amp == "bf16" else "fp32"]
+            ceiling = rates["bf16" if config.amp == "bf16" else "fp32"]
+            entry["matmul_share"] = entry["achieved_tflops"] / ceiling
         result[name] = entry
         rows.append({**entry, "step_iqr": f"{stats['q1']:.3f}-{stats['q3']:.3f}"})
 
@@ -365,7 +372,8 @@ def main(args: argparse.Namespace) -> dict:
         "input_size": list(args.input_size),
         "iters": args.iters,
         "warmup": args.warmup,
-        "timing": f"{args.rounds} fresh processes per configuration" if args.isolate else "alternated in one process",
+        "timing": (f"{args.rounds} fresh processes per configuration" if args.isolate
+                   else "alternated in one process"),
         "flops_per_image": flops,
         "train_flops_per_image": train_flops,
         "matmul_tflops": rates,
@@ -383,7 +391,8 @@ def main(args: argparse.Namespace) -> dict:
     print(format_table(rows, [c for c in COLUMNS if any(c[0] in r for r in rows)]))
     if flops:
         print(f"network: {flops / 1e9:.1f} GFLOP/image forward, {train_flops / 1e9:.1f} GFLOP/image "
-              f"forward+backward (counted); matmul {rates['bf16']:.3f} TFLOP/s bf16, {rates['fp32']:.3f} fp32")
+              f"forward+backward (counted); matmul {rates['bf16']:.3f} TFLOP/s bf16, "
+              f"{rates['fp32']:.3f} fp32")
     if "ratios" in result:
         print("default / baseline: " + ", ".join(f"{k} {v:.2f}x" for k, v in result["ratios"].items()))
     print(format_environment(info))
