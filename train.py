@@ -28,8 +28,8 @@ from torch.utils.data import ConcatDataset, DataLoader
 from utils import distributed as du
 from utils.checkpoint import (CheckpointError, extract_state_dict, load_imagenet_backbone,
                               load_state_dict_strict, read_checkpoint)
-from utils.engine import (NonFiniteLossError, SeededSamples, StepInfo, capture_rng_state, plain_args, poly_lr,
-                          restore_rng_state, train_one_epoch)
+from utils.engine import (NonFiniteLossError, SeededSamples, StepInfo, capture_rng_state, default_inplace_abn,
+                          plain_args, poly_lr, restore_rng_state, train_one_epoch)
 from utils.inference import AMP_MODES, default_amp, non_negative_int, parse_size, positive_int, resolve_device
 from utils.labels import IGNORE_LABEL, NUM_CLASSES, class_names
 
@@ -121,6 +121,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "scaling); default bf16 where the device supports it, else off")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                         help="channels-last memory format (faster convolutions on recent GPUs and CPUs)")
+    parser.add_argument("--inplace-abn", choices=("auto", "on", "off"), default="auto",
+                        help="InPlace-ABN's in-place memory saving: on, off (the same math under plain "
+                             "autograd: more memory, fewer kernel launches) or auto (default: on for the "
+                             "CPU, off for CUDA, where it is faster; synchronised layers under DDP stay "
+                             "in place)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the network (off by default: slower to train on the CPU)")
     parser.add_argument("--deterministic", action="store_true",
@@ -471,7 +476,7 @@ def main(args: argparse.Namespace) -> int:
     eval_sets = build_eval_sets(args, val_splits, device)
 
     # ---- model and optimizer
-    from libs import BACKEND_DESCRIPTION
+    from libs import BACKEND_DESCRIPTION, set_inplace
     from networks.dfpnet import DFPNet
 
     torch.manual_seed(args.random_seed)  # the same initial weights in every process
@@ -479,6 +484,8 @@ def main(args: argparse.Namespace) -> int:
     # In the authors' checkpoints but never used in forward: frozen, so DDP does not wait for its
     # gradients (it would otherwise need find_unused_parameters, a graph walk per step).
     model.layer5_pred3x3.requires_grad_(False)
+    inplace = default_inplace_abn(device) if args.inplace_abn == "auto" else args.inplace_abn == "on"
+    set_inplace(model, inplace)
     resume_path = find_resume(args)
     state = read_training_state(resume_path, model) if resume_path else None
     init_note = f"resumed from {resume_path}" if state else initialise_weights(model, args.restore_from)
@@ -518,7 +525,8 @@ def main(args: argparse.Namespace) -> int:
     n_params = sum(p.numel() for p in model_without_ddp.parameters()) / 1e6
     log(f"DFPnet: {n_params:.2f} M parameters, {init_note}")
     log(f"device {device} x {world} process(es), amp {args.amp}, channels-last {args.channels_last}, "
-        f"compile {args.compile}, InPlace-ABN {BACKEND_DESCRIPTION}")
+        f"compile {args.compile}, InPlace-ABN {'in place' if inplace else 'under plain autograd'}, "
+        f"{BACKEND_DESCRIPTION}")
     log(f"training {'+'.join(train_splits)}: {len(train_set)} images, batch {args.batch_size} x {world}, "
         f"{iters_per_epoch} iterations/epoch x {args.epochs} epochs = {total_iters} iterations; "
         f"evaluating {', '.join(val_splits) or 'nothing'}")

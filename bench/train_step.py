@@ -10,9 +10,11 @@ momentum 0.9 and weight decay 5e-4 (SPEC section 6), on a fixed random batch.
 Configurations (``--configs``, comma-separated, in the order they alternate):
 
 * ``default``: what train.py runs by default: InPlace-ABN (``DFPNet``'s default norm layer, libs'
-  backend choice), bf16 autocast where the device runs it natively (``train.default_amp``),
-  channels-last, eager (torch.compile makes CPU training slower and costs minutes; on CUDA it is
-  the separate ``compiled`` config until measured);
+  backend choice; in place on the CPU, under plain autograd on CUDA: ``--inplace-abn auto``;
+  ``inplace-on`` and ``inplace-off`` force either), bf16 autocast where the device runs it
+  natively (``utils.inference.default_amp``), channels-last, eager (torch.compile makes CPU
+  training slower and costs minutes; on CUDA it is the separate ``compiled`` config until
+  measured);
 * ``baseline``: the authors' way: float32, eager, NCHW, ``libs.ABN`` (batch norm then a separate
   activation under plain autograd, no in-place memory trick);
 * single-change configs that show where the gain comes from: ``fp32-cl`` (baseline +
@@ -61,10 +63,12 @@ class Config:
     amp: str  # "off" (float32) or "bf16" autocast
     channels_last: bool
     compile: bool = False
+    inplace: bool = True  # norm "inplace" only: libs.set_inplace (train.py --inplace-abn)
 
     @property
     def label(self) -> str:
-        return (f"{'InPlace-ABN' if self.norm == 'inplace' else 'ABN'}, "
+        norm = "ABN" if self.norm != "inplace" else "InPlace-ABN" if self.inplace else "InPlace-ABN off"
+        return (f"{norm}, "
                 f"{'bf16' if self.amp == 'bf16' else 'fp32'}, "
                 f"{'channels-last' if self.channels_last else 'NCHW'}{', compiled' if self.compile else ''}")
 
@@ -79,17 +83,23 @@ CONFIGS: dict[str, Config] = {
     "bf16-cl": replace(BASELINE, amp="bf16", channels_last=True),
     "iabn-fp32": replace(BASELINE, norm="inplace"),
     "compiled": replace(DEFAULT, compile=True),
+    "inplace-on": replace(DEFAULT, inplace=True),
+    "inplace-off": replace(DEFAULT, inplace=False),
 }
 
 
 def configs_for(device: torch.device) -> dict[str, Config]:
-    """CONFIGS with the default's precision resolved as train.py resolves it for ``device``
-    (bf16 where the CPU or GPU runs it natively, else float32)."""
-    from train import default_amp
+    """CONFIGS with the default's precision and in-place choice resolved as train.py resolves them
+    for ``device`` (bf16 where the CPU or GPU runs it natively, else float32; in place on the CPU)."""
+    from utils.engine import default_inplace_abn
+    from utils.inference import default_amp
 
-    amp = default_amp(device)
-    return {name: (replace(config, amp=amp) if config.norm == "inplace" and config.channels_last else config)
-            for name, config in CONFIGS.items()}
+    amp, inplace = default_amp(device), default_inplace_abn(device)
+    configs = {name: (replace(config, amp=amp) if config.norm == "inplace" and config.channels_last else config)
+               for name, config in CONFIGS.items()}
+    for name in ("default", "compiled"):
+        configs[name] = replace(configs[name], inplace=inplace)
+    return configs
 
 
 def parse_configs(text: str) -> list[str]:
@@ -160,6 +170,8 @@ def build_model(config: Config, device: torch.device, seed: int = 0) -> nn.Modul
     torch.manual_seed(seed)
     model = DFPNet(NUM_CLASSES, norm_layer=None if config.norm == "inplace" else libs.ABN)
     model.layer5_pred3x3.requires_grad_(False)  # unused in forward; train.py freezes it too
+    if config.norm == "inplace":
+        libs.set_inplace(model, config.inplace)
     model.to(device).train()
     if config.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -50,6 +50,7 @@ __all__ = [
     "InPlaceABN",
     "InPlaceABNFunction",
     "InPlaceABNSync",
+    "set_inplace",
 ]
 
 logger = logging.getLogger("dfpnet")
@@ -439,7 +440,9 @@ class InPlaceABN(_ActivatedBatchNorm):
             invert the activation from the output.
 
     Attribute `backend` ("compiled" or "pure", default `BACKEND`) may be set per layer, e.g. to
-    benchmark the pure backend where the compiled one is installed.
+    benchmark the pure backend where the compiled one is installed. Attribute `inplace` (default
+    True; see `set_inplace`) False runs the same math under plain autograd, as `ABN` does: more
+    activation memory, fewer kernel launches (faster where the host, not the device, limits).
     """
 
     def __init__(
@@ -458,6 +461,7 @@ class InPlaceABN(_ActivatedBatchNorm):
                 f"inverts the activation from its output), got {activation_param}"
             )
         self.backend = BACKEND
+        self.inplace = True
         _announce_backend()
 
     def _compiled_serves(self, x: torch.Tensor) -> bool:
@@ -473,10 +477,11 @@ class InPlaceABN(_ActivatedBatchNorm):
         return x.device.type == "cpu" and x.dtype == torch.float32
 
     def _train_forward(self, x: torch.Tensor, group) -> torch.Tensor:
-        if group is None and torch.compiler.is_compiling():
+        if group is None and (not self.inplace or torch.compiler.is_compiling()):
             # torch.compile cannot trace the in-place Function (it breaks the graph at every layer
             # and recompiles per channel count); given the plain math, Inductor fuses norm and
-            # activation and chooses itself what to save for backward.
+            # activation and chooses itself what to save for backward. Synchronised layers keep
+            # the Function: it holds the all-reduces.
             return self._autograd_forward(x)
         activation = _canonical_activation(self.activation)
         overwrite = _overwritable(x)
@@ -515,3 +520,12 @@ class InPlaceABNSync(InPlaceABN):
         if not self.training:
             return self._eval_forward(x)
         return self._train_forward(x, group=_sync_group())
+
+
+def set_inplace(model: nn.Module, inplace: bool) -> int:
+    """Switch every InPlaceABN(Sync) in ``model`` between the in-place memory trick (True) and plain
+    autograd (False); same outputs and gradients either way. Returns how many layers it set."""
+    layers = [m for m in model.modules() if isinstance(m, InPlaceABN)]
+    for layer in layers:
+        layer.inplace = inplace
+    return len(layers)

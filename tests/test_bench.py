@@ -61,11 +61,11 @@ def test_train_step_json(tmp_path):
         assert entry["images_per_s"] == pytest.approx(2 / entry["step_s"])
         assert entry["peak_mem_mb"] >= entry["model_mem_mb"]
         assert math.isfinite(entry["loss"])
-    from train import default_amp  # the default config's precision is train.py's choice for the device
+    from utils.inference import default_amp  # the default config's precision: train.py's choice for the device
 
     default, baseline = out["default"], out["baseline"]
     assert default["amp"] == default_amp(torch.device("cpu"))
-    assert default["channels_last"] and default["norm"] == "inplace"
+    assert default["channels_last"] and default["norm"] == "inplace" and default["inplace"] is True  # CPU: in place
     assert baseline["amp"] == "off" and not baseline["channels_last"] and baseline["norm"] == "abn"
     assert out["ratios"]["step_time"] == pytest.approx(default["step_s"] / baseline["step_s"])
     assert out["ratios"]["peak_mem"] == pytest.approx(default["peak_mem_mb"] / baseline["peak_mem_mb"])

@@ -476,3 +476,23 @@ def test_torch_compile_traces_one_graph_and_matches_eager():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
     for a, b in zip(net.buffers(), twin.buffers()):
         torch.testing.assert_close(a, b)
+
+
+def test_set_inplace_off_is_the_same_math_with_more_memory():
+    from libs import set_inplace
+
+    torch.manual_seed(14)
+    net = nn.Sequential(nn.Conv2d(3, C, 3, padding=1, bias=False), InPlaceABNSync(C),
+                        nn.Conv2d(C, C, 1, bias=False), InPlaceABN(C, activation="identity"))
+    twin = copy.deepcopy(net)
+    assert set_inplace(twin, False) == 2 and not twin[1].inplace and net[1].inplace
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    net.double(), twin.double()
+    outputs = []
+    for model in (net, twin):
+        y = model(x)
+        y.square().sum().backward()
+        outputs.append((y, [p.grad for p in model.parameters()], list(model.buffers())))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-9, atol=1e-11)
+    fresh = copy.deepcopy(net)
+    assert saved_bytes(twin, x) > saved_bytes(fresh, x)  # plain autograd keeps the norms' inputs too
