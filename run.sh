@@ -41,7 +41,7 @@ EOF
     "$PYTHON" -m dataset.synthetic --out "$DEMO_DATA" --train 96 --val 24 --trainTest 12 --seed 0
   fi
   "$PYTHON" train.py --data-dir "$DEMO_DATA" --input-size 128,128 --batch-size 8 --learning-rate 1e-2 \
-    --epochs 40 --eval-every 5 --restore-from none --snapshot-dir "$DEMO_SNAPSHOTS" --workers 0 \
+    --epochs 30 --eval-every 5 --restore-from none --snapshot-dir "$DEMO_SNAPSHOTS" --workers 0 \
     --log-every 10 --image-every 60 --save-every 0 ${extra[@]+"${extra[@]}"}
   echo
   echo "Demo done. See it in TensorBoard:  .venv/bin/tensorboard --logdir ${DEMO_SNAPSHOTS#./}"
