@@ -11,8 +11,56 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.autograd.graph import saved_tensors_hooks
 
 NormLayer = Callable[..., nn.Module]
+# Tests switch it off to compare against plain autograd.
+RECOMPUTE_RELU = True
+
+
+class _ReluSavingInput(torch.autograd.Function):
+    """relu(y) that keeps y for backward instead of its output (the mask y > 0 is the same)."""
+
+    @staticmethod
+    def forward(ctx, y):
+        ctx.save_for_backward(y)
+        return torch.relu(y)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad, y, 0)
+
+
+def relu_into(y: torch.Tensor, norm: nn.Module, consumer: nn.Module) -> torch.Tensor:
+    """consumer(relu(y)) for y = norm(...), keeping relu(y) out of the memory saved for backward.
+
+    The authors' backbone follows each norm with a separate ReLU and a convolution, which keeps
+    both the norm's output (InPlace-ABN inverts it in backward) and the ReLU's output (the
+    convolution's input). Where the norm keeps y anyway (InPlace-ABN in place), the ReLU and the
+    convolution here save a reference to y instead and backward recomputes relu(y): one cheap
+    elementwise op per layer, about 80 MiB less at batch 2, 384x384, bf16. Same numbers.
+    """
+    keeps_y = getattr(norm, "inplace", False) and norm.training and RECOMPUTE_RELU
+    if not keeps_y or not torch.is_grad_enabled() or not y.requires_grad or torch.compiler.is_compiling():
+        return consumer(torch.relu(y))
+    # Autograd keeps the pack hook with every tensor it packs: the hook must not hold r itself.
+    held = [_ReluSavingInput.apply(y)]
+
+    def pack(t: torch.Tensor):
+        r = held[0] if held else None
+        if r is not None and t.data_ptr() == r.data_ptr() and t.shape == r.shape and t.stride() == r.stride() \
+                and t.dtype == r.dtype:
+            return y  # a tensor marks "recompute"; anything else is saved as is, in a list
+        return [t]
+
+    def unpack(packed):
+        return packed[0] if isinstance(packed, list) else torch.relu(packed)
+
+    with saved_tensors_hooks(pack, unpack):
+        out = consumer(held[0])
+    held.clear()
+    return out
 
 
 def _identity_norm(norm_layer: NormLayer) -> NormLayer:
@@ -36,13 +84,13 @@ class Bottleneck(nn.Module):
         self.bn2 = bn(planes)
         self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
         self.bn3 = bn(planes * self.expansion)
-        self.relu = nn.ReLU()
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        # relu(bn1(conv1(x))), etc.; relu_into only changes what autograd keeps.
+        out = relu_into(self.bn1(self.conv1(x)), self.bn1, self.conv2)
+        out = relu_into(self.bn2(out), self.bn2, self.conv3)
+        out = self.bn3(out)
         residual = x if self.downsample is None else self.downsample(x)
         return torch.relu_(out + residual)
 
@@ -63,10 +111,8 @@ class DeepStemResNet(nn.Module):
         self.inplanes = 128
         self.conv1 = nn.Conv2d(3, 64, 3, stride=2, padding=1, bias=False)
         self.bn1 = bn(64)
-        self.relu1 = nn.ReLU()
         self.conv2 = nn.Conv2d(64, 64, 3, padding=1, bias=False)
         self.bn2 = bn(64)
-        self.relu2 = nn.ReLU()
         self.conv3 = nn.Conv2d(64, 128, 3, padding=1, bias=False)
         self.bn3 = bn(128)
         self.relu3 = nn.ReLU()
@@ -93,9 +139,9 @@ class DeepStemResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """x1 (stem, 128 ch, H/2), x2 (256, H/4), x3 (512, H/8), x4 (1024, H/16), x5 (2048, H/16)."""
-        x1 = self.relu1(self.bn1(self.conv1(x)))
-        x1 = self.relu2(self.bn2(self.conv2(x1)))
-        x1 = self.relu3(self.bn3(self.conv3(x1)))
+        x1 = relu_into(self.bn1(self.conv1(x)), self.bn1, self.conv2)  # the authors' relu1, then conv2
+        x1 = relu_into(self.bn2(x1), self.bn2, self.conv3)  # relu2, then conv3
+        x1 = self.relu3(self.bn3(x1))
         x2 = self.layer1(self.maxpool(x1))
         x3 = self.layer2(x2)
         x4 = self.layer3(x3)

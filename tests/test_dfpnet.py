@@ -122,3 +122,63 @@ def test_bad_input_shapes_are_explained(model):
         model(torch.randn(1, 1, 32, 32))
     with pytest.raises(ValueError, match="H, W >= 2"):
         model(torch.randn(1, 3, 1, 32))
+
+
+def _live_bytes() -> int:
+    """Bytes glibc's malloc has handed out and not got back (heap + mmapped chunks)."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                          "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = MallInfo2
+    info = libc.mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
+def _forward_memory_and_grads(net: DFPNet, x: torch.Tensor):
+    """Live bytes that the training forward leaves for backward, outputs and gradients."""
+    net.zero_grad(set_to_none=True)
+    torch.manual_seed(7)  # the same dropout draws in both runs
+    before = _live_bytes()
+    out = net(x)
+    held = _live_bytes() - before
+    sum((o * o).mean() for o in out).backward()
+    return held, out, [p.grad for p in net.parameters() if p.grad is not None]
+
+
+def test_backbone_relus_recomputed_in_backward_same_gradients_less_memory(monkeypatch):
+    import copy
+
+    import networks.backbone as backbone
+
+    try:
+        _live_bytes()
+    except (AttributeError, OSError):
+        pytest.skip("needs glibc's mallinfo2 to count live bytes")
+    torch.manual_seed(0)
+    net = DFPNet(8).double().train()
+    _randomise_norms(net, seed=5)
+    twin = copy.deepcopy(net)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    relu_bytes = []
+    real = backbone.relu_into
+
+    def counting(y, norm, consumer):
+        relu_bytes.append(y.numel() * y.element_size())
+        return real(y, norm, consumer)
+
+    monkeypatch.setattr(backbone, "relu_into", counting)
+    _forward_memory_and_grads(copy.deepcopy(net), x)  # warm-up: first-call allocations
+    relu_bytes.clear()
+    held_on, out_on, grads_on = _forward_memory_and_grads(net, x)
+    monkeypatch.setattr(backbone, "RECOMPUTE_RELU", False)
+    held_off, out_off, grads_off = _forward_memory_and_grads(twin, x)
+    for a, b in zip(out_on + grads_on, out_off + grads_off):
+        assert torch.equal(a, b)
+    assert len(grads_on) == len(grads_off) > 300
+    # relu(y) of the stem's first two norms and of two norms per bottleneck is no longer kept.
+    assert len(relu_bytes) == 2 * (2 + 2 * (3 + 4 + 23 + 3))  # two runs of: 2 in the stem, 2 per bottleneck
+    assert held_off - held_on > 0.8 * sum(relu_bytes) / 2, (held_on, held_off, sum(relu_bytes) / 2)
