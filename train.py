@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import os
 import sys
 import time
@@ -30,7 +29,8 @@ from utils.checkpoint import (CheckpointError, extract_state_dict, load_imagenet
                               load_state_dict_strict, read_checkpoint)
 from utils.engine import (NonFiniteLossError, SeededSamples, StepInfo, capture_rng_state, default_inplace_abn,
                           plain_args, poly_lr, restore_rng_state, train_one_epoch)
-from utils.inference import AMP_MODES, default_amp, non_negative_int, parse_size, positive_int, resolve_device
+from utils.inference import (AMP_MODES, default_amp, non_negative_float, non_negative_int, parse_size,
+                             positive_float, positive_int, resolve_device)
 from utils.labels import IGNORE_LABEL, NUM_CLASSES, class_names
 
 PROG = "train.py"
@@ -45,26 +45,6 @@ class UsageError(Exception):
 # ------------------------------------------------------------------------------------------
 # Arguments
 # ------------------------------------------------------------------------------------------
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, add_help=add_help,

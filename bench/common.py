@@ -214,12 +214,13 @@ def matmul_tflops(device: torch.device | str, dtype: torch.dtype, n: int | None 
 # --------------------------------------------------------------------------------------------
 
 def write_json(obj: dict, path: str) -> None:
-    """Write ``obj`` as indented JSON to ``path`` (folders created)."""
+    """Write ``obj`` as indented JSON to ``path`` (folders created) and say where."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2, sort_keys=False)
         f.write("\n")
+    print(f"JSON in {path}")
 
 
 def format_table(rows: Iterable[dict], columns: Sequence[tuple[str, str, str]]) -> str:

@@ -128,7 +128,6 @@ def main(args: argparse.Namespace) -> dict:
     print(format_environment(info))
     if args.json:
         write_json(result, args.json)
-        print(f"JSON in {args.json}")
     return result
 
 

@@ -412,7 +412,6 @@ def main(args: argparse.Namespace) -> dict:
         result["profile"] = print_profile(step_of(args.configs[0]))
     if args.json:
         write_json(result, args.json)
-        print(f"JSON in {args.json}")
     return result
 
 

@@ -11,8 +11,6 @@ Module names are the authors' (their checkpoints are keyed by them); see SPEC se
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn

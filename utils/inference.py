@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -405,24 +406,32 @@ def parse_scales(text: str) -> tuple[float, ...]:
     return scales
 
 
-def positive_int(text: str) -> int:
+def _number(text: str, cast: Callable[[str], float], minimum: float, strict: bool, expected: str):
+    """argparse type: ``text`` as ``cast`` (int or float), finite and > (strict) or >= ``minimum``."""
     try:
-        value = int(text)
+        value = cast(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        value = None
+    ok = value is not None and math.isfinite(value) and (value > minimum if strict else value >= minimum)
+    if not ok:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _number(text, int, 0, True, "a positive integer")
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+    return _number(text, int, 0, False, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    return _number(text, float, 0.0, True, "a positive number")
+
+
+def non_negative_float(text: str) -> float:
+    return _number(text, float, 0.0, False, "a number >= 0")
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
