@@ -504,9 +504,10 @@ def main(args: argparse.Namespace) -> int:
 
     n_params = sum(p.numel() for p in model_without_ddp.parameters()) / 1e6
     log(f"DFPnet: {n_params:.2f} M parameters, {init_note}")
+    # Synchronised layers keep the in-place Function under DDP whatever --inplace-abn says.
+    abn_mode = "in place" if inplace or args.distributed else "under plain autograd"
     log(f"device {device} x {world} process(es), amp {args.amp}, channels-last {args.channels_last}, "
-        f"compile {args.compile}, InPlace-ABN {'in place' if inplace else 'under plain autograd'}, "
-        f"{BACKEND_DESCRIPTION}")
+        f"compile {args.compile}, InPlace-ABN {abn_mode}, {BACKEND_DESCRIPTION}")
     log(f"training {'+'.join(train_splits)}: {len(train_set)} images, batch {args.batch_size} x {world}, "
         f"{iters_per_epoch} iterations/epoch x {args.epochs} epochs = {total_iters} iterations; "
         f"evaluating {', '.join(val_splits) or 'nothing'}")
