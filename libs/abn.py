@@ -297,8 +297,7 @@ class InPlaceABNFunction(torch.autograd.Function):
                 grad_x = None
                 if need_x:
                     sums = torch.stack([sum_dy, sum_dy_xhat])
-                    if ctx.group is not None:
-                        dist.all_reduce(sums, group=ctx.group)
+                    dist.all_reduce(sums, group=ctx.group)
                     # dx = gain * (dy - mean(dy) - x_hat * mean(dy * x_hat)), means over all processes
                     x_hat.mul_((sums[1] / count).view(shape)).add_((sums[0] / count).view(shape))
                     grad_x = (dy - x_hat).mul_((invstd * scale).view(shape))
