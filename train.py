@@ -17,21 +17,56 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import signal
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 
 import torch
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from utils import distributed as du
-from utils.checkpoint import (CheckpointError, extract_state_dict, load_imagenet_backbone,
-                              load_state_dict_strict, read_checkpoint)
-from utils.engine import (NonFiniteLossError, SeededSamples, StepInfo, capture_rng_state, default_inplace_abn,
-                          plain_args, poly_lr, restore_rng_state, train_one_epoch)
-from utils.inference import (AMP_MODES, default_amp, non_negative_float, non_negative_int, parse_size,
-                             positive_float, positive_int, resolve_device)
+from utils.checkpoint import (
+    CheckpointError,
+    extract_state_dict,
+    load_imagenet_backbone,
+    load_state_dict_strict,
+    read_checkpoint,
+)
+from utils.engine import (
+    NonFiniteLossError,
+    SeededSamples,
+    StepInfo,
+    StopSignals,
+    capture_rng_state,
+    default_inplace_abn,
+    ignore_stop_signals,
+    plain_args,
+    poly_lr,
+    restore_rng_state,
+    train_one_epoch,
+)
+from utils.inference import (
+    AMP_MODES,
+    default_amp,
+    non_negative_float,
+    non_negative_int,
+    parse_size,
+    positive_float,
+    positive_int,
+    resolve_device,
+)
 from utils.labels import IGNORE_LABEL, NUM_CLASSES, class_names
+from utils.snapshots import (
+    SnapshotDirBusy,
+    Snapshots,
+    find_resume,
+    lock_for_run,
+    read_training_state,
+    resume_position,
+    training_state,
+)
 
 PROG = "train.py"
 # Evaluation splits and their TensorBoard tags (the authors': mIoUval, mIoUtest).
@@ -286,17 +321,6 @@ def initialise_weights(model: torch.nn.Module, restore_from: str) -> str:
     return f"ImageNet backbone from {restore_from} ({loaded} of {total} tensors)"
 
 
-def find_resume(args: argparse.Namespace) -> str | None:
-    if args.resume.lower() == "none":
-        return None
-    if args.resume.lower() == "auto":
-        path = os.path.join(args.snapshot_dir, "last.pth")
-        return path if os.path.isfile(path) else None
-    if not os.path.isfile(args.resume):
-        raise UsageError(f"argument --resume: {args.resume}: no such file")
-    return args.resume
-
-
 def evaluation_due(epoch: int, args: argparse.Namespace) -> bool:
     """After epoch ``epoch`` (0-based)? Every --eval-every epochs counted from 1, and after the last."""
     every = args.eval_every or (5 if epoch < 500 else 20)
@@ -378,41 +402,11 @@ def evaluate(model: torch.nn.Module, splits: dict, device: torch.device, args: a
 
 
 # ------------------------------------------------------------------------------------------
-# Checkpoints
+# The run's pieces: device, data, model
 # ------------------------------------------------------------------------------------------
 
-def read_training_state(path: str, model: torch.nn.Module) -> dict:
-    """last.pth (or another training state): its weights go into ``model``; the rest is returned."""
-    state = read_checkpoint(path)
-    if not isinstance(state, dict) or "optimizer" not in state or "iteration" not in state:
-        raise CheckpointError(f"{path}: holds weights only, not a training state to resume "
-                              f"(pass it as --restore-from, or --resume none)")
-    load_state_dict_strict(model, extract_state_dict(state, path), path)
-    return state
-
-
-def resume_position(state: dict, path: str, iters_per_epoch: int, total_iters: int) -> int:
-    """The iteration to continue from; warns when the run's shape changed since the save."""
-    iteration = int(state["iteration"])
-    saved = state.get("schedule", {})
-    if saved.get("iters_per_epoch") != iters_per_epoch:
-        # Another batch size or process count: the interrupted epoch's batches cannot be matched.
-        epoch = int(state.get("epoch", 0))
-        warn(f"{path} was saved with {saved.get('iters_per_epoch')} iterations per epoch, this run has "
-             f"{iters_per_epoch} (other --batch-size or process count): epoch {epoch} starts over")
-        return epoch * iters_per_epoch
-    if saved.get("total_iters") != total_iters:
-        warn(f"{path}: the run had {saved.get('total_iters')} iterations in all, this one has {total_iters} "
-             f"(other --epochs): the LR schedule is stretched from here on")
-    return iteration
-
-
-# ------------------------------------------------------------------------------------------
-# main
-# ------------------------------------------------------------------------------------------
-
-
-def main(args: argparse.Namespace) -> int:
+def setup_device(args: argparse.Namespace) -> torch.device:
+    """--gpu, --device, --amp and --deterministic: the device this process trains on."""
     if args.gpu is not None:  # before anything touches CUDA, as the authors
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
     try:
@@ -429,34 +423,63 @@ def main(args: argparse.Namespace) -> int:
         # Some CUDA kernels (bilinear upsampling's backward) have no deterministic version: warn there.
         torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
     torch.backends.cudnn.benchmark = device.type == "cuda" and not args.deterministic
+    return device
 
-    du.init_distributed_mode(args)
-    rank, world = args.rank, args.world_size
 
-    # ---- data: checked first, so a broken file stops the run before the first iteration
+@dataclass
+class TrainData:
+    splits: list[str]             # the id lists the training set is made of
+    dataset: Dataset
+    sampler: du.EpochShuffleSampler
+    loader: DataLoader
+    generator: torch.Generator    # reseeded per epoch: worker seeds from (seed, epoch, rank)
+    eval_sets: dict               # {split: (dataset, loader)}, in the order they are evaluated
+
+    @property
+    def iters_per_epoch(self) -> int:
+        return self.sampler.batches_per_epoch
+
+
+def build_data(args: argparse.Namespace, device: torch.device) -> TrainData | None:
+    """The training set and loader and the evaluation splits, checked first (None: the check failed),
+    so that a broken file stops the run before its first iteration."""
     train_splits = training_splits(args.data_dir, args.dataset)
     val_splits = present_splits(args.data_dir, args.val_datasets) if os.path.isdir(args.data_dir) else []
     if not check_data(args, list(dict.fromkeys(train_splits + val_splits))):
-        return 1
+        return None
     if train_splits != [args.dataset]:
         log(f"--dataset {args.dataset}: no {args.dataset}_id.txt, training on {' + '.join(train_splits)}")
-    train_set = build_train_dataset(args, train_splits)
-    sampler = du.EpochShuffleSampler(len(train_set), args.batch_size, seed=args.random_seed, rank=rank,
+    dataset = build_train_dataset(args, train_splits)
+    world = args.world_size
+    sampler = du.EpochShuffleSampler(len(dataset), args.batch_size, seed=args.random_seed, rank=args.rank,
                                      world_size=world)
-    iters_per_epoch = sampler.batches_per_epoch
-    if iters_per_epoch == 0:
+    if sampler.batches_per_epoch == 0:
         raise UsageError(f"argument --batch-size: {args.batch_size} x {world} process(es) needs at least "
                          f"{args.batch_size * world} training images, {'+'.join(train_splits)} has "
-                         f"{len(train_set)} (incomplete batches are dropped)")
-    total_iters = args.epochs * iters_per_epoch
-    loader_generator = torch.Generator()  # reseeded per epoch: worker seeds from (seed, epoch, rank)
-    train_loader = DataLoader(SeededSamples(train_set, args.random_seed), batch_size=args.batch_size,
-                              sampler=sampler, num_workers=args.workers, pin_memory=device.type == "cuda",
-                              drop_last=True, generator=loader_generator, persistent_workers=args.workers > 0)
-    eval_sets = build_eval_sets(args, val_splits, device)
+                         f"{len(dataset)} (incomplete batches are dropped)")
+    generator = torch.Generator()
+    loader = DataLoader(SeededSamples(dataset, args.random_seed), batch_size=args.batch_size, sampler=sampler,
+                        num_workers=args.workers, pin_memory=device.type == "cuda", drop_last=True,
+                        generator=generator, persistent_workers=args.workers > 0,
+                        worker_init_fn=ignore_stop_signals)
+    return TrainData(train_splits, dataset, sampler, loader, generator, build_eval_sets(args, val_splits, device))
 
-    # ---- model and optimizer
-    from libs import BACKEND_DESCRIPTION, set_inplace
+
+@dataclass
+class Network:
+    model: torch.nn.Module        # the weights: what is saved and evaluated (no DDP wrapper)
+    train_model: torch.nn.Module  # what a step runs: `model` inside DDP and/or torch.compile
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    inplace: bool                 # InPlace-ABN in place (else the same math under plain autograd)
+    init_note: str                # where the weights came from, for the log
+
+
+def build_model(args: argparse.Namespace, device: torch.device,
+                resume_path: str | None) -> tuple[Network, dict | None]:
+    """DFPnet with its initial weights (or those of the training state it resumes), on the device,
+    wrapped for DDP / compile, and its optimizer. Returns the network and the training state read."""
+    from libs import set_inplace
     from networks.dfpnet import DFPNet
 
     torch.manual_seed(args.random_seed)  # the same initial weights in every process
@@ -466,178 +489,239 @@ def main(args: argparse.Namespace) -> int:
     model.layer5_pred3x3.requires_grad_(False)
     inplace = default_inplace_abn(device) if args.inplace_abn == "auto" else args.inplace_abn == "on"
     set_inplace(model, inplace)
-    resume_path = find_resume(args)
     state = read_training_state(resume_path, model) if resume_path else None
     init_note = f"resumed from {resume_path}" if state else initialise_weights(model, args.restore_from)
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
-    model_without_ddp = model
+    train_model = model
     if args.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
+        train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
-    train_model = torch.compile(model) if args.compile else model
-    optimizer = torch.optim.SGD([p for p in model_without_ddp.parameters() if p.requires_grad],
-                                lr=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay)
+    if args.compile:
+        train_model = torch.compile(train_model)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate,
+                                momentum=args.momentum, weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
+    return Network(model, train_model, optimizer, scaler, inplace, init_note), state
 
-    # ---- where the run stands
-    iteration = args.start_epoch * iters_per_epoch
-    best = {"mean_iou": -1.0, "epoch": -1, "split": None}
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        iteration = resume_position(state, resume_path, iters_per_epoch, total_iters)
-        best = dict(state.get("best") or best)
+
+# ------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------
+
+class Trainer:
+    """The training loop and what it changes as it goes: the position, the best result, the saves."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, data: TrainData, net: Network,
+                 snapshots: Snapshots) -> None:
+        self.args, self.device, self.data, self.net, self.snapshots = args, device, data, net, snapshots
+        self.iters_per_epoch = data.iters_per_epoch
+        self.total_iters = args.epochs * self.iters_per_epoch
+        self.iteration = args.start_epoch * self.iters_per_epoch  # steps done over the whole run
+        self.best: dict = {"mean_iou": -1.0, "epoch": -1, "split": None}
+        self.signals = StopSignals(PROG)
+        self.stop_signal = 0  # the signal every process agreed to stop on
+        self.writer = None
+        self.bar = None
+
+    # ---- state
+    def restore(self, state: dict | None, path: str | None) -> None:
+        """Continue from a training state (optimizer, scaler, position, best, random states), or start."""
+        args, rank, world = self.args, self.args.rank, self.args.world_size
+        if state is None:
+            torch.manual_seed(du.derive_seed(args.random_seed, "dropout", rank))
+            return
+        self.net.optimizer.load_state_dict(state["optimizer"])
+        if self.net.scaler is not None and state.get("scaler"):
+            self.net.scaler.load_state_dict(state["scaler"])
+        self.iteration = resume_position(state, path, self.iters_per_epoch, self.total_iters, warn)
+        self.best = dict(state.get("best") or self.best)
         rng = state.get("rng") or []
         if len(rng) == world:
-            restore_rng_state(rng[rank], device)
+            restore_rng_state(rng[rank], self.device)
         else:
-            warn(f"{resume_path} holds the random states of {len(rng)} process(es), this run has {world}: "
+            warn(f"{path} holds the random states of {len(rng)} process(es), this run has {world}: "
                  f"dropout draws differ from the interrupted run's")
-            torch.manual_seed(du.derive_seed(args.random_seed, "dropout", rank, iteration))
-        del state
-    else:
-        torch.manual_seed(du.derive_seed(args.random_seed, "dropout", rank))
-    start_epoch, skip_batches = divmod(iteration, iters_per_epoch)
+            torch.manual_seed(du.derive_seed(args.random_seed, "dropout", rank, self.iteration))
 
-    n_params = sum(p.numel() for p in model_without_ddp.parameters()) / 1e6
-    log(f"DFPnet: {n_params:.2f} M parameters, {init_note}")
-    # Synchronised layers keep the in-place Function under DDP whatever --inplace-abn says.
-    abn_mode = "in place" if inplace or args.distributed else "under plain autograd"
-    log(f"device {device} x {world} process(es), amp {args.amp}, channels-last {args.channels_last}, "
-        f"compile {args.compile}, InPlace-ABN {abn_mode}, {BACKEND_DESCRIPTION}")
-    log(f"training {'+'.join(train_splits)}: {len(train_set)} images, batch {args.batch_size} x {world}, "
-        f"{iters_per_epoch} iterations/epoch x {args.epochs} epochs = {total_iters} iterations; "
-        f"evaluating {', '.join(val_splits) or 'nothing'}")
-    if iteration >= total_iters:
-        log(f"nothing to do: {resume_path} is at iteration {iteration} of {total_iters}, the run is complete "
-            f"(--resume none starts anew)")
-        return 0
-    if iteration:
-        lr = poly_lr(args.learning_rate, iteration, total_iters, args.power)
-        log(f"starting at epoch {start_epoch}, iteration {iteration} (lr {lr:.3e})")
+    def save_last(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()  # best effort: a kill still loses what tensorboardX's queue holds
+        args = self.args
+        rng = du.all_gather_objects(capture_rng_state(self.device))  # every process's, for an exact resume
+        schedule = {"base_lr": args.learning_rate, "power": args.power, "total_iters": self.total_iters,
+                    "iters_per_epoch": self.iters_per_epoch}
+        state = training_state(self.net.model, self.net.optimizer, self.net.scaler,
+                               epoch=self.iteration // self.iters_per_epoch, iteration=self.iteration,
+                               schedule=schedule, rng=rng, best=self.best, args=plain_args(args))
+        with self.signals.saving():
+            self.snapshots.save_last(state)
 
-    writer = None
-    if du.is_main_process():
-        os.makedirs(args.snapshot_dir, exist_ok=True)
-        from tensorboardX import SummaryWriter
-        # purge_step hides what an interrupted run logged after its last save (steps > iteration).
-        writer = SummaryWriter(logdir=args.snapshot_dir, purge_step=iteration + 1 if iteration else None)
+    # ---- callbacks of train_one_epoch
+    def lr_at(self, iteration: int) -> float:
+        return poly_lr(self.args.learning_rate, iteration, self.total_iters, self.args.power)
 
-    last_path = os.path.join(args.snapshot_dir, "last.pth")
-    last_saved: dict[str, int | None] = {"iteration": None}
-
-    def save_last(next_epoch: int, at: int) -> None:
-        if writer is not None:
-            writer.flush()  # best effort: a kill still loses what tensorboardX's queue holds
-        rng = du.all_gather_objects(capture_rng_state(device))  # every process's, for an exact resume
-        du.save_on_master({
-            "model": model_without_ddp.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "epoch": next_epoch,
-            "iteration": at,
-            "schedule": {"base_lr": args.learning_rate, "power": args.power, "total_iters": total_iters,
-                         "iters_per_epoch": iters_per_epoch},
-            "rng": rng,
-            "best": best,
-            "world_size": world,
-            "args": plain_args(args),
-        }, last_path)
-        last_saved["iteration"] = at
-
-    from tqdm import tqdm
-    bar = tqdm(total=total_iters, initial=iteration, unit="it", dynamic_ncols=True,
-               disable=not (du.is_main_process() and sys.stderr.isatty()))
-
-    def on_step(info: StepInfo) -> None:
-        it = info.iteration
-        rate = info.images.shape[0] * world / max(info.seconds, 1e-9)
-        bar.update(1)
-        bar.set_postfix(loss=f"{info.loss:.3f}", lr=f"{info.lr:.2e}", img_s=f"{rate:.1f}", refresh=False)
-        if writer is not None and it % args.log_every == 0:
-            writer.add_scalar("loss", info.loss, it)
-            writer.add_scalar("learning_rate", info.lr, it)
-            writer.add_scalar("images_per_second", rate, it)
-        if writer is not None and it % args.image_every == 0:
-            log_training_images(writer, info, args.save_num_images)
+    def on_step(self, info: StepInfo) -> None:
+        args, it = self.args, info.iteration
+        self.iteration = it
+        rate = info.images.shape[0] * args.world_size / max(info.seconds, 1e-9)
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{info.loss:.3f}", lr=f"{info.lr:.2e}", img_s=f"{rate:.1f}", refresh=False)
+        if self.writer is not None and it % args.log_every == 0:
+            self.writer.add_scalar("loss", info.loss, it)
+            self.writer.add_scalar("learning_rate", info.lr, it)
+            self.writer.add_scalar("images_per_second", rate, it)
+        if self.writer is not None and it % args.image_every == 0:
+            log_training_images(self.writer, info, args.save_num_images)
         # The epoch's last step is saved at the epoch end, after its evaluation.
-        if args.save_every and it % args.save_every == 0 and it % iters_per_epoch != 0:
-            save_last(info.epoch, it)
+        if args.save_every and it % args.save_every == 0 and it % self.iters_per_epoch != 0:
+            self.save_last()
 
-    def lr_at(it: int) -> float:
-        return poly_lr(args.learning_rate, it, total_iters, args.power)
+    def should_stop(self) -> bool:
+        """Did any process get a stop signal? Asked by every process at the same points."""
+        self.stop_signal = du.max_over_processes(self.signals.signum, self.device)
+        return self.stop_signal > 0
 
-    run_start = time.perf_counter()
+    # ---- epochs
+    def train_epoch(self, epoch: int) -> bool:
+        """One epoch (or what is left of it), its evaluation and saves; False if it was cut short."""
+        args, data = self.args, self.data
+        epoch_start = time.perf_counter()
+        data.sampler.set_epoch(epoch, self.iteration - epoch * self.iters_per_epoch)
+        data.generator.manual_seed(du.derive_seed(args.random_seed, "loader", epoch, args.rank))
+        self.bar.set_description(f"epoch {epoch + 1}/{args.epochs}")
+        stats = train_one_epoch(self.net.train_model, self.net.optimizer, data.loader, self.device, epoch=epoch,
+                                iteration=self.iteration, lr_at=self.lr_at, amp=args.amp, scaler=self.net.scaler,
+                                channels_last=args.channels_last, ignore_label=args.ignore_label,
+                                stop_at=args.max_iters, on_step=self.on_step, should_stop=self.should_stop)
+        if self.iteration < (epoch + 1) * self.iters_per_epoch:  # --max-iters or a stop signal
+            return False
+        line = (f"epoch {epoch + 1}/{args.epochs}  iter {self.iteration}/{self.total_iters}  "
+                f"loss {stats.mean_loss:.4f}  lr {stats.last_lr:.3e}  {stats.images_per_second:.2f} img/s  "
+                f"{datetime.timedelta(seconds=round(time.perf_counter() - epoch_start))}")
+        if data.eval_sets and evaluation_due(epoch, args):
+            results = evaluate(self.net.model, data.eval_sets, self.device, args, self.writer, epoch)
+            line += "  " + "  ".join(f"{split} mIoU {r['mean_iou']:.2f}" for split, r in results.items())
+            first = next(iter(results))  # val, unless it is missing
+            if results[first]["mean_iou"] > self.best["mean_iou"]:
+                self.best = {"mean_iou": results[first]["mean_iou"], "epoch": epoch, "split": first}
+                self.snapshots.save_best(self.net.model)
+                line += "  (best)"
+        if epoch % args.snapshot_every == 0 or epoch == args.epochs - 1:
+            self.snapshots.save_epoch(self.net.model, epoch)
+        self.save_last()
+        if du.is_main_process():
+            (self.bar.write if not self.bar.disable else print)(line)
+            sys.stdout.flush()
+        return True
+
+    def fit(self) -> int:
+        """Train to the end of the schedule, --max-iters or a stop signal; the exit status."""
+        from tqdm import tqdm
+
+        args = self.args
+        if self.iteration >= self.total_iters:
+            log(f"nothing to do: the training state is at iteration {self.iteration} of {self.total_iters}, "
+                f"the run is complete (--resume none starts anew)")
+            return 0
+        if self.iteration:
+            log(f"starting at epoch {self.iteration // self.iters_per_epoch}, iteration {self.iteration} "
+                f"(lr {self.lr_at(self.iteration):.3e})")
+        if du.is_main_process():
+            from tensorboardX import SummaryWriter
+            # purge_step hides what an interrupted run logged after its last save (steps > iteration).
+            self.writer = SummaryWriter(logdir=args.snapshot_dir,
+                                        purge_step=self.iteration + 1 if self.iteration else None)
+        self.bar = tqdm(total=self.total_iters, initial=self.iteration, unit="it", dynamic_ncols=True,
+                        disable=not (du.is_main_process() and sys.stderr.isatty()))
+        run_start = time.perf_counter()
+        try:
+            with self.signals:
+                for epoch in range(self.iteration // self.iters_per_epoch, args.epochs):
+                    if args.max_iters is not None and self.iteration >= args.max_iters:
+                        break
+                    if self.should_stop() or not self.train_epoch(epoch):
+                        break
+                if self.stop_signal:  # this step is done: save it before going
+                    if self.snapshots.last_saved != self.iteration:
+                        self.save_last()
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:  # a stop signal, or a second one that abandoned the step
+            self.bar.close()
+            name = signal.Signals(self.signals.signum or signal.SIGINT).name
+            print(f"{PROG}: interrupted by {name}; {self.snapshots.where()}: run the same command again to "
+                  f"continue from there", file=sys.stderr, flush=True)
+            return 128 + (self.signals.signum or signal.SIGINT)
+        except NonFiniteLossError as exc:
+            self.bar.close()
+            where = (f"{self.snapshots.last_path} (saved after iteration {self.snapshots.last_saved}) is the "
+                     f"last good state" if self.snapshots.last_saved is not None
+                     else "no training state was saved by this run")
+            hint = "lower --learning-rate" + (" or try --amp off" if args.amp != "off" else "")
+            print(f"{PROG}: error: {exc}; stopped before updating the weights. {where}; {hint}.",
+                  file=sys.stderr, flush=True)
+            return 1
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        self.bar.close()
+        self.report(datetime.timedelta(seconds=round(time.perf_counter() - run_start)))
+        return 0
+
+    def report(self, elapsed: datetime.timedelta) -> None:
+        if self.iteration < self.total_iters:  # --max-iters
+            if self.snapshots.last_saved != self.iteration:
+                self.save_last()
+            log(f"stopped at iteration {self.iteration} of {self.total_iters} (--max-iters) after {elapsed}; "
+                f"{self.snapshots.last_path} saved: run again (--resume is the default) to continue")
+        elif self.best["epoch"] >= 0:
+            log(f"done in {elapsed}: best {self.best['split']} mean IU {self.best['mean_iou']:.2f} after epoch "
+                f"{self.best['epoch'] + 1} ({self.snapshots.best_path})")
+        else:
+            log(f"done in {elapsed}")
+
+
+def log_setup(args: argparse.Namespace, data: TrainData, net: Network) -> None:
+    from libs import BACKEND_DESCRIPTION
+
+    n_params = sum(p.numel() for p in net.model.parameters()) / 1e6
+    log(f"DFPnet: {n_params:.2f} M parameters, {net.init_note}")
+    # Synchronised layers keep the in-place Function under DDP whatever --inplace-abn says.
+    abn_mode = "in place" if net.inplace or args.distributed else "under plain autograd"
+    log(f"device {args.device} x {args.world_size} process(es), amp {args.amp}, channels-last "
+        f"{args.channels_last}, compile {args.compile}, InPlace-ABN {abn_mode}, {BACKEND_DESCRIPTION}")
+    ipe = data.iters_per_epoch
+    log(f"training {'+'.join(data.splits)}: {len(data.dataset)} images, batch {args.batch_size} x "
+        f"{args.world_size}, {ipe} iterations/epoch x {args.epochs} epochs = {ipe * args.epochs} iterations; "
+        f"evaluating {', '.join(data.eval_sets) or 'nothing'}")
+
+
+# ------------------------------------------------------------------------------------------
+# main
+# ------------------------------------------------------------------------------------------
+
+def main(args: argparse.Namespace) -> int:
+    device = setup_device(args)
+    du.init_distributed_mode(args)
+    lock = lock_for_run(args.snapshot_dir)  # one run per folder, taken before any data is read
     try:
-        for epoch in range(start_epoch, args.epochs):
-            if args.max_iters is not None and iteration >= args.max_iters:
-                break
-            epoch_start = time.perf_counter()
-            sampler.set_epoch(epoch, skip_batches if epoch == start_epoch else 0)
-            loader_generator.manual_seed(du.derive_seed(args.random_seed, "loader", epoch, rank))
-            bar.set_description(f"epoch {epoch + 1}/{args.epochs}")
-            stats = train_one_epoch(train_model, optimizer, train_loader, device, epoch=epoch,
-                                    iteration=iteration, lr_at=lr_at, amp=args.amp, scaler=scaler,
-                                    channels_last=args.channels_last, ignore_label=args.ignore_label,
-                                    stop_at=args.max_iters, on_step=on_step)
-            iteration += stats.iterations
-            if iteration < (epoch + 1) * iters_per_epoch:  # stopped by --max-iters
-                break
-            line = (f"epoch {epoch + 1}/{args.epochs}  iter {iteration}/{total_iters}  "
-                    f"loss {stats.mean_loss:.4f}  lr {stats.last_lr:.3e}  "
-                    f"{stats.images_per_second:.2f} img/s  "
-                    f"{datetime.timedelta(seconds=round(time.perf_counter() - epoch_start))}")
-            if eval_sets and evaluation_due(epoch, args):
-                results = evaluate(model_without_ddp, eval_sets, device, args, writer, epoch)
-                line += "  " + "  ".join(f"{split} mIoU {r['mean_iou']:.2f}" for split, r in results.items())
-                first = next(iter(results))  # val, unless it is missing
-                if results[first]["mean_iou"] > best["mean_iou"]:
-                    best = {"mean_iou": results[first]["mean_iou"], "epoch": epoch, "split": first}
-                    du.save_on_master(model_without_ddp.state_dict(),
-                                      os.path.join(args.snapshot_dir, "best.pth"))
-                    line += "  (best)"
-            if epoch % args.snapshot_every == 0 or epoch == args.epochs - 1:
-                # The authors' format: DataParallel's state_dict, every key prefixed with `module.`.
-                du.save_on_master({f"module.{k}": v for k, v in model_without_ddp.state_dict().items()},
-                                  os.path.join(args.snapshot_dir, f"DFPnet_epoch_{epoch}.pth"))
-            save_last(epoch + 1, iteration)
-            if du.is_main_process():
-                (bar.write if not bar.disable else print)(line)
-                sys.stdout.flush()
-    except KeyboardInterrupt:
-        bar.close()
-        where = (f"{last_path} holds iteration {last_saved['iteration']}"
-                 if last_saved["iteration"] is not None else "nothing was saved by this run")
-        print(f"{PROG}: interrupted; {where}: run the same command again to continue from there",
-              file=sys.stderr, flush=True)
-        return 130
-    except NonFiniteLossError as exc:
-        bar.close()
-        where = (f"{last_path} (saved after iteration {last_saved['iteration']}) is the last good state"
-                 if last_saved["iteration"] is not None else "no training state was saved by this run")
-        hint = "lower --learning-rate" + (" or try --amp off" if args.amp != "off" else "")
-        print(f"{PROG}: error: {exc}; stopped before updating the weights. {where}; {hint}.",
-              file=sys.stderr, flush=True)
-        return 1
-    bar.close()
-    if writer is not None:
-        writer.close()
-
-    elapsed = datetime.timedelta(seconds=round(time.perf_counter() - run_start))
-    if iteration < total_iters:
-        if last_saved["iteration"] != iteration:
-            save_last(iteration // iters_per_epoch, iteration)
-        log(f"stopped at iteration {iteration} of {total_iters} (--max-iters) after {elapsed}; {last_path} "
-            f"saved: run again (--resume is the default) to continue")
-    elif best["epoch"] >= 0:
-        log(f"done in {elapsed}: best {best['split']} mean IU {best['mean_iou']:.2f} after epoch "
-            f"{best['epoch'] + 1} ({os.path.join(args.snapshot_dir, 'best.pth')})")
-    else:
-        log(f"done in {elapsed}")
-    return 0
+        data = build_data(args, device)
+        if data is None:
+            return 1
+        try:
+            resume_path = find_resume(args.resume, args.snapshot_dir)
+        except FileNotFoundError as exc:
+            raise UsageError(f"argument --resume: {exc}") from None
+        net, state = build_model(args, device, resume_path)
+        trainer = Trainer(args, device, data, net, Snapshots(args.snapshot_dir))
+        trainer.restore(state, resume_path)
+        del state
+        log_setup(args, data, net)
+        return trainer.fit()
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -652,6 +736,10 @@ def run(argv: list[str] | None = None) -> int:
     except CheckpointError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    except SnapshotDirBusy as exc:  # every rank stops; one says why
+        if du.launched_rank() == 0:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
     except torch.OutOfMemoryError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
         print(f"{PROG}: error: out of memory ({first}). Try a smaller --batch-size (it is per process), "

@@ -123,55 +123,126 @@ def test_tiny_run_learns_logs_and_writes_checkpoints(data_dir, tmp_path):
 # Kill and resume
 # ------------------------------------------------------------------------------------------
 
-@pytest.mark.slow
-def test_sigkilled_run_resumes_to_the_same_weights(data_dir, tmp_path):
-    # 16 images, batch 4, 48x48: 4 iterations per epoch, 2 epochs. Deterministic CPU maths, one
-    # thread, no workers, float32: two runs with the same seed give bit-identical weights.
-    common = ["--data-dir", data_dir, "--input-size", "48,48", "--batch-size", "4", "--epochs", "2",
-              "--learning-rate", "1e-2", "--restore-from", "none", "--workers", "0", "--amp", "off",
-              "--deterministic", "--random-seed", "7", "--log-every", "1", "--val-datasets", "val",
-              "--eval-every", "1"]
-    whole = str(tmp_path / "whole")
-    result = _train(common + ["--snapshot-dir", whole, "--save-every", "0"], threads=1)
-    assert result.returncode == 0, result.stderr[-3000:]
+# 16 images, batch 4, 48x48: 4 iterations per epoch, 2 epochs. Deterministic CPU maths, one thread,
+# no workers, float32: two runs with the same seed give bit-identical weights.
+DETERMINISTIC = ["--input-size", "48,48", "--batch-size", "4", "--epochs", "2", "--learning-rate", "1e-2",
+                 "--restore-from", "none", "--workers", "0", "--amp", "off", "--deterministic",
+                 "--random-seed", "7", "--log-every", "1", "--val-datasets", "val", "--eval-every", "1"]
 
+
+@pytest.fixture(scope="module")
+def whole_run(data_dir, tmp_path_factory) -> str:
+    """The snapshot folder of the deterministic run, uninterrupted: what every interrupted run must equal."""
+    whole = str(tmp_path_factory.mktemp("whole"))
+    result = _train(["--data-dir", data_dir, *DETERMINISTIC, "--snapshot-dir", whole, "--save-every", "0"],
+                    threads=1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return whole
+
+
+def _start(args: list[str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=_env(threads=1), text=True,
+                            stderr=subprocess.PIPE, **kwargs)
+
+
+def _wait_for(path: str, process: subprocess.Popen, contains: str = "") -> None:
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
+        if os.path.exists(path) and (not contains or contains in open(path).read()):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{path} did not appear (exit status {process.poll()})")
+
+
+def _assert_same_weights(whole: str, resumed: str) -> None:
+    a = torch.load(os.path.join(whole, "last.pth"), map_location="cpu", weights_only=True)
+    b = torch.load(os.path.join(resumed, "last.pth"), map_location="cpu", weights_only=True)
+    assert a["iteration"] == b["iteration"] == 8
+    diff = max((a["model"][k].float() - b["model"][k].float()).abs().max().item() for k in a["model"])
+    assert diff == 0.0
+    for key in ("mean_iou", "epoch"):
+        assert a["best"][key] == b["best"][key]
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_to_the_same_weights(data_dir, whole_run, tmp_path):
+    common = ["--data-dir", data_dir, *DETERMINISTIC]
     # The same run, SIGKILLed as soon as its first save (mid-epoch, iteration 3) is on disk.
     cut = str(tmp_path / "cut")
     last = os.path.join(cut, "last.pth")
-    process = subprocess.Popen([sys.executable, "train.py", *common, "--snapshot-dir", cut,
-                                "--save-every", "3"], cwd=ROOT, env=_env(threads=1),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not os.path.exists(last) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    process = _start(common + ["--snapshot-dir", cut, "--save-every", "3"], stdout=subprocess.DEVNULL)
+    _wait_for(last, process)
     process.send_signal(signal.SIGKILL)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == -signal.SIGKILL, stderr[-3000:]
     saved = torch.load(last, map_location="cpu", weights_only=True)
     assert saved["iteration"] < 8  # killed before the end
+    # The dead run's lock file stays behind, and blocks nobody: the kernel dropped the lock.
+    assert "pid " in open(os.path.join(cut, ".lock")).read()
 
     resumed = _train(common + ["--snapshot-dir", cut, "--save-every", "3"], threads=1)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"starting at epoch {saved['iteration'] // 4}, iteration {saved['iteration']}" in resumed.stdout
-
-    a = torch.load(os.path.join(whole, "last.pth"), map_location="cpu", weights_only=True)
-    b = torch.load(last, map_location="cpu", weights_only=True)
-    assert a["iteration"] == b["iteration"] == 8
-    diff = max((a["model"][k].float() - b["model"][k].float()).abs().max().item() for k in a["model"])
+    _assert_same_weights(whole_run, cut)
+    a = torch.load(os.path.join(whole_run, "last.pth"), map_location="cpu", weights_only=True)
     moved = max((a["model"][k].float() - saved["model"][k].float()).abs().max().item() for k in a["model"])
-    print(f"resumed after iteration {saved['iteration']}: max abs weight difference {diff:.3e} "
-          f"(the resumed part moved weights by up to {moved:.3e})")
-    assert moved > 0 and diff == 0.0
-    for key in ("mean_iou", "epoch"):
-        assert a["best"][key] == b["best"][key]
+    assert moved > 0  # the resumed part did train
     # The LR continues on the same schedule across the resume boundary. (The killed process may
     # not have written its last events: tensorboardX writes from a queue.)
-    lr_whole = _scalars(whole, "learning_rate")
+    lr_whole = _scalars(whole_run, "learning_rate")
     lr_cut = _scalars(cut, "learning_rate")
     assert sorted(lr_whole) == list(range(1, 9))
     assert set(range(saved["iteration"] + 1, 9)) <= set(lr_cut) <= set(lr_whole)
     for step, value in lr_cut.items():
         assert value == pytest.approx(lr_whole[step], rel=1e-7), step
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_current_iteration_and_resumes_exactly(data_dir, whole_run, tmp_path):
+    common = ["--data-dir", data_dir, *DETERMINISTIC, "--save-every", "3"]
+    cut = str(tmp_path / "cut")
+    last = os.path.join(cut, "last.pth")
+    process = _start(common + ["--snapshot-dir", cut], stdout=subprocess.PIPE)
+    _wait_for(last, process)  # iteration 3 is saved; the run goes on
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    message = stderr.strip().splitlines()[-1]
+    assert message == (f"train.py: interrupted by SIGTERM; {last} holds iteration {saved['iteration']}: "
+                       f"run the same command again to continue from there")
+    assert 3 <= saved["iteration"] < 8 and "Traceback" not in stderr
+
+    resumed = _train(common + ["--snapshot-dir", cut], threads=1)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"iteration {saved['iteration']} " in resumed.stdout
+    _assert_same_weights(whole_run, cut)
+
+
+@pytest.mark.slow
+def test_second_run_into_the_same_folder_is_refused(data_dir, whole_run, tmp_path):
+    import socket
+
+    common = ["--data-dir", data_dir, *DETERMINISTIC, "--save-every", "0"]
+    snap = str(tmp_path / "snap")
+    first = _start(common + ["--snapshot-dir", snap], stdout=subprocess.DEVNULL)
+    _wait_for(os.path.join(snap, ".lock"), first, contains="pid ")
+    first.send_signal(signal.SIGSTOP)  # holds the lock while the intruder tries
+    try:
+        start = time.monotonic()
+        second = _train(common + ["--snapshot-dir", snap], threads=1)
+        seconds = time.monotonic() - start
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode == 1
+    assert second.stderr.strip() == (
+        f"train.py: error: {snap} is in use by another training run (pid {first.pid} on host "
+        f"{socket.gethostname()}); wait for it to end, stop it, or choose another --snapshot-dir")
+    assert "images" not in second.stdout  # refused before the dataset was even checked
+    print(f"refused in {seconds:.1f} s")
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr[-3000:]
+    _assert_same_weights(whole_run, snap)  # the intruder changed nothing
 
 
 # ------------------------------------------------------------------------------------------

@@ -94,6 +94,15 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return out
 
 
+def max_over_processes(value: int, device: torch.device) -> int:
+    """The largest ``value`` of all processes (``value`` itself in a single process)."""
+    if not is_dist_avail_and_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def derive_seed(*parts: int | str) -> int:
     """A 63-bit seed that is a pure function of ``parts`` (e.g. (seed, epoch, index)).
 

@@ -5,8 +5,12 @@ two gloo processes).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import random
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -17,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 
-from utils.distributed import derive_seed, get_world_size, is_dist_avail_and_initialized
+from utils.distributed import derive_seed, get_world_size, is_dist_avail_and_initialized, launched_rank
 from utils.inference import autocast
 from utils.loss import parsing_loss
 
@@ -191,11 +195,13 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader, 
                     epoch: int, iteration: int, lr_at: Callable[[int], float], amp: str = "off",
                     scaler: torch.amp.GradScaler | None = None, channels_last: bool = False,
                     ignore_label: int = 255, stop_at: int | None = None,
-                    on_step: Callable[[StepInfo], None] | None = None) -> EpochStats:
+                    on_step: Callable[[StepInfo], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> EpochStats:
     """Run the loader's batches (what is left of epoch ``epoch``), starting at global step ``iteration``.
 
     ``lr_at(i)`` gives the learning rate of step ``i``; ``stop_at`` ends the epoch early once that
-    many steps are done in total (--max-iters); ``on_step`` logs and saves.
+    many steps are done in total (--max-iters); ``on_step`` logs and saves; ``should_stop``,
+    asked after each step, ends the epoch early when it says so (a stop signal).
     """
     model.train()
     stats = EpochStats()
@@ -223,8 +229,72 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader, 
         if on_step is not None:
             on_step(StepInfo(iteration, epoch, lr, losses, images, labels, outputs, now - tick))
         del outputs
+        if should_stop is not None and should_stop():
+            break
         tick = time.perf_counter()  # saving and logging in on_step do not count as training time
     return stats
+
+
+# ------------------------------------------------------------------------------------------
+# Stopping on a signal
+# ------------------------------------------------------------------------------------------
+
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM (job schedulers, ``docker stop``, ``kill``) as requests to stop.
+
+    The first signal only records itself in ``signum``: the training loop finishes the step it
+    is in (a step abandoned half-way could leave the weights half-updated), saves last.pth and
+    exits 128 + signum. A second signal abandons the run at once (``KeyboardInterrupt``),
+    except while a checkpoint is being written (:meth:`saving`), which it cannot cut short.
+    Used as a context manager around the training loop; the previous handlers come back after.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, prog: str = "train.py") -> None:
+        self.prog = prog
+        self.signum = 0
+        self._saving = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # Python's rule for handlers
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if not self.signum:
+            self.signum = signum
+            if launched_rank() == 0:
+                print(f"\n{self.prog}: {signal.Signals(signum).name} received: stopping after this step "
+                      f"(send it again to stop at once, without saving)", file=sys.stderr, flush=True)
+        elif not self._saving:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def saving(self):
+        """A section no signal interrupts (a checkpoint write)."""
+        self._saving = True
+        try:
+            yield
+        finally:
+            self._saving = False
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: a worker leaves stopping to the main process.
+
+    Schedulers signal every process of a job, and a worker that died of SIGTERM or quit on
+    SIGINT would make the main process fail in the middle of its orderly stop.
+    """
+    for sig in StopSignals.SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 # ------------------------------------------------------------------------------------------
