@@ -1,8 +1,8 @@
 """Smoke tests of bench/: each benchmark runs end to end at a tiny size and writes sound JSON.
 
 The numbers of a tiny run mean nothing; what is checked is that every bench still runs against
-the current model, loss, loader and evaluation loop, and reports the keys that bench/RESULTS.md
-and issue 6 rely on, with positive values and consistent ratios.
+the current model, loss, loader and evaluation loop, and reports the keys that the figures and
+speed targets of bench/RESULTS.md rely on, with positive values and consistent ratios.
 """
 from __future__ import annotations
 
