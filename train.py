@@ -1,4 +1,4 @@
-"""Train DFPnet on the cartoon dog parsing dataset (the authors' recipe, SPEC section 6).
+"""Train DFPnet on the cartoon dog parsing dataset (the authors' recipe, docs/reference.md section 6).
 
     python train.py --data-dir ./dataset/Cartoon_sketches/Dog/ --input-size 384,384 --batch-size 12
     torchrun --nproc_per_node=4 train.py ...        # DistributedDataParallel; --batch-size is per process

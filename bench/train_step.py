@@ -5,7 +5,7 @@
 
 One step = ``utils.engine.train_step``, the step train.py runs: forward under autocast, the
 five-output ``utils.loss.parsing_loss``, backward, finite-loss check, SGD step with the recipe's
-momentum 0.9 and weight decay 5e-4 (SPEC section 6), on a fixed random batch.
+momentum 0.9 and weight decay 5e-4 (docs/reference.md section 6), on a fixed random batch.
 
 Configurations (``--configs``, comma-separated, in the order they alternate):
 
@@ -50,7 +50,7 @@ from utils.inference import parse_size, positive_int
 
 NUM_CLASSES = 8
 IGNORE_LABEL = 255
-# The authors' run.sh recipe (SPEC section 6); the learning rate does not change the timing.
+# The authors' run.sh recipe (docs/reference.md section 6); the learning rate does not change the timing.
 LEARNING_RATE = 1e-3
 MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4

@@ -171,7 +171,7 @@ def _human(n: int) -> str:
 def check_dataset(root: str, splits: tuple[str, ...] | list[str] = DEFAULT_SPLITS,
                   num_classes: int = NUM_CLASSES, ignore_label: int = IGNORE_LABEL,
                   max_problems: int = 50, workers: int | None = None) -> CheckReport:
-    """Check the splits of a data directory (layout of SPEC section 2) and report every problem."""
+    """Check the splits of a data directory (layout: docs/reference.md section 2); report every problem."""
     root = str(root)
     problems = _Problems(max_problems)
     images: dict[str, int] = {}

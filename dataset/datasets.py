@@ -1,4 +1,4 @@
-"""The cartoon dog parsing dataset (SPEC sections 2 and 3): one sample = one warped crop.
+"""The cartoon dog parsing dataset (docs/reference.md sections 2 and 3): one sample = one warped crop.
 
 Layout of a split ``<split>`` under ``root``::
 
@@ -69,7 +69,7 @@ def label_edges(label: np.ndarray, ignore_label: int = IGNORE_LABEL) -> np.ndarr
 
 
 class CartoonDataSet(torch.utils.data.Dataset):
-    """One split of the Dog dataset, as the authors' loader reads it (SPEC section 3).
+    """One split of the Dog dataset, as the authors' loader reads it (docs/reference.md section 3).
 
     Args:
         root: the data directory holding ``<split>_id.txt``, ``<split>_images/`` and

@@ -1,4 +1,4 @@
-"""The one place for the input normalisation (SPEC 3.5) and the numpy -> tensor step.
+"""The one place for the input normalisation (docs/reference.md section 3.5) and the numpy -> tensor step.
 
 The authors read images with OpenCV (BGR) and normalise them with ImageNet's mean and std,
 which are RGB statistics, applied to the BGR channels *as they are*. Their released weights

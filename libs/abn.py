@@ -3,7 +3,7 @@
 DFPnet's authors normalise with InPlace-ABN (Rota Bulo et al., CVPR 2018): batch norm and an
 activation fused into one layer that keeps only its *output* for the backward pass and
 recomputes what backward needs from it, which halves the activation memory of a BN + activation
-pair. Their weights assume its math (SPEC section 5):
+pair. Their weights assume its math (docs/reference.md section 5):
 
     x_hat = (x - mean) / sqrt(var + eps)            batch statistics (biased var) in training,
                                                     running statistics in eval

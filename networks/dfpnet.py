@@ -7,7 +7,7 @@
     heads:     aux_pred(HD_i) at input size (deep supervision, one shared head)
                FCM: [HD2, HD3, HD4, HD5, c1(x1)] ─► double3x3 ─► reduce ─► outc = final
 
-Module names are the authors' (their checkpoints are keyed by them); see SPEC section 4.
+Module names are the authors' (their checkpoints are keyed by them); see docs/reference.md section 4.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CartoonDataSet against SPEC section 3, computed independently here (no utils.transforms)."""
+"""CartoonDataSet against docs/reference.md section 3, computed independently here (no utils.transforms)."""
 from __future__ import annotations
 
 import os
@@ -34,7 +34,8 @@ def random_sample(rng: np.random.Generator, height: int, width: int) -> tuple[np
 
 
 def expected_matrix(width: int, height: int, crop_h: int, crop_w: int) -> np.ndarray:
-    """SPEC 3.2 and 3.4 solved by hand: a uniform scale k = crop_w / scale_w about the centers."""
+    """docs/reference.md sections 3.2 and 3.4 solved by hand: a uniform scale k = crop_w / scale_w
+    about the centers."""
     w, h = width - 1, height - 1
     ar = crop_w / crop_h
     scale_w = w if w >= ar * h else h * ar
@@ -124,7 +125,8 @@ def tiny_train(tmp_path):
 
 
 def manual_draws(sf: float = 0.25, rf: float = 30.0, flip_prob: float = 0.5) -> tuple[float, float, bool]:
-    """SPEC 3.3 written out: numpy scale, Python gate, numpy angle inside the gate, Python flip."""
+    """docs/reference.md section 3.3 written out: numpy scale, Python gate, numpy angle inside the
+    gate, Python flip."""
     s = np.clip(np.random.randn() * sf + 1, 1 - sf, 1 + sf)
     r = np.clip(np.random.randn() * rf, -2 * rf, 2 * rf) if random.random() <= 0.6 else 0
     flip = random.random() <= flip_prob

@@ -29,7 +29,7 @@ needs_compiled = pytest.mark.skipif(
 
 
 def reference(x, weight, bias, running_mean, running_var, training, activation, eps=1e-5, momentum=0.1):
-    """The authors' math with stock PyTorch ops (SPEC section 5)."""
+    """The authors' math with stock PyTorch ops (docs/reference.md section 5)."""
     y = F.batch_norm(x, running_mean, running_var, weight.abs() + eps, bias, training, momentum, eps)
     if activation == "leaky_relu":
         return F.leaky_relu(y, ACTIVATION_PARAM[activation])

@@ -24,7 +24,8 @@ from utils.visualize import (
 
 
 def brute_force(gt: np.ndarray, pred: np.ndarray, n: int, ignore: int = 255) -> dict:
-    """The SPEC 7 definitions, one pixel and one class at a time, with no numpy vector tricks."""
+    """The docs/reference.md section 7 definitions, one pixel and one class at a time, with no numpy
+    vector tricks."""
     mat = [[0] * n for _ in range(n)]
     for g, p in zip(gt.ravel().tolist(), pred.ravel().tolist()):
         if g == ignore:

@@ -25,7 +25,7 @@ from utils.distributed import derive_seed, get_world_size, is_dist_avail_and_ini
 from utils.inference import autocast
 from utils.loss import parsing_loss
 
-# DFPnet's outputs in the order the network returns them (SPEC section 4).
+# DFPnet's outputs in the order the network returns them (docs/reference.md section 4).
 OUTPUT_NAMES: tuple[str, ...] = ("aux5", "aux4", "aux3", "aux2", "final")
 
 

@@ -1,4 +1,5 @@
-"""DFPnet's training loss: the sum of the cross-entropies of its five outputs (SPEC section 6)."""
+"""DFPnet's training loss: the sum of the cross-entropies of its five outputs (docs/reference.md
+section 6)."""
 from __future__ import annotations
 
 from typing import Sequence

@@ -1,6 +1,6 @@
 """The one source of every segmentation metric: a confusion matrix that training and evaluation share.
 
-The numbers follow the authors' evaluation (SPEC section 7): pixels whose ground truth is the
+The numbers follow the authors' evaluation (docs/reference.md section 7): pixels whose ground truth is the
 ignore label are not counted; pixel accuracy = sum(tp) / N; mean accuracy = mean over classes of
 tp / max(1, gt count); IoU_c = tp / max(1, gt + pred - tp); mean IU over ALL classes, background
 included, so a class absent from both ground truth and prediction counts as 0 (the authors' way);

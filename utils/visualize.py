@@ -89,8 +89,9 @@ def save_figure(fig: Figure, path: str, *, dpi: int = 120) -> None:
 def image_to_rgb(image: torch.Tensor) -> np.ndarray:
     """A normalised ``3 x H x W`` BGR network input -> displayable ``H x W x 3`` RGB uint8.
 
-    The loader normalises the BGR channels as they are (SPEC 3.5); undoing that and reversing the
-    channels gives true colours (the authors logged the BGR tensor as RGB, so theirs look swapped).
+    The loader normalises the BGR channels as they are (docs/reference.md section 3.5); undoing
+    that and reversing the channels gives true colours (the authors logged the BGR tensor as RGB,
+    so theirs look swapped).
     """
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"expected a 3 x H x W image, got shape {tuple(image.shape)}")
