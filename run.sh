@@ -1,27 +1,21 @@
 #!/usr/bin/env bash
-# Train DFPnet with the authors' settings: 384x384 crops, batch 12, LR 1e-3, weight decay 5e-4,
-# 500 epochs, 8 classes, from the ImageNet deep-stem ResNet-101. Every setting can be overridden
-# from the environment, e.g.
+# Train DFPnet with the authors' recipe (utils/recipe.py: 384x384 crops, batch 12, LR 1e-3, weight
+# decay 5e-4, 500 epochs, 8 classes, from the ImageNet deep-stem ResNet-101). Each setting can be
+# overridden from the environment; one left unset takes train.py's default, the recipe's. E.g.
 #   BATCH_SIZE=8 NPROC=4 EXTRA_ARGS="--amp bf16 --workers 8" ./run.sh
-# NPROC > 1 starts torchrun on this machine (BATCH_SIZE is per process); for several machines
-# call torchrun yourself (see README). A killed run continues where it stopped: just run again.
-# Without a dataset folder at DATA_DIR it trains a short demo on a generated synthetic set.
+# Settings: DATA_DIR INPUT_SIZE BATCH_SIZE LEARNING_RATE WEIGHT_DECAY EPOCHS NUM_CLASSES RESTORE_FROM
+# SNAPSHOT_DIR, GPU (the authors' GPU list, e.g. 0 or 0,1), NPROC (processes on this machine; > 1
+# starts torchrun, BATCH_SIZE is then per process; for several machines call torchrun yourself, see
+# docs/training.md) and EXTRA_ARGS (more train.py flags). A killed run continues where it stopped:
+# just run again. Without a dataset folder at DATA_DIR it trains a short demo on a generated
+# synthetic set.
 set -euo pipefail
 cd "$(dirname "$0")"
 source utils/env.sh
 
-DATA_DIR="${DATA_DIR:-./dataset/Cartoon_sketches/Dog/}"
-INPUT_SIZE="${INPUT_SIZE:-384,384}"
-BATCH_SIZE="${BATCH_SIZE:-12}"
-LEARNING_RATE="${LEARNING_RATE:-1e-3}"
-WEIGHT_DECAY="${WEIGHT_DECAY:-5e-4}"
-EPOCHS="${EPOCHS:-500}"
-NUM_CLASSES="${NUM_CLASSES:-8}"
-RESTORE_FROM="${RESTORE_FROM:-./Trained_Models/resnet101-imagenet.pth}"
-SNAPSHOT_DIR="${SNAPSHOT_DIR:-./snapshots}"
-GPU="${GPU:-}"                 # authors' GPU list, e.g. 0 or 0,1 (CUDA_VISIBLE_DEVICES); empty: all
-NPROC="${NPROC:-1}"            # processes (GPUs) on this machine; > 1 uses torchrun
-EXTRA_ARGS="${EXTRA_ARGS:-}"   # more train.py flags, e.g. "--amp fp16 --eval-every 10"
+DATA_DIR="${DATA_DIR:-$("$PYTHON" -m utils.recipe DATA_DIR)}"
+NPROC="${NPROC:-1}"
+EXTRA_ARGS="${EXTRA_ARGS:-}"
 
 # shellcheck disable=SC2206  # EXTRA_ARGS is split into words on purpose
 extra=($EXTRA_ARGS)
@@ -49,10 +43,13 @@ EOF
   exit 0
 fi
 
-args=(--data-dir "$DATA_DIR" --input-size "$INPUT_SIZE" --batch-size "$BATCH_SIZE"
-      --learning-rate "$LEARNING_RATE" --weight-decay "$WEIGHT_DECAY" --epochs "$EPOCHS"
-      --num-classes "$NUM_CLASSES" --restore-from "$RESTORE_FROM" --snapshot-dir "$SNAPSHOT_DIR")
-if [ -n "$GPU" ]; then args+=(--gpu "$GPU"); fi
+args=(--data-dir "$DATA_DIR")
+for setting in INPUT_SIZE:--input-size BATCH_SIZE:--batch-size LEARNING_RATE:--learning-rate \
+               WEIGHT_DECAY:--weight-decay EPOCHS:--epochs NUM_CLASSES:--num-classes \
+               RESTORE_FROM:--restore-from SNAPSHOT_DIR:--snapshot-dir GPU:--gpu; do
+  name="${setting%%:*}"
+  if [ -n "${!name:-}" ]; then args+=("${setting#*:}" "${!name}"); fi
+done
 
 if [ "$NPROC" -gt 1 ]; then
   exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" train.py "${args[@]}" \

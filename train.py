@@ -26,7 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from dataset.layout import split_paths
 from utils import distributed as du
+from utils import recipe
 from utils.checkpoint import (
     CheckpointError,
     extract_state_dict,
@@ -85,19 +87,21 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, add_help=add_help,
                                      description="Train DFPnet (cartoon dog parsing), the authors' recipe.")
     # The authors' flags, with their defaults.
-    parser.add_argument("--data-dir", default="./dataset/Cartoon_sketches/Dog/",
+    parser.add_argument("--data-dir", default=recipe.DATA_DIR,
                         help="dataset root holding <split>_id.txt, <split>_images/, <split>_segmentations/")
     parser.add_argument("--dataset", default="train",
                         help="training split: train, or trainval (its own lists if present, else train+val)")
-    parser.add_argument("--batch-size", type=positive_int, default=12,
+    parser.add_argument("--batch-size", type=positive_int, default=recipe.BATCH_SIZE,
                         help="images per step PER PROCESS (torchrun with N processes trains on N x this)")
-    parser.add_argument("--input-size", type=parse_size, default=(473, 473), metavar="H,W",
-                        help="training crop height,width (authors' script: 473,473; their run.sh: 384,384)")
-    parser.add_argument("--learning-rate", type=positive_float, default=1e-3,
+    parser.add_argument("--input-size", type=parse_size, default=recipe.INPUT_SIZE, metavar="H,W",
+                        help="training crop height,width (the authors' run.sh: 384,384; their train.py's "
+                             "unused default: 473,473)")
+    parser.add_argument("--learning-rate", type=positive_float, default=recipe.LEARNING_RATE,
                         help="base learning rate of the poly schedule")
-    parser.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum")
-    parser.add_argument("--weight-decay", type=non_negative_float, default=5e-4, help="SGD weight decay (L2)")
-    parser.add_argument("--power", type=non_negative_float, default=0.9,
+    parser.add_argument("--momentum", type=non_negative_float, default=recipe.MOMENTUM, help="SGD momentum")
+    parser.add_argument("--weight-decay", type=non_negative_float, default=recipe.WEIGHT_DECAY,
+                        help="SGD weight decay (L2)")
+    parser.add_argument("--power", type=non_negative_float, default=recipe.POWER,
                         help="poly exponent: lr = base * (1 - iteration / total) ** power")
     parser.add_argument("--num-classes", type=positive_int, default=NUM_CLASSES,
                         help="number of classes, background included (8 for the Dog dataset)")
@@ -108,19 +112,19 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "augmented (flip, scale, rotation), as in the original")
     parser.add_argument("--random-scale", action="store_true",
                         help="accepted for the authors' scripts; ignored (see --random-mirror)")
-    parser.add_argument("--random-seed", type=int, default=1234,
+    parser.add_argument("--random-seed", type=int, default=recipe.RANDOM_SEED,
                         help="seed of the initial weights, the data order, the augmentation and dropout")
-    parser.add_argument("--restore-from", default="./Trained_Models/resnet101-imagenet.pth",
+    parser.add_argument("--restore-from", default=recipe.IMAGENET_WEIGHTS,
                         help="initial weights: the ImageNet deep-stem ResNet-101 (backbone only) or a full "
                              "DFPnet checkpoint (fine-tuning); 'none' trains from scratch")
-    parser.add_argument("--snapshot-dir", default="./snapshots",
+    parser.add_argument("--snapshot-dir", default=recipe.SNAPSHOT_DIR,
                         help="where checkpoints and TensorBoard events go")
     parser.add_argument("--gpu", default=None,
                         help="authors' flag: GPU ids to expose through CUDA_VISIBLE_DEVICES (e.g. 0 or 0,1); "
                              "--device auto then uses the first (or, under torchrun, the local rank's)")
     parser.add_argument("--start-epoch", type=non_negative_int, default=0,
                         help="first epoch when not resuming (the LR schedule starts at that epoch)")
-    parser.add_argument("--epochs", type=positive_int, default=500, help="number of epochs of the whole run")
+    parser.add_argument("--epochs", type=positive_int, default=recipe.EPOCHS, help="number of epochs of the whole run")
     parser.add_argument("--save-num-images", type=positive_int, default=2,
                         help="images per TensorBoard training grid (input, label, prediction)")
     # Ours.
@@ -155,7 +159,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="crop size for evaluation (default: --input-size)")
     parser.add_argument("--save-every", type=non_negative_int, default=500,
                         help="also write last.pth every N iterations (0: only at the end of each epoch)")
-    parser.add_argument("--snapshot-every", type=positive_int, default=99,
+    parser.add_argument("--snapshot-every", type=positive_int, default=recipe.SNAPSHOT_EVERY,
                         help="write DFPnet_epoch_<e>.pth when e %% N == 0 (authors: 99) and after the "
                              "last epoch")
     parser.add_argument("--log-every", type=positive_int, default=100,
@@ -216,16 +220,17 @@ def resolve_training_device(args: argparse.Namespace) -> torch.device:
 def present_splits(data_dir: str, splits: list[str]) -> list[str]:
     kept = []
     for split in splits:
-        if os.path.isfile(os.path.join(data_dir, f"{split}_id.txt")):
+        id_list = split_paths(data_dir, split).id_list
+        if os.path.isfile(id_list):
             kept.append(split)
         else:
-            warn(f"{os.path.join(data_dir, f'{split}_id.txt')} not found: split {split!r} is not evaluated")
+            warn(f"{id_list} not found: split {split!r} is not evaluated")
     return kept
 
 
 def training_splits(data_dir: str, dataset: str) -> list[str]:
     """The split lists the training set is made of: ``trainval`` without its own lists is train + val."""
-    if dataset == "trainval" and not os.path.isfile(os.path.join(data_dir, "trainval_id.txt")):
+    if dataset == "trainval" and not os.path.isfile(split_paths(data_dir, "trainval").id_list):
         return ["train", "val"]
     return [dataset]
 

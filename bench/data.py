@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from bench.common import environment, format_environment, format_table, summarize, write_json
+from utils import recipe
 from utils.inference import parse_size, positive_int
 
 
@@ -43,7 +44,7 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=parse_workers, default=[0, 1, 2], metavar="N,N,...",
                         help="DataLoader worker counts to compare (default 0,1,2)")
     parser.add_argument("--batch-size", type=positive_int, default=1, help="samples per batch")
-    parser.add_argument("--input-size", type=parse_size, default=(384, 384), metavar="H,W",
+    parser.add_argument("--input-size", type=parse_size, default=recipe.INPUT_SIZE, metavar="H,W",
                         help="crop size, height,width (authors' run: 384,384)")
     parser.add_argument("--batches", type=positive_int, default=20,
                         help="batches loaded after the first one, per worker count and pass (the steady rate "

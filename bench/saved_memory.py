@@ -20,6 +20,7 @@ from torch import nn  # noqa: E402
 
 from libs import ABN, InPlaceABNSync  # noqa: E402
 from networks.dfpnet import DFPNet  # noqa: E402
+from utils import recipe  # noqa: E402
 from utils.loss import parsing_loss  # noqa: E402
 
 
@@ -58,7 +59,7 @@ def saved_bytes(norm_layer, batch: int, size: tuple[int, int], channels_last: bo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=2, help="images per step")
-    parser.add_argument("--input-size", default="384,384", help="H,W of the crop")
+    parser.add_argument("--input-size", default=",".join(map(str, recipe.INPUT_SIZE)), help="H,W of the crop")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     size = tuple(int(v) for v in args.input_size.split(","))

@@ -44,16 +44,21 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import nn
 
-from bench.common import (alternate, environment, format_environment, format_table, matmul_tflops,
-                          peak_rss_mb, rss_mb, summarize, synchronize, write_json)
+from bench.common import (
+    alternate,
+    environment,
+    format_environment,
+    format_table,
+    matmul_tflops,
+    peak_rss_mb,
+    rss_mb,
+    summarize,
+    synchronize,
+    write_json,
+)
+from utils import recipe
 from utils.inference import parse_size, positive_int
-
-NUM_CLASSES = 8
-IGNORE_LABEL = 255
-# The authors' run.sh recipe (docs/reference.md section 6); the learning rate does not change the timing.
-LEARNING_RATE = 1e-3
-MOMENTUM = 0.9
-WEIGHT_DECAY = 5e-4
+from utils.labels import IGNORE_LABEL, NUM_CLASSES
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,7 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     parser.add_argument("--batch-size", type=positive_int, default=2, help="images per step")
-    parser.add_argument("--input-size", type=parse_size, default=(384, 384), metavar="H,W",
+    parser.add_argument("--input-size", type=parse_size, default=recipe.INPUT_SIZE, metavar="H,W",
                         help="crop size, height,width (authors' run: 384,384)")
     parser.add_argument("--iters", type=positive_int, default=5, help="measured steps per configuration")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured steps per configuration first")
@@ -199,7 +204,8 @@ class TrainStep:
         self.forward = torch.compile(self.model) if config.compile else self.model
         # As train.py: the SGD recipe over the parameters that train.
         self.optimizer = torch.optim.SGD([p for p in self.model.parameters() if p.requires_grad],
-                                         lr=LEARNING_RATE, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+                                         lr=recipe.LEARNING_RATE, momentum=recipe.MOMENTUM,
+                                         weight_decay=recipe.WEIGHT_DECAY)
         self.images = images.contiguous(memory_format=torch.channels_last) if config.channels_last else images
         self.labels = labels
         self.last_loss = float("nan")
@@ -207,7 +213,7 @@ class TrainStep:
     def __call__(self) -> None:
         from utils.engine import train_step
 
-        losses, _ = train_step(self.forward, self.optimizer, self.images, self.labels, lr=LEARNING_RATE,
+        losses, _ = train_step(self.forward, self.optimizer, self.images, self.labels, lr=recipe.LEARNING_RATE,
                                iteration=0, amp=self.config.amp, ignore_label=IGNORE_LABEL)
         self.last_loss = float(sum(losses))
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from dataset.layout import split_paths
 from utils.labels import IGNORE_LABEL, NUM_CLASSES, class_names
 
 DEFAULT_SPLITS = ("train", "val", "trainTest")
@@ -131,9 +132,8 @@ def _check_item(item: _Item, num_classes: int, ignore_label: int) -> tuple[list[
 
 
 def _read_split(root: str, split: str, problems: _Problems) -> list[_Item]:
-    list_path = os.path.join(root, f"{split}_id.txt")
-    image_dir = os.path.join(root, f"{split}_images")
-    label_dir = os.path.join(root, f"{split}_segmentations")
+    paths = split_paths(root, split)
+    list_path, image_dir, label_dir = paths
     have_images, have_labels = os.path.isdir(image_dir), os.path.isdir(label_dir)
     if not have_images:
         problems.add(f"image folder missing: {image_dir}")
@@ -156,8 +156,8 @@ def _read_split(root: str, split: str, problems: _Problems) -> list[_Item]:
     if not first_line:
         problems.add(f"id list holds no ids: {list_path}")
     return [_Item(split, name,
-                  os.path.join(image_dir, name + ".jpg") if have_images else None,
-                  os.path.join(label_dir, name + ".png") if have_labels else None)
+                  paths.image(name) if have_images else None,
+                  paths.label(name) if have_labels else None)
             for name in first_line]
 
 

@@ -21,32 +21,15 @@ import cv2
 import numpy as np
 import torch.utils.data
 
+from dataset.layout import IMAGE_EXT, LABEL_EXT, read_id_list, split_paths
+from utils import recipe
 from utils.labels import IGNORE_LABEL, NUM_CLASSES, flip_lut
 from utils.transforms import box_to_center_scale, get_affine_transform, warp_to_crop
-
-# The authors rotate only 60 % of the training samples (`random.random() <= 0.6`).
-ROTATION_PROB = 0.6
-
-IMAGE_EXT = ".jpg"
-LABEL_EXT = ".png"
 
 
 def is_training_split(split: str) -> bool:
     """True for the augmented splits: ``train``, ``trainval``, ... but not the held-out ``trainTest``."""
     return split.startswith("train") and split.lower() != "traintest"
-
-
-def split_paths(root: str, split: str) -> tuple[str, str, str]:
-    """``(id list, image folder, label folder)`` of ``split`` under ``root`` (nothing is checked)."""
-    return (os.path.join(root, f"{split}_id.txt"),
-            os.path.join(root, f"{split}_images"),
-            os.path.join(root, f"{split}_segmentations"))
-
-
-def read_id_list(path: str) -> list[str]:
-    """Ids of an ``<split>_id.txt``: one per line, surrounding blanks stripped, empty lines skipped."""
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
 
 
 def label_edges(label: np.ndarray, ignore_label: int = IGNORE_LABEL) -> np.ndarray:
@@ -99,8 +82,9 @@ class CartoonDataSet(torch.utils.data.Dataset):
     an augmentation off without shifting the random streams of the other draws.
     """
 
-    def __init__(self, root: str, dataset: str, crop_size: tuple[int, int] | int = (473, 473),
-                 scale_factor: float = 0.25, rotation_factor: float = 30, flip_prob: float = 0.5,
+    def __init__(self, root: str, dataset: str, crop_size: tuple[int, int] | int = recipe.INPUT_SIZE,
+                 scale_factor: float = recipe.SCALE_FACTOR, rotation_factor: float = recipe.ROTATION_FACTOR,
+                 flip_prob: float = recipe.FLIP_PROB,
                  ignore_label: int = IGNORE_LABEL, transform: Callable | None = None,
                  num_classes: int = NUM_CLASSES) -> None:
         if isinstance(crop_size, int):
@@ -185,7 +169,7 @@ class CartoonDataSet(torch.utils.data.Dataset):
         scale_mult = float(np.clip(np.random.randn() * sf + 1, 1 - sf, 1 + sf))
         # The gate is drawn first (Python RNG) and the angle only inside it (numpy RNG).
         rotation = 0.0
-        if random.random() <= ROTATION_PROB:
+        if random.random() <= recipe.ROTATION_PROB:  # the authors rotate only 60 % of the samples
             rotation = float(np.clip(np.random.randn() * rf, -2 * rf, 2 * rf))
         # random.random() can return exactly 0.0, and 0.0 <= 0 would flip with flip_prob = 0.
         flip = random.random() <= self.flip_prob and self.flip_prob > 0

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from dataset.layout import split_paths
 from utils.labels import NUM_CLASSES, class_names, colorize, flip_lut
 
 HEAD, BODY, LEFT_ARM, RIGHT_ARM, LEFT_LEG, RIGHT_LEG, TAIL = 1, 2, 3, 4, 5, 6, 7
@@ -352,20 +353,19 @@ def generate_dataset(out_dir: str, n_train: int, n_val: int, n_traintest: int, s
     for split in SPLITS:
         if counts[split] == 0:
             continue
-        image_dir = os.path.join(out_dir, f"{split}_images")
-        label_dir = os.path.join(out_dir, f"{split}_segmentations")
-        os.makedirs(image_dir, exist_ok=True)
-        os.makedirs(label_dir, exist_ok=True)
+        paths = split_paths(out_dir, split)
+        os.makedirs(paths.image_dir, exist_ok=True)
+        os.makedirs(paths.label_dir, exist_ok=True)
         ids = []
         for _ in range(counts[split]):
             sample = render_sample(seed, k, min_size, max_size)
             name = f"syn_{k:05d}"
-            _write(os.path.join(image_dir, name + ".jpg"), sample.image,
+            _write(paths.image(name), sample.image,
                    [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
-            _write(os.path.join(label_dir, name + ".png"), sample.label, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+            _write(paths.label(name), sample.label, [cv2.IMWRITE_PNG_COMPRESSION, 3])
             ids.append(name)
             k += 1
-        with open(os.path.join(out_dir, f"{split}_id.txt"), "w", encoding="utf-8") as f:
+        with open(paths.id_list, "w", encoding="utf-8") as f:
             f.write("".join(i + "\n" for i in ids))
         ids_per_split[split] = ids
     return ids_per_split

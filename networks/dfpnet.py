@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from networks.backbone import DeepStemResNet, NormLayer
+from utils.labels import NUM_CLASSES
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
@@ -94,7 +95,7 @@ class DFPNet(DeepStemResNet):
     ``[aux5, aux4, aux3, aux2, final]``, each N x num_classes x H x W, in the authors' order.
     """
 
-    def __init__(self, num_classes: int = 8, norm_layer: NormLayer | None = None) -> None:
+    def __init__(self, num_classes: int = NUM_CLASSES, norm_layer: NormLayer | None = None) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         norm_layer = norm_layer or _default_norm_layer()
@@ -156,6 +157,6 @@ class DFPNet(DeepStemResNet):
         return aux + [final]
 
 
-def Res_Deeplab(num_classes: int = 8) -> DFPNet:  # noqa: N802 - the authors' entry point name
+def Res_Deeplab(num_classes: int = NUM_CLASSES) -> DFPNet:  # noqa: N802 - the authors' entry point name
     """The authors' constructor name, kept so their scripts' habits still work."""
     return DFPNet(num_classes)

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from utils.distributed import derive_seed, get_world_size, is_dist_avail_and_initialized, launched_rank
 from utils.inference import autocast
+from utils.labels import IGNORE_LABEL
 from utils.loss import parsing_loss
 
 # DFPnet's outputs in the order the network returns them (docs/reference.md section 4).
@@ -111,7 +112,8 @@ class SeededSamples(Dataset):
 # One step, one epoch
 # ------------------------------------------------------------------------------------------
 
-def output_losses(outputs: list[torch.Tensor], labels: torch.Tensor, ignore_label: int = 255) -> torch.Tensor:
+def output_losses(outputs: list[torch.Tensor], labels: torch.Tensor,
+                  ignore_label: int = IGNORE_LABEL) -> torch.Tensor:
     """Cross-entropy of each of DFPnet's outputs, float32, shape ``[len(outputs)]``; the loss is the sum.
 
     One ``utils.loss.parsing_loss`` per output (same resizing and float32 maths), kept apart so a
@@ -123,7 +125,7 @@ def output_losses(outputs: list[torch.Tensor], labels: torch.Tensor, ignore_labe
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                labels: torch.Tensor, *, lr: float, iteration: int, amp: str = "off",
                scaler: torch.amp.GradScaler | None = None,
-               ignore_label: int = 255) -> tuple[list[float], list[torch.Tensor]]:
+               ignore_label: int = IGNORE_LABEL) -> tuple[list[float], list[torch.Tensor]]:
     """One SGD step at learning rate ``lr``; returns (per-output losses averaged over ranks, outputs).
 
     The network runs under autocast (``amp``), the loss in float32 outside it. The losses are
@@ -194,7 +196,7 @@ class EpochStats:
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader, device: torch.device, *,
                     epoch: int, iteration: int, lr_at: Callable[[int], float], amp: str = "off",
                     scaler: torch.amp.GradScaler | None = None, channels_last: bool = False,
-                    ignore_label: int = 255, stop_at: int | None = None,
+                    ignore_label: int = IGNORE_LABEL, stop_at: int | None = None,
                     on_step: Callable[[StepInfo], None] | None = None,
                     should_stop: Callable[[], bool] | None = None) -> EpochStats:
     """Run the loader's batches (what is left of epoch ``epoch``), starting at global step ``iteration``.

@@ -7,6 +7,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from utils.labels import IGNORE_LABEL
+
 
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float64 else x.float()
@@ -46,14 +48,16 @@ class _CrossEntropy(torch.autograd.Function):
         return grad_x.to(logits.dtype), None, None
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_label: int = 255) -> torch.Tensor:
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                  ignore_label: int = IGNORE_LABEL) -> torch.Tensor:
     """Mean float32 cross-entropy of N x C x H x W ``logits`` against N x H x W ``labels``."""
     if not (logits.requires_grad and torch.is_grad_enabled()):
         return F.cross_entropy(_at_least_float32(logits), labels, ignore_index=ignore_label)
     return _CrossEntropy.apply(logits, labels, ignore_label)
 
 
-def parsing_loss(outputs: Sequence[torch.Tensor], labels: torch.Tensor, ignore_label: int = 255) -> torch.Tensor:
+def parsing_loss(outputs: Sequence[torch.Tensor], labels: torch.Tensor,
+                 ignore_label: int = IGNORE_LABEL) -> torch.Tensor:
     """Sum over outputs of CE(ignore ``ignore_label``), each resized to the label size first.
 
     Resizing is bilinear with align_corners=True, as the authors' ``CriterionAll``; the loss is
