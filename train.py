@@ -286,9 +286,8 @@ def init_from_scratch(model: torch.nn.Module) -> None:
     starts as the identity (Goyal et al. 2017).
 
     The authors always start from ImageNet, where the init does not matter. From scratch,
-    PyTorch's default init gives stem gradient norms in the thousands: the synthetic demo
-    (128x128, batch 8, LR 1e-2) reached a val mean IU of 24.6 after 480 iterations with it and
-    34.8 after 432 with this one.
+    PyTorch's default init gives stem gradient norms in the thousands, and the synthetic demo
+    learns far less with it (bench/RESULTS.md section 9).
     """
     from networks.backbone import Bottleneck
 

@@ -39,7 +39,8 @@ def relu_into(y: torch.Tensor, norm: nn.Module, consumer: nn.Module) -> torch.Te
     both the norm's output (InPlace-ABN inverts it in backward) and the ReLU's output (the
     convolution's input). Where the norm keeps y anyway (InPlace-ABN in place), the ReLU and the
     convolution here save a reference to y instead and backward recomputes relu(y): one cheap
-    elementwise op per layer, 78 MiB less at batch 2, 384x384, bf16. Same numbers.
+    elementwise op per layer for one activation less per layer (bench/RESULTS.md section 1).
+    Same numbers.
     """
     keeps_y = getattr(norm, "inplace", False) and norm.training and RECOMPUTE_RELU
     if not keeps_y or not torch.is_grad_enabled() or not y.requires_grad or torch.compiler.is_compiling():

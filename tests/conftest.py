@@ -12,7 +12,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 @pytest.fixture(scope="session")
 def reference_keys() -> dict[str, tuple[int, ...]]:
-    """Keys and shapes of the authors' checkpoints (shared/reference/dfpnet_state_dict.tsv)."""
+    """Keys and shapes of the authors' checkpoints (tests/data/dfpnet_state_dict.tsv)."""
     here = os.path.dirname(__file__)
     path = os.path.join(here, "data", "dfpnet_state_dict.tsv")
     keys: dict[str, tuple[int, ...]] = {}

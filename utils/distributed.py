@@ -55,7 +55,7 @@ def init_distributed_mode(args: argparse.Namespace) -> None:
     Sets ``args.distributed``, ``args.rank``, ``args.world_size``, ``args.local_rank`` and
     ``args.dist_backend``. ``args.device`` must already be a resolved ``torch.device``: NCCL
     for CUDA, gloo for the CPU (NCCL cannot reduce CPU tensors). Under torchrun each process
-    drives the GPU of its local rank, which ``resolve_device`` in train.py has picked.
+    drives the GPU of its local rank, which ``resolve_training_device`` in train.py has picked.
     """
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         args.rank = int(os.environ["RANK"])

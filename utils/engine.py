@@ -61,9 +61,8 @@ def default_inplace_abn(device: torch.device) -> bool:
     """Whether InPlace-ABN runs in place by default (train.py --inplace-abn auto).
 
     On the CPU in place costs nothing and saves memory. On CUDA the step is bound by kernel
-    launches, and the in-place Function's extra small kernels made it slower: on an H100, batch 12,
-    384x384, bf16, 0.124 s in place vs 0.074 s under plain autograd, at 5.6 vs 6.4 GiB
-    (bench/RESULTS.md section 5), so plain autograd is the default there.
+    launches, and the in-place Function's extra small kernels made it slower for a little less
+    memory (bench/RESULTS.md section 5), so plain autograd is the default there.
     """
     return device.type != "cuda"
 

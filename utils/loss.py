@@ -21,8 +21,8 @@ class _CrossEntropy(torch.autograd.Function):
 
     What it keeps for backward is the difference: the logits (which the caller holds anyway), the
     labels and the per-pixel log-sum-exp, and backward recomputes the softmax from them. The stock
-    version on a float32 copy of bf16 logits keeps a float32 log-softmax of the whole map: for
-    DFPnet's five full-size outputs at batch 2, 384x384, 45 MiB against 5.6 MiB here.
+    version on a float32 copy of bf16 logits keeps a float32 log-softmax of the whole map, several
+    times more for DFPnet's five full-size outputs (bench/RESULTS.md section 1).
     """
 
     @staticmethod
