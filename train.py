@@ -124,7 +124,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "--device auto then uses the first (or, under torchrun, the local rank's)")
     parser.add_argument("--start-epoch", type=non_negative_int, default=0,
                         help="first epoch when not resuming (the LR schedule starts at that epoch)")
-    parser.add_argument("--epochs", type=positive_int, default=recipe.EPOCHS, help="number of epochs of the whole run")
+    parser.add_argument("--epochs", type=positive_int, default=None,
+                        help=f"number of epochs of the whole run (default: {recipe.EPOCHS}, or what "
+                             f"--time-budget allows)")
     parser.add_argument("--save-num-images", type=positive_int, default=2,
                         help="images per TensorBoard training grid (input, label, prediction)")
     # Ours.
@@ -167,6 +169,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "iterations")
     parser.add_argument("--image-every", type=positive_int, default=500,
                         help="TensorBoard image grids (input, label, prediction) every N iterations")
+    parser.add_argument("--time-budget", type=positive_float, default=None, metavar="MINUTES",
+                        help="fit the run into this wall time: time the first steps, then fix the number of "
+                             "epochs (and the poly schedule over them) so that training, evaluations and "
+                             "saves end within it; a resumed run keeps the schedule it fixed (instead of "
+                             "--epochs)")
     parser.add_argument("--max-iters", type=positive_int, default=None,
                         help="stop once the run has made N steps in all (demos, tests); the LR schedule "
                              "still spans --epochs, so --resume continues it")
@@ -181,7 +188,11 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if args.num_classes > 255 or args.ignore_label < args.num_classes:
         parser.error(f"argument --num-classes: {args.num_classes} classes leave no room for --ignore-label "
                      f"{args.ignore_label}")
-    if args.start_epoch >= args.epochs:
+    if args.time_budget is not None and args.epochs is not None:
+        parser.error("argument --time-budget: not with --epochs (the budget decides the number of epochs)")
+    if args.time_budget is None and args.epochs is None:
+        args.epochs = recipe.EPOCHS
+    if args.epochs is not None and args.start_epoch >= args.epochs:
         parser.error(f"argument --start-epoch: {args.start_epoch} is not below --epochs {args.epochs}")
     if args.momentum >= 1:
         parser.error(f"argument --momentum: expected a value below 1, got {args.momentum}")
@@ -514,6 +525,32 @@ def build_model(args: argparse.Namespace, device: torch.device,
 # The loop
 # ------------------------------------------------------------------------------------------
 
+# Steps --time-budget times before it fixes the schedule (the first, a warm-up, is not counted).
+TIMING_STEPS = 4
+
+
+def plan_epochs(left_s: float, args: argparse.Namespace, *, iters_per_epoch: int, done: int, step_s: float,
+                eval_s: float, save_s: float) -> tuple[int, float]:
+    """The most epochs (at least one) whose remaining work fits in ``left_s`` seconds, and its seconds.
+
+    Counts the steps not yet ``done``, last.pth at each epoch end, each evaluation (``eval_s``,
+    0 without evaluation splits) with a best.pth, and the epoch snapshots (weights only: about
+    half a last.pth each), under the --eval-every / --snapshot-every rules.
+    """
+    plan = argparse.Namespace(**vars(args))
+
+    def seconds(epochs: int) -> float:
+        plan.epochs = epochs
+        evals = sum(evaluation_due(e, plan) for e in range(epochs)) if eval_s else 0
+        snapshots = sum(e % plan.snapshot_every == 0 or e == epochs - 1 for e in range(epochs))
+        return ((epochs * iters_per_epoch - done) * step_s + epochs * save_s
+                + evals * (eval_s + save_s / 2) + snapshots * save_s / 2)
+
+    epochs = 1
+    while seconds(epochs + 1) <= left_s:
+        epochs += 1
+    return epochs, seconds(epochs)
+
 class Trainer:
     """The training loop and what it changes as it goes: the position, the best result, the saves."""
 
@@ -521,7 +558,10 @@ class Trainer:
                  snapshots: Snapshots) -> None:
         self.args, self.device, self.data, self.net, self.snapshots = args, device, data, net, snapshots
         self.iters_per_epoch = data.iters_per_epoch
-        self.total_iters = args.epochs * self.iters_per_epoch
+        # None until --time-budget has fixed the number of epochs (plan_schedule).
+        self.total_iters: int | None = args.epochs * self.iters_per_epoch if args.epochs else None
+        self.started = time.perf_counter()
+        self.step_seconds: list[float] = []
         self.iteration = args.start_epoch * self.iters_per_epoch  # steps done over the whole run
         self.best: dict = {"mean_iou": -1.0, "epoch": -1, "split": None}
         self.signals = StopSignals(PROG)
@@ -536,6 +576,10 @@ class Trainer:
         if state is None:
             torch.manual_seed(du.derive_seed(args.random_seed, "dropout", rank))
             return
+        saved = state.get("schedule", {})
+        if args.time_budget is not None and saved.get("total_iters"):  # the schedule the budget fixed
+            args.epochs = int(saved.get("epochs") or saved["total_iters"] // saved["iters_per_epoch"])
+            self.total_iters = args.epochs * self.iters_per_epoch
         self.net.optimizer.load_state_dict(state["optimizer"])
         if self.net.scaler is not None and state.get("scaler"):
             self.net.scaler.load_state_dict(state["scaler"])
@@ -555,7 +599,7 @@ class Trainer:
         args = self.args
         rng = du.all_gather_objects(capture_rng_state(self.device))  # every process's, for an exact resume
         schedule = {"base_lr": args.learning_rate, "power": args.power, "total_iters": self.total_iters,
-                    "iters_per_epoch": self.iters_per_epoch}
+                    "iters_per_epoch": self.iters_per_epoch, "epochs": args.epochs}
         state = training_state(self.net.model, self.net.optimizer, self.net.scaler,
                                epoch=self.iteration // self.iters_per_epoch, iteration=self.iteration,
                                schedule=schedule, rng=rng, best=self.best, args=plain_args(args))
@@ -564,11 +608,14 @@ class Trainer:
 
     # ---- callbacks of train_one_epoch
     def lr_at(self, iteration: int) -> float:
+        if self.total_iters is None:  # the timing steps of --time-budget: poly's start
+            return self.args.learning_rate
         return poly_lr(self.args.learning_rate, iteration, self.total_iters, self.args.power)
 
     def on_step(self, info: StepInfo) -> None:
         args, it = self.args, info.iteration
         self.iteration = it
+        self.step_seconds.append(info.seconds)
         rate = info.images.shape[0] * args.world_size / max(info.seconds, 1e-9)
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{info.loss:.3f}", lr=f"{info.lr:.2e}", img_s=f"{rate:.1f}", refresh=False)
@@ -588,17 +635,19 @@ class Trainer:
         return self.stop_signal > 0
 
     # ---- epochs
-    def train_epoch(self, epoch: int) -> bool:
-        """One epoch (or what is left of it), its evaluation and saves; False if it was cut short."""
+    def train_epoch(self, epoch: int, stop_at: int | None = None) -> bool:
+        """One epoch (or what is left of it), its evaluation and saves; False if it was cut short
+        (--max-iters, a stop signal, or ``stop_at`` steps done in all)."""
         args, data = self.args, self.data
         epoch_start = time.perf_counter()
         data.sampler.set_epoch(epoch, self.iteration - epoch * self.iters_per_epoch)
         data.generator.manual_seed(du.derive_seed(args.random_seed, "loader", epoch, args.rank))
-        self.bar.set_description(f"epoch {epoch + 1}/{args.epochs}")
+        self.bar.set_description(f"epoch {epoch + 1}/{args.epochs or '?'}")
         stats = train_one_epoch(self.net.train_model, self.net.optimizer, data.loader, self.device, epoch=epoch,
                                 iteration=self.iteration, lr_at=self.lr_at, amp=args.amp, scaler=self.net.scaler,
                                 channels_last=args.channels_last, ignore_label=args.ignore_label,
-                                stop_at=args.max_iters, on_step=self.on_step, should_stop=self.should_stop)
+                                stop_at=min(filter(None, (args.max_iters, stop_at)), default=None),
+                                on_step=self.on_step, should_stop=self.should_stop)
         if self.iteration < (epoch + 1) * self.iters_per_epoch:  # --max-iters or a stop signal
             return False
         line = (f"epoch {epoch + 1}/{args.epochs}  iter {self.iteration}/{self.total_iters}  "
@@ -625,7 +674,7 @@ class Trainer:
         from tqdm import tqdm
 
         args = self.args
-        if self.iteration >= self.total_iters:
+        if self.total_iters is not None and self.iteration >= self.total_iters:
             log(f"nothing to do: the training state is at iteration {self.iteration} of {self.total_iters}, "
                 f"the run is complete (--resume none starts anew)")
             return 0
@@ -642,7 +691,9 @@ class Trainer:
         run_start = time.perf_counter()
         try:
             with self.signals:
-                for epoch in range(self.iteration // self.iters_per_epoch, args.epochs):
+                if self.total_iters is None:
+                    self.plan_schedule()
+                for epoch in range(self.iteration // self.iters_per_epoch, args.epochs or 0):
                     if args.max_iters is not None and self.iteration >= args.max_iters:
                         break
                     if self.should_stop() or not self.train_epoch(epoch):
@@ -673,6 +724,63 @@ class Trainer:
         self.report(datetime.timedelta(seconds=round(time.perf_counter() - run_start)))
         return 0
 
+    def plan_schedule(self) -> None:
+        """--time-budget: time the first steps of epoch 0, then fix the number of epochs.
+
+        The timed steps are real training steps (at the base LR, where poly starts); the first
+        is a warm-up and not counted. The plan counts every step, evaluation (one forward pass
+        per image, timed here) and save (the first last.pth, timed here) the run will make, and
+        keeps the largest number of epochs that ends within the budget, at least one.
+        """
+        args, ipe = self.args, self.iters_per_epoch
+        epoch = self.iteration // ipe
+        # Within the epoch where it can: its end (evaluation, snapshots) wants the plan made.
+        timing_steps = max(1, min(TIMING_STEPS, ipe - self.iteration % ipe - 1))
+        args.epochs = epoch + 2  # provisional: the epoch being timed is not the last
+        self.train_epoch(epoch, stop_at=self.iteration + timing_steps)
+        if self.stop_signal or not self.step_seconds:
+            args.epochs = None  # stopped while timing: nothing is planned, nothing more runs
+            return
+        counted = self.step_seconds[1:] or self.step_seconds
+        step_s = sorted(counted)[len(counted) // 2]
+        eval_s = self.time_evaluation()
+        args.epochs, self.total_iters = epoch + 1, (epoch + 1) * ipe  # provisional, for the timed save
+        tick = time.perf_counter()
+        self.save_last()
+        save_s = time.perf_counter() - tick
+        left = args.time_budget * 60 - (time.perf_counter() - self.started)
+        epochs, planned = plan_epochs(left, args, iters_per_epoch=ipe, done=self.iteration, step_s=step_s,
+                                      eval_s=eval_s if self.data.eval_sets else 0.0, save_s=save_s)
+        args.epochs, self.total_iters = epochs, epochs * ipe
+        self.save_last()  # the fixed schedule, for --resume
+        self.bar.reset(total=self.total_iters)
+        self.bar.update(self.iteration)
+        log(f"--time-budget {args.time_budget:g} min: {step_s:.2f} s per step over {len(counted)} timed steps, "
+            f"~{eval_s:.0f} s per evaluation, {save_s:.1f} s per save, {left:.0f} s left: {epochs} epochs = "
+            f"{self.total_iters} iterations (poly LR over them), planned to end in {planned:.0f} s")
+
+    def time_evaluation(self) -> float:
+        """Seconds one evaluation of every split takes, from two timed forward passes of one image."""
+        from utils.inference import autocast
+
+        args = self.args
+        images = sum(len(dataset) for dataset, _ in self.data.eval_sets.values()) / args.world_size
+        if not images:
+            return 0.0
+        size = args.eval_input_size or args.input_size
+        x = torch.zeros(1, 3, *size, device=self.device)
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        model = self.net.model
+        model.eval()
+        with torch.no_grad(), autocast(self.device.type, args.amp):
+            model(x)
+            tick = time.perf_counter()
+            model(x)
+            forward_s = time.perf_counter() - tick
+        model.train()
+        return images * forward_s * 1.2  # + the warp back, the scoring and the pictures (a guess)
+
     def report(self, elapsed: datetime.timedelta) -> None:
         if self.iteration < self.total_iters:  # --max-iters
             if self.snapshots.last_saved != self.iteration:
@@ -696,9 +804,10 @@ def log_setup(args: argparse.Namespace, data: TrainData, net: Network) -> None:
     log(f"device {args.device} x {args.world_size} process(es), amp {args.amp}, channels-last "
         f"{args.channels_last}, compile {args.compile}, InPlace-ABN {abn_mode}, {BACKEND_DESCRIPTION}")
     ipe = data.iters_per_epoch
+    length = (f"{args.epochs} epochs = {ipe * args.epochs} iterations" if args.epochs
+              else f"epochs to fit --time-budget {args.time_budget:g} min")
     log(f"training {'+'.join(data.splits)}: {len(data.dataset)} images, batch {args.batch_size} x "
-        f"{args.world_size}, {ipe} iterations/epoch x {args.epochs} epochs = {ipe * args.epochs} iterations; "
-        f"evaluating {', '.join(data.eval_sets) or 'nothing'}")
+        f"{args.world_size}, {ipe} iterations/epoch x {length}; evaluating {', '.join(data.eval_sets) or 'nothing'}")
 
 
 # ------------------------------------------------------------------------------------------

@@ -362,3 +362,53 @@ def test_out_of_memory_prints_a_hint(data_dir, tmp_path, capsys, monkeypatch):
                                 "--workers", "0"], capsys)
     assert code == 1
     assert "out of memory" in err and "--batch-size" in err and "--amp bf16" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------------
+# --time-budget
+# ------------------------------------------------------------------------------------------
+
+def test_plan_epochs_fits_steps_evaluations_and_saves_into_the_budget():
+    args = train.get_args_parser().parse_args(["--time-budget", "1", "--eval-every", "5"])
+    # 10 steps of 1 s per epoch, 3 done; a 2 s save per epoch, 4 s per evaluation (+ 1 s best.pth),
+    # snapshots (1 s) after epoch 0 and the last.
+    epochs, seconds = train.plan_epochs(200.0, args, iters_per_epoch=10, done=3, step_s=1.0, eval_s=4.0,
+                                        save_s=2.0)
+    # 15 epochs: 147 steps + 30 (saves) + 3 evaluations x 5 + 2 snapshots x 1 = 194 s; 16 would be 211 s.
+    assert (epochs, seconds) == (15, 194.0)
+    assert train.plan_epochs(1.0, args, iters_per_epoch=10, done=3, step_s=1.0, eval_s=4.0, save_s=2.0)[0] == 1
+    # Without evaluation splits the same time holds more epochs.
+    assert train.plan_epochs(200.0, args, iters_per_epoch=10, done=3, step_s=1.0, eval_s=0.0,
+                             save_s=2.0)[0] == 16
+
+
+def test_time_budget_and_epochs_exclude_each_other(capsys):
+    code, err = _run_inprocess(["--time-budget", "5", "--epochs", "3"], capsys)
+    assert code == 2 and "argument --time-budget: not with --epochs" in err
+
+
+@pytest.mark.slow
+def test_time_budget_fixes_the_schedule_and_resume_keeps_it(data_dir, tmp_path):
+    snap = str(tmp_path / "snap")
+    common = ["--data-dir", data_dir, "--input-size", "48,48", "--batch-size", "4", "--learning-rate", "1e-2",
+              "--restore-from", "none", "--snapshot-dir", snap, "--workers", "0", "--log-every", "1",
+              "--val-datasets", "val", "--time-budget", "10"]
+    first = _train(common + ["--max-iters", "6"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    plan = [line for line in first.stdout.splitlines() if line.startswith("--time-budget 10 min: ")]
+    assert len(plan) == 1 and " over 2 timed steps" in plan[0], first.stdout[-2000:]
+    epochs = int(plan[0].split(" left: ")[1].split(" epochs")[0])
+    state = torch.load(os.path.join(snap, "last.pth"), map_location="cpu", weights_only=True)
+    assert state["iteration"] == 6 and epochs > 2  # 10 minutes hold far more than two 48x48 epochs
+    assert state["schedule"]["epochs"] == epochs and state["schedule"]["total_iters"] == 4 * epochs
+    # The 3 timed steps ran at the base LR (where poly starts); the rest on the poly schedule fixed.
+    lr = _scalars(snap, "learning_rate")
+    assert [lr[i] for i in (1, 2, 3)] == pytest.approx([1e-2] * 3)
+    for step in (4, 5, 6):
+        assert lr[step] == pytest.approx(poly_lr(1e-2, step - 1, 4 * epochs), rel=1e-6)
+
+    again = _train(common + ["--max-iters", "7"])  # resumed: the same schedule, not a new plan
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "--time-budget 10 min: " not in again.stdout and f"x {epochs} epochs" in again.stdout
+    state = torch.load(os.path.join(snap, "last.pth"), map_location="cpu", weights_only=True)
+    assert state["iteration"] == 7 and state["schedule"]["total_iters"] == 4 * epochs
