@@ -525,8 +525,9 @@ def build_model(args: argparse.Namespace, device: torch.device,
 # The loop
 # ------------------------------------------------------------------------------------------
 
-# Steps --time-budget times before it fixes the schedule (the first, a warm-up, is not counted).
-TIMING_STEPS = 4
+# Steps --time-budget times before it fixes the schedule; the first two (oneDNN and allocator warm-up)
+# are not counted.
+TIMING_STEPS = 5
 
 
 def plan_epochs(left_s: float, args: argparse.Namespace, *, iters_per_epoch: int, done: int, step_s: float,
@@ -728,7 +729,7 @@ class Trainer:
         """--time-budget: time the first steps of epoch 0, then fix the number of epochs.
 
         The timed steps are real training steps (at the base LR, where poly starts); the first
-        is a warm-up and not counted. The plan counts every step, evaluation (one forward pass
+        two are warm-up and not counted. The plan counts every step, evaluation (one forward pass
         per image, timed here) and save (the first last.pth, timed here) the run will make, and
         keeps the largest number of epochs that ends within the budget, at least one.
         """
@@ -741,7 +742,7 @@ class Trainer:
         if self.stop_signal or not self.step_seconds:
             args.epochs = None  # stopped while timing: nothing is planned, nothing more runs
             return
-        counted = self.step_seconds[1:] or self.step_seconds
+        counted = self.step_seconds[2:] or self.step_seconds[-1:]
         step_s = sorted(counted)[len(counted) // 2]
         eval_s = self.time_evaluation()
         args.epochs, self.total_iters = epoch + 1, (epoch + 1) * ipe  # provisional, for the timed save
@@ -755,7 +756,7 @@ class Trainer:
         self.save_last()  # the fixed schedule, for --resume
         self.bar.reset(total=self.total_iters)
         self.bar.update(self.iteration)
-        log(f"--time-budget {args.time_budget:g} min: {step_s:.2f} s per step over {len(counted)} timed steps, "
+        log(f"--time-budget {args.time_budget:g} min: {step_s:.2f} s per step (median of {len(counted)} timed), "
             f"~{eval_s:.0f} s per evaluation, {save_s:.1f} s per save, {left:.0f} s left: {epochs} epochs = "
             f"{self.total_iters} iterations (poly LR over them), planned to end in {planned:.0f} s")
 
