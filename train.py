@@ -29,8 +29,8 @@ from utils.checkpoint import (CheckpointError, extract_state_dict, load_imagenet
                               load_state_dict_strict, read_checkpoint)
 from utils.engine import (NonFiniteLossError, SeededSamples, StepInfo, capture_rng_state, default_inplace_abn,
                           plain_args, poly_lr, restore_rng_state, train_one_epoch)
-from utils.inference import (AMP_MODES, default_amp, non_negative_float, non_negative_int, parse_size,
-                             positive_float, positive_int, resolve_device)
+from utils.cli import (AMP_MODES, default_amp, non_negative_float, non_negative_int, parse_size,
+                       positive_float, positive_int, resolve_device)
 from utils.labels import IGNORE_LABEL, NUM_CLASSES, class_names
 
 PROG = "train.py"

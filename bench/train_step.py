@@ -46,7 +46,7 @@ from torch import nn
 
 from bench.common import (alternate, environment, format_environment, format_table, matmul_tflops,
                           peak_rss_mb, rss_mb, summarize, synchronize, write_json)
-from utils.inference import parse_size, positive_int
+from utils.cli import parse_size, positive_int
 
 NUM_CLASSES = 8
 IGNORE_LABEL = 255
@@ -92,7 +92,7 @@ def configs_for(device: torch.device) -> dict[str, Config]:
     """CONFIGS with the default's precision and in-place choice resolved as train.py resolves them
     for ``device`` (bf16 where the CPU or GPU runs it natively, else float32; in place on the CPU)."""
     from utils.engine import default_inplace_abn
-    from utils.inference import default_amp
+    from utils.cli import default_amp
 
     amp, inplace = default_amp(device), default_inplace_abn(device)
     configs = {name: (replace(config, amp=amp) if config.norm == "inplace" and config.channels_last else config)
