@@ -70,8 +70,8 @@ class FinalMap(nn.Module):
 
 
 def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=PROG, description="Export a DFPnet checkpoint to ONNX (final map only, "
-                                     "InPlace-ABN folded into the convolutions) for onnxruntime.")
+    parser = argparse.ArgumentParser(prog=PROG, description="Export a DFPnet checkpoint to ONNX (final map "
+                                     "only, InPlace-ABN folded into the convolutions) for onnxruntime.")
     parser.add_argument("--restore-from", default="./snapshots/DFPnet_epoch_495.pth",
                         help="checkpoint: the authors' .pth, our DFPnet_epoch_<e>.pth / best.pth, or a "
                              "training-state file")
@@ -161,7 +161,8 @@ def main(args: argparse.Namespace) -> None:
         fail(str(exc), 2)
     module = FinalMap(model, args.output).eval()
     # Batch 2, not 1: torch.export would take a batch of 1 for a constant.
-    example = torch.randn(1 if args.static else 2, 3, *args.input_size, generator=torch.Generator().manual_seed(0))
+    example = torch.randn(1 if args.static else 2, 3, *args.input_size,
+                          generator=torch.Generator().manual_seed(0))
 
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(args.out)}.", suffix=".tmp", dir=folder)
     os.close(fd)
@@ -169,7 +170,8 @@ def main(args: argparse.Namespace) -> None:
         try:
             export_onnx(module, example, tmp, opset=args.opset, dynamic=not args.static, props=metadata(args))
         except Exception as exc:  # noqa: BLE001 - the exporter raises many types; one line for the user
-            fail(f"{args.restore_from}: the ONNX export failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            fail(f"{args.restore_from}: the ONNX export failed: {first}")
         if not args.no_check:
             check(module, tmp, example, args)
         umask = os.umask(0)
@@ -181,7 +183,7 @@ def main(args: argparse.Namespace) -> None:
             os.unlink(tmp)
     size_mb = os.path.getsize(args.out) / 2**20
     print(f"Wrote {args.out} ({size_mb:.1f} MiB, opset {args.opset}, output {args.output}, "
-          f"{'static 1x3x%dx%d' % tuple(args.input_size) if args.static else 'dynamic batch, H and W'}) "
+          f"{'static 1x3x{}x{}'.format(*args.input_size) if args.static else 'dynamic batch, H and W'}) "
           f"from {args.restore_from}")
 
 

@@ -109,7 +109,7 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
     left untouched. Same outputs as ``model.eval()`` up to float rounding (tests/test_deploy.py).
     """
     fused = copy.deepcopy(model).eval()
+    _fuse_children(fused)
     for parameter in fused.parameters():
         parameter.requires_grad_(False)
-    _fuse_children(fused)
-    return fused.eval()
+    return fused

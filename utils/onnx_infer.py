@@ -78,7 +78,8 @@ class OnnxModel:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise OnnxModelError(f"{path}: onnxruntime is not installed (pip install -r requirements.txt)") from None
+            raise OnnxModelError(f"{path}: onnxruntime is not installed "
+                                 f"(pip install -r requirements.txt)") from None
         self.path = path
         if not os.path.isfile(path):
             raise OnnxModelError(f"{path}: ONNX model file not found")
@@ -91,7 +92,8 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for every bad file
-            raise OnnxModelError(f"{path}: not an ONNX model onnxruntime can load: {_first_line(exc)}") from None
+            raise OnnxModelError(f"{path}: not an ONNX model onnxruntime can load: "
+                                 f"{_first_line(exc)}") from None
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] not in (3, "3"):
@@ -104,14 +106,15 @@ class OnnxModel:
             raise OnnxModelError(f"{path}: unknown output kind {self.output!r} in its metadata")
         self.num_classes = int(self.metadata.get("num_classes", num_classes or 0)) or None
         if num_classes is not None and self.num_classes is not None and self.num_classes != num_classes:
-            raise OnnxModelError(f"{path}: the model predicts {self.num_classes} classes, --num-classes asks for "
-                                 f"{num_classes}")
+            raise OnnxModelError(f"{path}: the model predicts {self.num_classes} classes, --num-classes "
+                                 f"asks for {num_classes}")
         for key, ours in (("mean", MEAN), ("std", STD)):
             if key in self.metadata and not np.allclose(json.loads(self.metadata[key]), ours):
                 raise OnnxModelError(f"{path}: expects inputs normalised with {key} {self.metadata[key]}, "
                                      f"this code normalises with {list(ours)}")
         if self.metadata.get("channel_order", "BGR") != "BGR":
-            raise OnnxModelError(f"{path}: expects {self.metadata['channel_order']} images, this code feeds BGR")
+            raise OnnxModelError(f"{path}: expects {self.metadata['channel_order']} images, "
+                                 f"this code feeds BGR")
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """The model's output for N x 3 x H x W float32 ``images`` (logits, probabilities or labels)."""
@@ -153,7 +156,8 @@ class OnnxModel:
             out = self(images)
             if self.output == "labels":
                 return resize_labels(out, images.shape[-2:])
-            return resize_bilinear(out.astype(np.float32, copy=False), images.shape[-2:]).argmax(1).astype(np.uint8)
+            logits = resize_bilinear(out.astype(np.float32, copy=False), images.shape[-2:])
+            return logits.argmax(1).astype(np.uint8)
         return self.predict_probs(images, flip=flip, scales=scales).argmax(1).astype(np.uint8)
 
 

@@ -24,7 +24,13 @@ import numpy as np
 from tqdm import tqdm
 
 from utils.labels import IGNORE_LABEL, PALETTE, colorize
-from utils.transforms import box_to_center_scale, crop_to_image, get_affine_transform, normalize_array, warp_to_crop
+from utils.transforms import (
+    box_to_center_scale,
+    crop_to_image,
+    get_affine_transform,
+    normalize_array,
+    warp_to_crop,
+)
 
 # --------------------------------------------------------------------------------------------
 # Images in

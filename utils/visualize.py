@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dataset.transforms import denormalize_image
-from utils.labels import IGNORE_LABEL, PALETTE, colorize
+from utils.labels import PALETTE, colorize
 from utils.pipeline import overlay  # noqa: F401 - lives beside the other pictures of parse_images.py
 
 
