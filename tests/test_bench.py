@@ -116,3 +116,23 @@ def test_data_json(tmp_path):
     # Steady state: 4 batches of 2 after the first; with one worker the 2 prefetched ones are skipped.
     assert out["workers"]["0"]["passes"][0]["samples"] == 8
     assert out["workers"]["1"]["passes"][0]["samples"] == 4
+
+
+def test_deploy_rejects_unknown_config():
+    done = subprocess.run([sys.executable, "-m", "bench.deploy", "--configs", "authors,tensorrt"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "tensorrt" in done.stderr
+
+
+@pytest.mark.slow
+def test_deploy_json(tmp_path):
+    out = run_bench("bench.deploy", "--input-size", "32,32", "--iters", "2", "--warmup", "0",
+                    "--configs", "default,fused,onnxruntime", json_path=str(tmp_path / "deploy.json"))
+    assert out["configs"] == ["authors", "default", "fused", "onnxruntime"]  # authors added: the ratios need it
+    for name in out["configs"]:
+        entry = out[name]
+        assert positive(entry["s_per_call"]) and positive(entry["images_per_s"]) and len(entry["samples"]) == 2
+        assert out["ratios"][name] == pytest.approx(entry["images_per_s"] / out["authors"]["images_per_s"])
+        assert entry["relative_error"] < 1e-4 and entry["argmax_agreement"] > 0.99  # same numbers, any speed
+    assert out["ratios"]["authors"] == 1.0 and isinstance(out["target_met"], bool)
+    assert out["versions"]["onnxruntime"] and out["cpu_flags"]
