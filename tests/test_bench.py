@@ -40,10 +40,12 @@ def test_summarize_and_table():
     assert table.splitlines() == ["| A | B |", "|---|---|", "| 1.23 | - |"]
 
 
-def test_train_step_rejects_unknown_config():
-    done = subprocess.run([sys.executable, "-m", "bench.train_step", "--configs", "default,turbo"],
+@pytest.mark.parametrize("module,configs,bad", [("bench.train_step", "default,turbo", "turbo"),
+                                                ("bench.deploy", "authors,tensorrt", "tensorrt")])
+def test_unknown_config_is_refused(module, configs, bad):
+    done = subprocess.run([sys.executable, "-m", module, "--configs", configs],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "turbo" in done.stderr
+    assert done.returncode == 2 and bad in done.stderr
 
 
 @pytest.mark.slow
@@ -116,12 +118,6 @@ def test_data_json(tmp_path):
     # Steady state: 4 batches of 2 after the first; with one worker the 2 prefetched ones are skipped.
     assert out["workers"]["0"]["passes"][0]["samples"] == 8
     assert out["workers"]["1"]["passes"][0]["samples"] == 4
-
-
-def test_deploy_rejects_unknown_config():
-    done = subprocess.run([sys.executable, "-m", "bench.deploy", "--configs", "authors,tensorrt"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "tensorrt" in done.stderr
 
 
 @pytest.mark.slow
