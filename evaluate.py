@@ -151,6 +151,7 @@ def main(args: argparse.Namespace) -> None:
 
     from dataset.datasets import CartoonDataSet
     from dataset.transforms import default_transform
+
     try:
         dataset = CartoonDataSet(args.data_dir, args.dataset, crop_size=args.input_size,
                                  ignore_label=args.ignore_label, transform=default_transform(),

@@ -92,7 +92,9 @@ class DFPNet(DeepStemResNet):
             "authors' way" baseline; the state_dict is the same either way.
 
     ``forward(x)`` takes N x 3 x H x W (BGR, ImageNet-normalised; any H, W >= 2) and returns
-    ``[aux5, aux4, aux3, aux2, final]``, each N x num_classes x H x W, in the authors' order.
+    ``[aux5, aux4, aux3, aux2, final]``, each N x num_classes x H x W, in the authors' order;
+    with the attribute ``aux_heads`` set to False (``networks.fuse.fuse_for_inference`` does),
+    ``[final]`` only: the four auxiliary heads run at the full input size and serve training alone.
     """
 
     def __init__(self, num_classes: int = 8, norm_layer: NormLayer | None = None) -> None:
@@ -101,6 +103,7 @@ class DFPNet(DeepStemResNet):
         norm_layer = norm_layer or _default_norm_layer()
         super().__init__((3, 4, 23, 3), norm_layer=norm_layer)
         self.num_classes = num_classes
+        self.aux_heads = True
 
         # Neck: ASPP on x5, then P5.
         self.layer5 = ASPP(2048, 256, 512, norm_layer=norm_layer)
@@ -150,7 +153,7 @@ class DFPNet(DeepStemResNet):
         hd4 = self.up_HD4(p4, hd_size)
         hd3 = self.up_HD3(p3, hd_size)
         hd2 = self.up_HD2(p2, hd_size)
-        aux = [self.aux_pred(resize(hd, size)) for hd in (hd5, hd4, hd3, hd2)]
+        aux = [self.aux_pred(resize(hd, size)) for hd in (hd5, hd4, hd3, hd2)] if self.aux_heads else []
 
         fused = self.double3x3(torch.cat([hd2, hd3, hd4, hd5, self.c1(x1)], 1))
         final = self.outc(resize(self.reduce(fused), size))

@@ -16,7 +16,8 @@ ops that ``export.py`` hands to the ONNX exporter.
 
 The pairs are found by structure: ``Conv2d`` then norm inside an ``nn.Sequential``, and the
 ``convK`` / ``bnK`` attributes of the backbone's stem and bottlenecks, where ``forward`` applies
-``bnK`` straight to ``convK``'s output.
+``bnK`` straight to ``convK``'s output. The copy of a DFPNet also skips its four auxiliary
+heads, which only training reads (``aux_heads = False``): the final map alone, as exported.
 """
 from __future__ import annotations
 
@@ -106,10 +107,13 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
     InPlace-ABN folded into the preceding convolutions, the rest as ``AffineActivation``.
 
     The copy is in eval mode and holds no norm layer, so it must not be trained; ``model`` is
-    left untouched. Same outputs as ``model.eval()`` up to float rounding (tests/test_deploy.py).
+    left untouched. A DFPNet copy skips its auxiliary heads and returns ``[final]``: the same
+    final map as ``model.eval()`` up to float rounding (tests/test_deploy.py).
     """
     fused = copy.deepcopy(model).eval()
     _fuse_children(fused)
+    if hasattr(fused, "aux_heads"):  # DFPNet: inference reads only the final map (outputs[-1])
+        fused.aux_heads = False
     for parameter in fused.parameters():
         parameter.requires_grad_(False)
     return fused

@@ -174,6 +174,7 @@ def test_fuse_leaves_no_norm_and_the_original_untouched(models):
     assert isinstance(folded.layer1[0].bn1, torch.nn.Identity) and folded.layer1[0].conv1.bias is not None
     assert isinstance(folded.outc[1], torch.nn.LeakyReLU) and folded.outc[1].negative_slope == 0.01
     assert not folded.training and not any(p.requires_grad for p in folded.parameters())
+    assert folded.aux_heads is False and model.aux_heads is True  # inference reads the final map only
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())  # the original is untouched
     assert isinstance(model.layer1[0].bn1, _ActivatedBatchNorm) and model.layer1[0].conv1.bias is None
