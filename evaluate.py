@@ -1,4 +1,4 @@
-"""Evaluate a DFPnet checkpoint on a split of the Dog dataset (SPEC section 7).
+"""Evaluate a DFPnet checkpoint on a split of the Dog dataset (docs/reference.md section 7).
 
     python evaluate.py --data-dir ./dataset/Cartoon_sketches/Dog/ --dataset val \
         --restore-from ./snapshots/DFPnet_epoch_495.pth --input-size 384,384 \
@@ -8,10 +8,12 @@ Every image is letterboxed into the crop exactly as the loader does, predicted, 
 its original size and scored against its ground truth there: mean IU, pixel accuracy and mean
 accuracy over the authors' 8 classes. ``--truncate-centers`` reproduces the authors' int32
 centers (their logged numbers); ``--flip`` and ``--scales`` add test-time augmentation, which
-the original did not have.
+the original did not have. ``--onnx MODEL.onnx`` (in place of ``--restore-from``) evaluates an
+export.py model through onnxruntime with the same pre- and post-processing (docs/deploy.md).
 
 Exit status: 0 on success; 1 for a bad dataset or a failure while evaluating; 2 for bad
-arguments or an unusable checkpoint. The metrics file is written (atomically) only on success.
+arguments or an unusable checkpoint or ONNX model. The metrics file is written (atomically)
+only on success.
 """
 from __future__ import annotations
 
@@ -21,19 +23,12 @@ import os
 import sys
 
 import cv2
-import torch
 
-from utils.inference import (
-    InferenceStats,
-    add_inference_arguments,
-    default_amp,
-    evaluate_model,
-    load_model,
-    make_eval_loader,
-    resolve_device,
-    save_prediction,
-)
+from utils import recipe
+from utils.cli import add_inference_arguments, setup_device, setup_model
+from utils.inference import evaluate_model, make_eval_loader
 from utils.labels import IGNORE_LABEL, class_names
+from utils.pipeline import InferenceStats, save_prediction
 
 PROG = "evaluate.py"
 
@@ -42,13 +37,13 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description="Evaluate a DFPnet checkpoint: mean IU, pixel "
                                      "accuracy and mean accuracy on a val-type split, at the original image "
                                      "size.")
-    parser.add_argument("--data-dir", default="./dataset/Cartoon_sketches/Dog/",
+    parser.add_argument("--data-dir", default=recipe.DATA_DIR,
                         help="dataset root holding <split>_id.txt, <split>_images/ and "
                              "<split>_segmentations/")
-    parser.add_argument("--dataset", default="val",
+    parser.add_argument("--dataset", default=recipe.EVAL_SPLIT,
                         help="split to evaluate: val, trainTest or test (training splits are augmented, "
                              "so refused)")
-    parser.add_argument("--restore-from", default="./snapshots/DFPnet_epoch_495.pth",
+    parser.add_argument("--restore-from", default=recipe.EVAL_CHECKPOINT,
                         help="checkpoint: the authors' .pth, our DFPnet_epoch_<e>.pth / best.pth, or a "
                              "training-state file")
     parser.add_argument("--ignore-label", type=int, default=IGNORE_LABEL,
@@ -56,7 +51,7 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gpu", default=None,
                         help="authors' flag: GPU ids to expose through CUDA_VISIBLE_DEVICES (e.g. 0); "
                              "default: leave the environment as it is")
-    add_inference_arguments(parser)
+    add_inference_arguments(parser, onnx=True)
     parser.add_argument("--truncate-centers", action="store_true",
                         help="store centers as int32 before warping predictions back, as the authors did "
                              "(reproduces their numbers; off: exact float centers)")
@@ -143,12 +138,7 @@ def write_json_atomic(obj: dict, path: str) -> None:
 def main(args: argparse.Namespace) -> None:
     if args.gpu is not None:  # before anything touches CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
-    try:
-        device = resolve_device(args.device)
-    except ValueError as exc:
-        fail(str(exc), 2)
-    if args.amp is None:
-        args.amp = default_amp(device)
+    device = setup_device(args, fail)
     check_split(args.data_dir, args.dataset, args.num_classes, args.ignore_label)
     # Fail now, not after the whole evaluation, if the outputs cannot be written.
     metrics_dir = os.path.dirname(os.path.abspath(args.metrics_out)) if args.metrics_out else None
@@ -162,7 +152,6 @@ def main(args: argparse.Namespace) -> None:
 
     from dataset.datasets import CartoonDataSet
     from dataset.transforms import default_transform
-    from utils.checkpoint import CheckpointError
 
     try:
         dataset = CartoonDataSet(args.data_dir, args.dataset, crop_size=args.input_size,
@@ -170,14 +159,9 @@ def main(args: argparse.Namespace) -> None:
                                  num_classes=args.num_classes)
     except (ValueError, OSError) as exc:
         fail(one_line(exc))
-    try:
-        model = load_model(args.restore_from, args.num_classes, device, channels_last=args.channels_last)
-    except CheckpointError as exc:
-        fail(str(exc), 2)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # one fixed crop size: let cuDNN pick its kernels once
+    model = setup_model(args, device, fail)
     loader = make_eval_loader(dataset, batch_size=args.batch_size, workers=args.workers,
-                              pin_memory=device.type == "cuda")
+                              pin_memory=device is not None and device.type == "cuda")
     names = class_names(args.num_classes)
 
     def save_pictures(name: str, label, index: int) -> None:
@@ -196,11 +180,12 @@ def main(args: argparse.Namespace) -> None:
         fail(f"{args.data_dir}: split {args.dataset!r} has no images")
 
     metrics = matrix.to_dict(names)
-    print(f"Evaluated {stats.images} images of {args.data_dir} split {args.dataset!r} "
-          f"with {args.restore_from}")
+    network = args.onnx or args.restore_from
+    runtime = "onnxruntime (cpu)" if args.onnx else f"device {device}"
+    print(f"Evaluated {stats.images} images of {args.data_dir} split {args.dataset!r} with {network}")
     print(f"Settings: input {args.input_size[0]}x{args.input_size[1]}, amp {args.amp}, "
           f"flip {'on' if args.flip else 'off'}, scales {','.join(f'{s:g}' for s in args.scales)}, "
-          f"centers {'truncated (authors)' if args.truncate_centers else 'float'}, device {device}")
+          f"centers {'truncated (authors)' if args.truncate_centers else 'float'}, {runtime}")
     print(matrix.table(names))
     print(f"{stats.images} images in {stats.seconds:.2f} s: {stats.images_per_second:.2f} images/s "
           f"(network {100.0 * stats.network_share:.0f}% of the time)")
@@ -217,7 +202,7 @@ def main(args: argparse.Namespace) -> None:
     if args.metrics_out:
         metrics.update({
             "num_images": stats.images,
-            "checkpoint": args.restore_from,
+            "checkpoint": network,
             "dataset": args.dataset,
             "data_dir": args.data_dir,
             "input_size": list(args.input_size),
@@ -225,8 +210,10 @@ def main(args: argparse.Namespace) -> None:
             "scales": list(args.scales),
             "truncate_centers": args.truncate_centers,
             "amp": args.amp,
-            "channels_last": args.channels_last,
-            "device": str(device),
+            "channels_last": args.channels_last and not args.onnx,
+            "fused": args.fuse and not args.onnx,
+            "runtime": "onnxruntime" if args.onnx else "pytorch",
+            "device": "cpu" if args.onnx else str(device),
             "images_per_second": stats.images_per_second,
         })
         try:

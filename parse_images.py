@@ -2,12 +2,16 @@
 
     python parse_images.py --restore-from snapshots/DFPnet_epoch_495.pth --out outputs/parsed \
         my_dog.jpg another.webp folder_of_drawings/
+    python parse_images.py --onnx dfpnet.onnx --out outputs/parsed my_dog.jpg   # no PyTorch needed
 
 Each image (any size, any format OpenCV reads) is letterboxed into the crop exactly as the
 loader does for val images, predicted, and warped back to its original size. Written per image:
 ``<stem>_label.png`` (class ids 0..7), ``<stem>_color.png`` (the palette) and
 ``<stem>_overlay.jpg`` (colours over the image). A file that cannot be read is reported on one
 line and skipped; the exit status is then 1 once the others are done.
+
+With ``--onnx`` (a model written by export.py) the network runs through onnxruntime and this
+script imports neither torch nor anything that does: a deployment can ship without PyTorch.
 """
 from __future__ import annotations
 
@@ -16,20 +20,11 @@ import os
 import sys
 
 import cv2
-import torch
 from tqdm import tqdm
 
-from utils.inference import (
-    ImageFiles,
-    InferenceStats,
-    add_inference_arguments,
-    default_amp,
-    list_images,
-    load_model,
-    resolve_device,
-    run_inference,
-    save_prediction,
-)
+from utils import recipe
+from utils.cli import add_inference_arguments, setup_device, setup_model
+from utils.pipeline import ImageFiles, InferenceStats, batches, list_images, run_loop, save_prediction
 
 PROG = "parse_images.py"
 
@@ -39,13 +34,13 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                                      "and write label, colour and overlay pictures at their original size.")
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
                         help="image files, or folders whose image files (not sub-folders) are all parsed")
-    parser.add_argument("--restore-from", default="./snapshots/DFPnet_epoch_495.pth",
+    parser.add_argument("--restore-from", default=recipe.EVAL_CHECKPOINT,
                         help="checkpoint: the authors' .pth, our DFPnet_epoch_<e>.pth / best.pth, or a "
                              "training-state file")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="folder for the output pictures (created)")
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
-    add_inference_arguments(parser)
+    add_inference_arguments(parser, onnx=True)
     return parser.parse_args(argv)
 
 
@@ -55,27 +50,12 @@ def fail(message: str, code: int = 1) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        device = resolve_device(args.device)
-    except ValueError as exc:
-        fail(str(exc), 2)
-    if args.amp is None:
-        args.amp = default_amp(device)
+    device = setup_device(args, fail)
     paths = list_images(args.inputs)
     if not paths:
         fail(f"no image files in {', '.join(args.inputs)}")
-
-    from utils.checkpoint import CheckpointError
-
-    try:
-        model = load_model(args.restore_from, args.num_classes, device, channels_last=args.channels_last)
-    except CheckpointError as exc:
-        fail(str(exc), 2)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    model = setup_model(args, device, fail)
     images = ImageFiles(paths, args.input_size)
-    loader = torch.utils.data.DataLoader(images, batch_size=args.batch_size, num_workers=args.workers,
-                                         pin_memory=device.type == "cuda")
     os.makedirs(args.out, exist_ok=True)
     failed: list[str] = []
 
@@ -91,14 +71,28 @@ def main(args: argparse.Namespace) -> int:
 
     stats = InferenceStats()
     try:
-        run_inference(model, loader, device, save, num_classes=args.num_classes, amp=args.amp, flip=args.flip,
-                      scales=args.scales, channels_last=args.channels_last, progress=not args.no_progress,
-                      desc="parsing", stats=stats)
+        if args.onnx:  # torch-free: onnxruntime already uses every core, so images are read in turn
+            def predict(batch):
+                return model.predict_labels(batch, flip=args.flip, scales=args.scales)
+
+            run_loop(batches(images, args.batch_size), predict, save, total=len(images),
+                     progress=not args.no_progress, desc="parsing", stats=stats)
+        else:
+            from torch.utils.data import DataLoader
+
+            from utils.inference import run_inference
+
+            loader = DataLoader(images, batch_size=args.batch_size, num_workers=args.workers,
+                                pin_memory=device.type == "cuda")
+            run_inference(model, loader, device, save, num_classes=args.num_classes, amp=args.amp,
+                          flip=args.flip, scales=args.scales, channels_last=args.channels_last,
+                          progress=not args.no_progress, desc="parsing", stats=stats)
     except OSError as exc:  # an output picture could not be written: no point going on
         fail(str(exc))
     done = stats.images - len(failed)
+    runtime = "onnxruntime, cpu" if args.onnx else f"device {device}"
     print(f"Parsed {done} of {stats.images} images into {args.out} "
-          f"({stats.images_per_second:.2f} images/s, device {device})")
+          f"({stats.images_per_second:.2f} images/s, {runtime})")
     if failed:
         print(f"{PROG}: error: {len(failed)} file(s) could not be read: {', '.join(failed[:5])}"
               f"{' ...' if len(failed) > 5 else ''}", file=sys.stderr)

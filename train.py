@@ -36,6 +36,16 @@ from utils.checkpoint import (
     load_state_dict_strict,
     read_checkpoint,
 )
+from utils.cli import (
+    AMP_MODES,
+    default_amp,
+    non_negative_float,
+    non_negative_int,
+    parse_size,
+    positive_float,
+    positive_int,
+    resolve_device,
+)
 from utils.engine import (
     NonFiniteLossError,
     SeededSamples,
@@ -48,16 +58,6 @@ from utils.engine import (
     poly_lr,
     restore_rng_state,
     train_one_epoch,
-)
-from utils.inference import (
-    AMP_MODES,
-    default_amp,
-    non_negative_float,
-    non_negative_int,
-    parse_size,
-    positive_float,
-    positive_int,
-    resolve_device,
 )
 from utils.labels import IGNORE_LABEL, NUM_CLASSES, class_names
 from utils.snapshots import (

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from bench.common import environment, format_environment, format_table, summarize, write_json
 from utils import recipe
-from utils.inference import parse_size, positive_int
+from utils.cli import parse_size, positive_int
 
 
 def parse_workers(text: str) -> list[int]:

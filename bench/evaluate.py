@@ -32,8 +32,9 @@ from torch import nn
 
 from bench.common import (environment, format_environment, format_table, summarize, synchronize,
                           write_json)
-from utils.inference import (InferenceStats, add_inference_arguments, default_amp, evaluate_model,
-                             make_eval_loader, positive_int, resolve_device)
+from utils.cli import add_inference_arguments, default_amp, positive_int, resolve_device
+from utils.inference import evaluate_model, make_eval_loader
+from utils.pipeline import InferenceStats
 
 DEMO_CHECKPOINT = "./snapshots/demo/best.pth"
 DEMO_DATA = "./dataset/synthetic"

@@ -57,7 +57,7 @@ from bench.common import (
     write_json,
 )
 from utils import recipe
-from utils.inference import parse_size, positive_int
+from utils.cli import parse_size, positive_int
 from utils.labels import IGNORE_LABEL, NUM_CLASSES
 
 
@@ -96,8 +96,8 @@ CONFIGS: dict[str, Config] = {
 def configs_for(device: torch.device) -> dict[str, Config]:
     """CONFIGS with the default's precision and in-place choice resolved as train.py resolves them
     for ``device`` (bf16 where the CPU or GPU runs it natively, else float32; in place on the CPU)."""
+    from utils.cli import default_amp
     from utils.engine import default_inplace_abn
-    from utils.inference import default_amp
 
     amp, inplace = default_amp(device), default_inplace_abn(device)
     configs = {name: (replace(config, amp=amp) if config.norm == "inplace" and config.channels_last else config)

@@ -1,29 +1,26 @@
-"""The one place for the input normalisation (docs/reference.md section 3.5) and the numpy -> tensor step.
+"""The input normalisation as tensors (docs/reference.md section 3.5) and the numpy -> tensor step.
 
 The authors read images with OpenCV (BGR) and normalise them with ImageNet's mean and std,
 which are RGB statistics, applied to the BGR channels *as they are*. Their released weights
 (and the ImageNet backbone they start from, trained the same way in that code base) expect
 exactly this input, so we keep it: do not convert to RGB here, or the weights see swapped
-colours and lose accuracy.
+colours and lose accuracy. The numbers and the arithmetic live in ``utils.transforms``
+(``MEAN``, ``STD``, ``normalize_array``), which does not import torch, so that the onnxruntime
+path normalises with the very same code.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-# ImageNet statistics in the order the authors apply them: to channels 0, 1, 2 of a BGR image.
-MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from utils.transforms import MEAN, STD, normalize_array
+
+__all__ = ["MEAN", "STD", "ToTensorNormalized", "default_transform", "denormalize_image", "normalize_image"]
 
 
 def normalize_image(image: np.ndarray) -> torch.Tensor:
     """H x W x 3 uint8 BGR array -> 3 x H x W float32 tensor, ``(x / 255 - MEAN) / STD`` per channel."""
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"normalize_image expects an H x W x 3 image, got shape {tuple(image.shape)}")
-    tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
-    mean = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(STD, dtype=torch.float32).view(3, 1, 1)
-    return tensor.sub_(mean).div_(std)
+    return torch.from_numpy(normalize_array(image))
 
 
 def denormalize_image(tensor: torch.Tensor) -> np.ndarray:

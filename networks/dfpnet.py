@@ -19,8 +19,9 @@ from networks.backbone import DeepStemResNet, NormLayer
 from utils.labels import NUM_CLASSES
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
-    # Every resize in DFPnet is bilinear with align_corners=True.
+def resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """Bilinear with ``align_corners=True``: every resize in DFPnet, and in its test-time scales
+    (``utils.inference``). Always an op, even to the same size, so an export keeps it for any size."""
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
 
 
@@ -49,7 +50,7 @@ class ASPP(nn.Module):
                                         nn.Dropout2d(0.1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = _resize(self.conv1(x), x.shape[-2:])
+        pooled = resize(self.conv1(x), x.shape[-2:])
         return self.bottleneck(torch.cat([pooled, self.conv2(x), self.conv3(x), self.conv4(x), self.conv5(x)], 1))
 
 
@@ -62,7 +63,7 @@ class Up(nn.Module):
                                   nn.Conv2d(out_channels, out_channels, 3, padding=1), norm_layer(out_channels))
 
     def forward(self, top: torch.Tensor, lateral: torch.Tensor) -> torch.Tensor:
-        return self.conv(torch.cat([lateral, _resize(top, lateral.shape[-2:])], 1))
+        return self.conv(torch.cat([lateral, resize(top, lateral.shape[-2:])], 1))
 
 
 class HDBlock(nn.Module):
@@ -75,7 +76,7 @@ class HDBlock(nn.Module):
                                    norm_layer(out_channels))
 
     def forward(self, x: torch.Tensor, size: torch.Size) -> torch.Tensor:
-        return self.conv3(_resize(self.conv1(x), size))
+        return self.conv3(resize(self.conv1(x), size))
 
 
 def _lateral(in_channels: int, out_channels: int, norm_layer: NormLayer) -> nn.Sequential:
@@ -92,7 +93,9 @@ class DFPNet(DeepStemResNet):
             "authors' way" baseline; the state_dict is the same either way.
 
     ``forward(x)`` takes N x 3 x H x W (BGR, ImageNet-normalised; any H, W >= 2) and returns
-    ``[aux5, aux4, aux3, aux2, final]``, each N x num_classes x H x W, in the authors' order.
+    ``[aux5, aux4, aux3, aux2, final]``, each N x num_classes x H x W, in the authors' order;
+    with the attribute ``aux_heads`` set to False (``networks.fuse.fuse_for_inference`` does),
+    ``[final]`` only: the four auxiliary heads run at the full input size and serve training alone.
     """
 
     def __init__(self, num_classes: int = NUM_CLASSES, norm_layer: NormLayer | None = None) -> None:
@@ -101,6 +104,7 @@ class DFPNet(DeepStemResNet):
         norm_layer = norm_layer or _default_norm_layer()
         super().__init__((3, 4, 23, 3), norm_layer=norm_layer)
         self.num_classes = num_classes
+        self.aux_heads = True
 
         # Neck: ASPP on x5, then P5.
         self.layer5 = ASPP(2048, 256, 512, norm_layer=norm_layer)
@@ -150,10 +154,10 @@ class DFPNet(DeepStemResNet):
         hd4 = self.up_HD4(p4, hd_size)
         hd3 = self.up_HD3(p3, hd_size)
         hd2 = self.up_HD2(p2, hd_size)
-        aux = [self.aux_pred(_resize(hd, size)) for hd in (hd5, hd4, hd3, hd2)]
+        aux = [self.aux_pred(resize(hd, size)) for hd in (hd5, hd4, hd3, hd2)] if self.aux_heads else []
 
         fused = self.double3x3(torch.cat([hd2, hd3, hd4, hd5, self.c1(x1)], 1))
-        final = self.outc(_resize(self.reduce(fused), size))
+        final = self.outc(resize(self.reduce(fused), size))
         return aux + [final]
 
 

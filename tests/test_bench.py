@@ -40,10 +40,12 @@ def test_summarize_and_table():
     assert table.splitlines() == ["| A | B |", "|---|---|", "| 1.23 | - |"]
 
 
-def test_train_step_rejects_unknown_config():
-    done = subprocess.run([sys.executable, "-m", "bench.train_step", "--configs", "default,turbo"],
+@pytest.mark.parametrize("module,configs,bad", [("bench.train_step", "default,turbo", "turbo"),
+                                                ("bench.deploy", "authors,tensorrt", "tensorrt")])
+def test_unknown_config_is_refused(module, configs, bad):
+    done = subprocess.run([sys.executable, "-m", module, "--configs", configs],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "turbo" in done.stderr
+    assert done.returncode == 2 and bad in done.stderr
 
 
 @pytest.mark.slow
@@ -61,7 +63,7 @@ def test_train_step_json(tmp_path):
         assert entry["images_per_s"] == pytest.approx(2 / entry["step_s"])
         assert entry["peak_mem_mb"] >= entry["model_mem_mb"]
         assert math.isfinite(entry["loss"])
-    from utils.inference import default_amp  # the default config's precision: train.py's choice for the device
+    from utils.cli import default_amp  # the default config's precision: train.py's choice for the device
 
     default, baseline = out["default"], out["baseline"]
     assert default["amp"] == default_amp(torch.device("cpu"))
@@ -69,7 +71,8 @@ def test_train_step_json(tmp_path):
     assert baseline["amp"] == "off" and not baseline["channels_last"] and baseline["norm"] == "abn"
     assert out["ratios"]["step_time"] == pytest.approx(default["step_s"] / baseline["step_s"])
     assert out["ratios"]["peak_mem"] == pytest.approx(default["peak_mem_mb"] / baseline["peak_mem_mb"])
-    # FLOPs scale with the pixels: 105.6 GFLOP at 384x384 (SPEC 4) is ~0.73 GFLOP at 32x32; training ~3x.
+    # FLOPs scale with the pixels: 105.6 GFLOP at 384x384 (docs/reference.md section 4) is ~0.73 GFLOP
+    # at 32x32; training ~3x.
     assert 0.5e9 < out["flops_per_image"] < 1.0e9
     assert 2.0 < out["train_flops_per_image"] / out["flops_per_image"] < 3.5
     assert positive(out["matmul_tflops"]["bf16"]) and positive(out["matmul_tflops"]["fp32"])
@@ -116,3 +119,17 @@ def test_data_json(tmp_path):
     # Steady state: 4 batches of 2 after the first; with one worker the 2 prefetched ones are skipped.
     assert out["workers"]["0"]["passes"][0]["samples"] == 8
     assert out["workers"]["1"]["passes"][0]["samples"] == 4
+
+
+@pytest.mark.slow
+def test_deploy_json(tmp_path):
+    out = run_bench("bench.deploy", "--input-size", "32,32", "--iters", "2", "--warmup", "0",
+                    "--configs", "default,fused,onnxruntime", json_path=str(tmp_path / "deploy.json"))
+    assert out["configs"] == ["authors", "default", "fused", "onnxruntime"]  # authors added: the ratios need it
+    for name in out["configs"]:
+        entry = out[name]
+        assert positive(entry["s_per_call"]) and positive(entry["images_per_s"]) and len(entry["samples"]) == 2
+        assert out["ratios"][name] == pytest.approx(entry["images_per_s"] / out["authors"]["images_per_s"])
+        assert entry["relative_error"] < 1e-4 and entry["argmax_agreement"] > 0.99  # same numbers, any speed
+    assert out["ratios"]["authors"] == 1.0 and isinstance(out["target_met"], bool)
+    assert out["versions"]["onnxruntime"] and out["cpu_flags"]

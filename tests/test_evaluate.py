@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import evaluate
-from utils.inference import default_amp
+from utils.cli import default_amp
 from utils.labels import CLASS_NAMES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -192,7 +192,7 @@ def test_evaluate_end_to_end(data, dfpnet_checkpoint, tmp_path):
 @pytest.mark.slow
 def test_every_checkpoint_format_loads_the_same_weights(dfpnet_checkpoint, tmp_path):
     from utils.checkpoint import save_atomic
-    from utils.inference import load_model
+    from utils.cli import load_model
     state = torch.load(dfpnet_checkpoint, map_location="cpu", weights_only=True)
     formats = {
         "authors": {f"module.{k}": v for k, v in state.items()},  # saved from DataParallel

@@ -12,16 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import utils.inference as inference
-from utils.inference import (
-    ImageFiles,
-    InferenceStats,
-    evaluate_model,
-    letterbox,
-    make_eval_loader,
-    predict_labels,
-    predict_probs,
-    save_prediction,
-)
+from utils.inference import evaluate_model, make_eval_loader, predict_labels, predict_probs
+from utils.pipeline import ImageFiles, InferenceStats, letterbox, save_prediction
 from utils.transforms import box_to_center_scale, crop_to_image, get_affine_transform, warp_to_crop
 
 # Written out by hand (not taken from utils.labels): mirroring swaps left/right arms (3, 4) and legs (5, 6).
@@ -304,7 +296,7 @@ def test_image_files_letterbox_exactly_like_the_loader(tmp_path):
     for i in range(len(val)):
         image, meta = val[i]
         mine, my_meta = files[i]
-        assert torch.equal(image, mine)
+        assert torch.equal(image, torch.from_numpy(mine))  # numpy here; the DataLoader makes it a tensor
         for key in ("center", "scale"):
             assert np.array_equal(meta[key], my_meta[key])
         assert (meta["height"], meta["width"]) == (my_meta["height"], my_meta["width"])

@@ -1,4 +1,5 @@
-"""Geometry shared by the loader (image -> crop) and evaluation (crop -> image).
+"""Geometry and input normalisation shared by the loader (image -> crop), evaluation (crop -> image)
+and the PyTorch-free onnxruntime path (``utils/onnx_infer.py``); nothing here imports torch.
 
 The box -> (center, scale) rule and ``get_affine_transform`` follow the authors' code
 (Microsoft pose-estimation style, as in CE2P): three point pairs, the source width
@@ -8,6 +9,21 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+
+# ImageNet statistics in the order the authors apply them: to channels 0, 1, 2 of a BGR image
+# (docs/reference.md section 3.5). Their weights expect exactly this input: do not convert to RGB.
+MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+def normalize_array(image: np.ndarray) -> np.ndarray:
+    """H x W x 3 uint8 BGR array -> 3 x H x W float32 array, ``(x / 255 - MEAN) / STD`` per channel."""
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"normalize_image expects an H x W x 3 image, got shape {tuple(image.shape)}")
+    chw = image.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+    chw -= np.asarray(MEAN, dtype=np.float32).reshape(3, 1, 1)
+    chw /= np.asarray(STD, dtype=np.float32).reshape(3, 1, 1)
+    return chw
 
 
 def box_to_center_scale(width: int, height: int, aspect_ratio: float) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dataset.transforms import denormalize_image
-from utils.labels import IGNORE_LABEL, PALETTE, colorize
+from utils.labels import PALETTE, colorize
+from utils.pipeline import overlay  # noqa: F401 - lives beside the other pictures of parse_images.py
 
 
 def _new_figure(width_in: float, height_in: float) -> Figure:
@@ -138,22 +139,3 @@ def image_grid(images: torch.Tensor, ncol: int = 4, max_images: int = 8) -> np.n
 def label_grid(labels: torch.Tensor | np.ndarray, ncol: int = 4, max_images: int = 8) -> np.ndarray:
     """A batch of label maps (``N x H x W`` ids, 255 white) or scores (``N x C x H x W``) -> RGB grid."""
     return make_grid([label_to_rgb(lab) for lab in labels[:max_images]], ncol=ncol)
-
-
-def overlay(image_bgr: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend palette colours over a BGR uint8 image where the label is a foreground class.
-
-    Background (0) and ignored (255) pixels keep the image, so the dog stands out.
-    """
-    image_bgr = np.asarray(image_bgr)
-    label = np.asarray(label)
-    if image_bgr.ndim == 2:
-        image_bgr = np.repeat(image_bgr[:, :, None], 3, axis=2)
-    if image_bgr.shape[:2] != label.shape:
-        raise ValueError(f"image {image_bgr.shape[:2]} and label {label.shape} differ in size")
-    color_bgr = PALETTE[label.astype(np.uint8)][:, :, ::-1].astype(np.float32)
-    blended = (1.0 - alpha) * image_bgr.astype(np.float32) + alpha * color_bgr
-    foreground = (label != 0) & (label != IGNORE_LABEL)
-    out = image_bgr.copy()
-    out[foreground] = np.clip(np.rint(blended[foreground]), 0, 255).astype(np.uint8)
-    return out

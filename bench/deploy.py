@@ -1,0 +1,219 @@
+"""Benchmark inference of the network alone: the authors' way, the project's default, the fused
+network (networks/fuse.py) and onnxruntime (export.py), in one process, alternating.
+
+    python -m bench.deploy --input-size 384,384 --iters 10 --json outputs/bench/deploy_cpu.json
+
+One call = one forward of a fixed random batch (``--batch-size``, default 1) to the final map, on
+the CPU, with no data loading or post-processing (bench/evaluate.py measures those). Issue 11's
+target: fused or onnxruntime at least 2x the authors' images/s, in float32.
+
+Configurations (``--configs``, comma-separated, in the order they alternate):
+
+* ``authors``: their way: ``libs.ABN`` (batch norm then the activation, unfused), NCHW, eager,
+  float32;
+* ``default``: the network evaluate.py ran before fusing: InPlace-ABN (eval: per-channel affine
+  then the activation), channels-last, eager, float32;
+* ``fused``: ``networks.fuse.fuse_for_inference`` (InPlace-ABN folded into the convolutions),
+  channels-last, float32: evaluate.py's and parse_images.py's default now;
+* ``onnxruntime``: the export.py model (fused, final map only) in an onnxruntime CPU session,
+  float32, its default threads (one per physical core) and graph optimisations;
+* ``default-bf16``, ``fused-bf16``: the same under bf16 autocast, added by default where the CPU
+  runs bf16 natively (``utils.cli.default_amp``), since evaluate.py then defaults to bf16.
+
+Each configuration's final map is compared with the authors' (relative error of the logits,
+argmax agreement), so a speed-up that changed the numbers would show. Ratios are against
+``authors`` in the same run. Weights are random unless ``--restore-from``: speed does not depend
+on them. onnxruntime has no switch like ``ATEN_CPU_CAPABILITY``: under an AVX2 emulation of
+PyTorch (``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``) it still uses the CPU's full ISA.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.common import alternate, environment, format_environment, format_table, summarize, write_json
+from utils.cli import default_amp, parse_size, positive_int
+
+# The switches that make PyTorch (ATen, oneDNN, MKL) use a lower instruction set than the CPU has.
+ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+ALL_CONFIGS = ("authors", "default", "fused", "onnxruntime", "default-bf16", "fused-bf16")
+BASE_CONFIGS = ("authors", "default", "fused", "onnxruntime")
+TARGET = 2.0  # fused or onnxruntime >= 2x the authors' images/s
+
+
+def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.deploy", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input-size", type=parse_size, default=(384, 384), metavar="H,W",
+                        help="input crop (the authors' 384,384)")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="images per forward")
+    parser.add_argument("--iters", type=positive_int, default=10,
+                        help="measured rounds (one call per config)")
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured rounds first")
+    parser.add_argument("--configs", default=None,
+                        help=f"comma-separated, from {', '.join(ALL_CONFIGS)} (default: the first four, plus "
+                             "the bf16 ones where bf16 is native)")
+    parser.add_argument("--restore-from", default=None, help="checkpoint (default: random weights)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch and onnxruntime intra-op threads (default: each library's choice)")
+    parser.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
+    args = parser.parse_args(argv)
+    if args.configs is None:
+        native = default_amp(torch.device("cpu")) == "bf16"
+        args.configs = list(ALL_CONFIGS if native else BASE_CONFIGS)
+    else:
+        args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+        unknown = [c for c in args.configs if c not in ALL_CONFIGS]
+        if unknown or not args.configs:
+            parser.error(f"--configs: unknown {', '.join(unknown) or '(empty)'}; "
+                         f"choose from {', '.join(ALL_CONFIGS)}")
+    if "authors" not in args.configs:
+        args.configs.insert(0, "authors")  # the ratios need it
+    return args
+
+
+def build_networks(args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
+    """(authors' network with libs.ABN, project network with InPlace-ABN), same weights, eval mode."""
+    from libs import ABN
+    from networks.dfpnet import DFPNet
+    from utils.checkpoint import load_model_weights
+
+    torch.manual_seed(0)
+    project = DFPNet(8)
+    if args.restore_from:
+        load_model_weights(project, args.restore_from)
+    authors = DFPNet(8, norm_layer=ABN)
+    authors.load_state_dict(project.state_dict())
+    return authors.eval(), project.eval()
+
+
+def torch_runner(model: nn.Module, x: torch.Tensor, *, channels_last: bool,
+                 amp: str) -> Callable[[], np.ndarray]:
+    from utils.inference import autocast
+
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def run() -> np.ndarray:
+        with torch.inference_mode(), autocast("cpu", amp):
+            return model(x)[-1].float().contiguous().numpy()
+    return run
+
+
+def export_for_bench(project: nn.Module, args: argparse.Namespace, folder: str) -> str:
+    """The project network through export.py's own export path, at the benchmark's input size."""
+    import export
+    from networks.fuse import fuse_for_inference
+
+    path = os.path.join(folder, "dfpnet.onnx")
+    namespace = export.get_arguments(["--input-size", ",".join(map(str, args.input_size)), "--out", path,
+                                      "--restore-from", args.restore_from or "random weights"])
+    example = torch.randn(2, 3, *args.input_size)
+    export.export_onnx(export.FinalMap(fuse_for_inference(project)), example, path, opset=namespace.opset,
+                       dynamic=True, props=export.metadata(namespace))
+    return path
+
+
+def main(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    info = environment("cpu")
+    authors, project = build_networks(args)
+    x = torch.randn(args.batch_size, 3, *args.input_size, generator=torch.Generator().manual_seed(0))
+    runs: dict[str, Callable[[], np.ndarray]] = {}
+    with tempfile.TemporaryDirectory(prefix="dfpnet-bench-deploy-") as tmp:
+        for name in args.configs:
+            if name == "authors":
+                runs[name] = torch_runner(authors, x, channels_last=False, amp="off")
+            elif name.startswith("default"):
+                runs[name] = torch_runner(project, x, channels_last=True,
+                                          amp="bf16" if "bf16" in name else "off")
+            elif name.startswith("fused"):
+                from networks.fuse import fuse_for_inference
+
+                runs[name] = torch_runner(fuse_for_inference(project), x, channels_last=True,
+                                          amp="bf16" if "bf16" in name else "off")
+            else:
+                from utils.onnx_infer import OnnxModel
+
+                log("exporting the network for onnxruntime ...")
+                session = OnnxModel(export_for_bench(project, args, tmp), threads=args.threads)
+                runs[name] = lambda session=session: session(x.numpy())
+
+        reference = runs["authors"]()
+        agreement = {}
+        for name, run in runs.items():
+            out = run().astype(np.float64)
+            agreement[name] = {
+                "relative_error": float(np.linalg.norm(out - reference) / np.linalg.norm(reference)),
+                "argmax_agreement": float((out.argmax(1) == reference.argmax(1)).mean())}
+        samples = alternate(runs, args.iters, args.warmup, "cpu", log=log)
+
+    result: dict = {"configs": args.configs}
+    for name in args.configs:
+        stats = summarize(samples[name])
+        result[name] = {"s_per_call": stats["median"], "s_q1": stats["q1"], "s_q3": stats["q3"],
+                        "s_min": stats["min"], "s_max": stats["max"],
+                        "images_per_s": args.batch_size / stats["median"], "samples": samples[name],
+                        **agreement[name]}
+    base = result["authors"]["images_per_s"]
+    result["ratios"] = {name: result[name]["images_per_s"] / base for name in args.configs}
+    fast = [name for name in ("fused", "onnxruntime") if name in args.configs]
+    result["target_met"] = bool(fast) and max(result["ratios"][n] for n in fast) >= TARGET
+    result.update({"input_size": list(args.input_size), "batch_size": args.batch_size,
+                   "checkpoint": args.restore_from or "random init",
+                   "cpu_flags": cpu_flags(), "isa_env": {k: v for k, v in os.environ.items() if k in ISA_ENV},
+                   "versions": {k: info[k] for k in ("python", "torch", "numpy", "opencv", "abn_backend")},
+                   "command": info["command"], "environment": info})
+    try:
+        import onnxruntime
+        result["versions"]["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+
+    rows = [{"config": name, **result[name], "ratio": result["ratios"][name],
+             "iqr": f"{result[name]['s_q1']:.3f}-{result[name]['s_q3']:.3f}"} for name in args.configs]
+    print(format_table(rows, [("config", "config", ""), ("s_per_call", "s/call (median)", ".3f"),
+                              ("iqr", "IQR s", ""), ("images_per_s", "images/s", ".2f"),
+                              ("ratio", "x authors", ".2f"),
+                              ("relative_error", "rel. error vs authors", ".1e"),
+                              ("argmax_agreement", "argmax agreement", ".4f")]))
+    verdict = "met" if result["target_met"] else "NOT met"
+    print(f"target (fused or onnxruntime >= {TARGET:g}x the authors' images/s): {verdict}")
+    print(f"batch {args.batch_size}, {args.input_size[0]}x{args.input_size[1]}, {result['checkpoint']}; "
+          f"CPU flags: {result['cpu_flags']}; ISA environment: {result['isa_env'] or 'none'}; "
+          f"onnxruntime {result['versions'].get('onnxruntime', '-')}")
+    print(format_environment(info))
+    if args.json:
+        write_json(result, args.json)
+    return result
+
+
+def cpu_flags() -> str:
+    """The CPU class: avx512 (with bf16 or not), avx2 or other, from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return "unknown"
+    if "avx512f" in flags:
+        extras = [name for flag, name in (("avx512_bf16", "avx512_bf16"), ("amx_bf16", "amx"))
+                  if flag in flags]
+        return " + ".join(["avx512", *extras])
+    return "avx2" if "avx2" in flags else "other"
+
+
+if __name__ == "__main__":
+    main(get_arguments())

@@ -1,0 +1,216 @@
+"""Export a DFPnet checkpoint to ONNX for onnxruntime (docs/deploy.md).
+
+    python export.py --restore-from snapshots/DFPnet_epoch_495.pth --out dfpnet.onnx
+
+The inference graph only: the final map of ``DFPNet.forward`` (the four auxiliary heads are
+dropped), with every InPlace-ABN folded into the convolution before it (``networks/fuse.py``).
+
+- input ``image``: N x 3 x H x W float32, BGR, normalised as the loader does
+  (``(x / 255 - mean) / std`` with ImageNet's mean and std on the B, G, R channels as they are);
+- output ``logits`` (default): N x C x H x W at the input size, the last output of
+  ``DFPNet.forward``; ``--output probs`` adds the softmax, ``--output labels`` the argmax
+  (N x H x W int64; no flip or multi-scale testing on such a model);
+- batch, H and W are dynamic: one file serves any input size (``--input-size`` is the size of
+  the example traced, and the training crop recorded in the metadata);
+- metadata: class names, palette, mean, std, channel order, input size, output kind, checkpoint.
+
+The model is written atomically (a temporary file beside ``--out``, then renamed) and checked
+with onnxruntime against the PyTorch network on one random input before it replaces anything.
+
+Exit status: 0 on success; 2 for bad arguments, an unusable checkpoint or an unwritable output;
+1 if the exporter or the check fails.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import sys
+import tempfile
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from utils import recipe
+from utils.cli import parse_size, positive_int
+from utils.labels import PALETTE, class_names
+from utils.onnx_infer import OUTPUTS, OnnxModel, OnnxModelError
+from utils.transforms import MEAN, STD
+
+PROG = "export.py"
+# The torch.export-based exporter (onnxscript) writes opset 18 natively; older opsets are converted.
+DEFAULT_OPSET = 18
+
+
+class FinalMap(nn.Module):
+    """The deployed graph: DFPnet's final map (``outputs[-1]``), optionally as probabilities or labels.
+
+    The final map is already at the input size (DFPnet upsamples it before ``outc``), so no resize
+    is added; the auxiliary heads' outputs are unused and the exporter drops them.
+    """
+
+    def __init__(self, model: nn.Module, output: str = "logits") -> None:
+        super().__init__()
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+        self.model = model
+        self.output = output
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        logits = self.model(image)[-1]
+        if self.output == "probs":
+            return logits.softmax(dim=1)
+        if self.output == "labels":
+            return logits.argmax(dim=1)
+        return logits
+
+
+def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description="Export a DFPnet checkpoint to ONNX (final map "
+                                     "only, InPlace-ABN folded into the convolutions) for onnxruntime.")
+    parser.add_argument("--restore-from", default=recipe.EVAL_CHECKPOINT,
+                        help="checkpoint: the authors' .pth, our DFPnet_epoch_<e>.pth / best.pth, or a "
+                             "training-state file")
+    parser.add_argument("--out", default="dfpnet.onnx", metavar="FILE.onnx", help="the ONNX model to write")
+    parser.add_argument("--input-size", type=parse_size, default=recipe.INPUT_SIZE, metavar="H,W",
+                        help="example input traced and training crop recorded in the metadata (H and W stay "
+                             "dynamic unless --static)")
+    parser.add_argument("--num-classes", type=positive_int, default=recipe.NUM_CLASSES,
+                        help="number of classes the checkpoint predicts (8 for the Dog dataset)")
+    parser.add_argument("--output", choices=OUTPUTS, default="logits",
+                        help="logits (N x C x H x W, the last output of DFPNet.forward), probs (softmax) or "
+                             "labels (N x H x W argmax)")
+    parser.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET,
+                        help=f"ONNX opset (default {DEFAULT_OPSET}, what the exporter writes natively)")
+    parser.add_argument("--static", action="store_true",
+                        help="fix batch 1 and the --input-size instead of dynamic batch, H and W")
+    parser.add_argument("--no-check", action="store_true",
+                        help="skip the onnxruntime-vs-PyTorch check of the written model")
+    return parser.parse_args(argv)
+
+
+def fail(message: str, code: int = 1) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def metadata(args: argparse.Namespace) -> dict[str, str]:
+    """What a deployment needs beside the weights, as ONNX metadata_props (string values)."""
+    return {
+        "model": "DFPnet (cartoon dog parsing)",
+        "output": args.output,
+        "num_classes": str(args.num_classes),
+        "class_names": json.dumps(class_names(args.num_classes)),
+        "palette_rgb": json.dumps(PALETTE[:args.num_classes].tolist()),
+        "mean": json.dumps(list(MEAN)),
+        "std": json.dumps(list(STD)),
+        "channel_order": "BGR",
+        "normalisation": "(x / 255 - mean) / std per channel of the BGR image, channels as they are",
+        "input_size": json.dumps(list(args.input_size)),
+        "resize": "letterbox into the input size with the loader's affine warp (docs/deploy.md)",
+        "checkpoint": os.path.basename(args.restore_from),
+    }
+
+
+def export_onnx(module: nn.Module, example: torch.Tensor, path: str, *, opset: int, dynamic: bool,
+                props: dict[str, str]) -> None:
+    """Export ``module`` with torch.export + onnxscript (``dynamo=True``) and add ``props`` as metadata."""
+    import onnx
+
+    dims = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
+    # The exporter narrates every step on stdout, logs that torchvision's ops are absent and warns
+    # about opset conversion: none of it is for users.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset,
+                                    input_names=["image"], output_names=[getattr(module, "output", "logits")],
+                                    dynamic_shapes={"image": dims} if dynamic else None, verbose=False)
+    proto = program.model_proto
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = "DFPnet inference graph written by export.py; see docs/deploy.md"
+    onnx.save(proto, path)
+
+
+def relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    """||got - want|| / ||want|| in float64."""
+    want = want.astype(np.float64)
+    return float(np.linalg.norm(got.astype(np.float64) - want) / max(np.linalg.norm(want), 1e-30))
+
+
+def main(args: argparse.Namespace) -> None:
+    from utils.checkpoint import CheckpointError
+    from utils.cli import load_model
+
+    folder = os.path.dirname(os.path.abspath(args.out))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        fail(f"{folder}: cannot create the output folder: {exc.strerror or exc}", 2)
+    if not os.access(folder, os.W_OK):
+        fail(f"{folder}: output folder is not writable", 2)
+    try:
+        model = load_model(args.restore_from, args.num_classes, torch.device("cpu"), fuse=True)
+    except CheckpointError as exc:
+        fail(str(exc), 2)
+    module = FinalMap(model, args.output).eval()
+    # Batch 2, not 1: torch.export would take a batch of 1 for a constant.
+    example = torch.randn(1 if args.static else 2, 3, *args.input_size,
+                          generator=torch.Generator().manual_seed(0))
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(args.out)}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        try:
+            export_onnx(module, example, tmp, opset=args.opset, dynamic=not args.static, props=metadata(args))
+        except Exception as exc:  # noqa: BLE001 - the exporter raises many types; one line for the user
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            fail(f"{args.restore_from}: the ONNX export failed: {first}")
+        if not args.no_check:
+            check(module, tmp, example, args)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model should read like any file
+        os.replace(tmp, args.out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    size_mb = os.path.getsize(args.out) / 2**20
+    print(f"Wrote {args.out} ({size_mb:.1f} MiB, opset {args.opset}, output {args.output}, "
+          f"{'static 1x3x{}x{}'.format(*args.input_size) if args.static else 'dynamic batch, H and W'}) "
+          f"from {args.restore_from}")
+
+
+def check(module: FinalMap, path: str, example: torch.Tensor, args: argparse.Namespace) -> None:
+    """Run the written model on ``example`` and compare with PyTorch; fail if they disagree."""
+    try:
+        session = OnnxModel(path, num_classes=args.num_classes)
+    except OnnxModelError as exc:
+        fail(f"{args.out}: the exported model does not load: {exc}")
+    with torch.inference_mode():
+        want = module(example).numpy()
+    got = session(example.numpy())
+    if args.output == "labels":
+        agreement = float((got == want).mean())
+        print(f"Check on a random {args.input_size[0]}x{args.input_size[1]} input: labels agree on "
+              f"{100 * agreement:.3f}% of the pixels")
+        ok = agreement >= 0.99
+    else:
+        err = relative_error(got, want)
+        agreement = float((got.argmax(1) == want.argmax(1)).mean())
+        print(f"Check on a random {args.input_size[0]}x{args.input_size[1]} input: onnxruntime vs PyTorch "
+              f"relative error {err:.2e}, argmax agreement {100 * agreement:.3f}%")
+        ok = err < 1e-3  # argmax agreement is only informative: random inputs give near ties
+    if not ok:
+        fail(f"{args.out}: onnxruntime's output differs from PyTorch's; nothing written")
+
+
+if __name__ == "__main__":
+    main(get_arguments())

@@ -1,0 +1,219 @@
+"""Command-line pieces shared by evaluate.py, parse_images.py, train.py and bench/.
+
+argparse number and list types, the prediction flags, and the set-up both prediction scripts do
+before their loop (device, precision, network). torch is imported only inside the functions that
+need a device or a PyTorch model: ``parse_images.py --onnx`` parses its arguments with this module
+where torch is not installed.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NoReturn
+
+from utils import recipe
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from utils.onnx_infer import OnnxModel
+
+AMP_MODES = ("off", "bf16", "fp16")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"H,W"`` -> ``(H, W)``, both positive integers (argparse type)."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        size = tuple(int(p) for p in parts)
+    except ValueError:
+        size = ()
+    if len(size) != 2 or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"expected H,W (two positive integers), got {text!r}")
+    return size  # type: ignore[return-value]
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """``"0.75,1.0,1.25"`` -> a tuple of positive finite floats, at least one (argparse type)."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    try:
+        scales = tuple(float(p) for p in parts)
+    except ValueError:
+        scales = ()
+    if not scales or any(not math.isfinite(s) or s <= 0 for s in scales):
+        raise argparse.ArgumentTypeError(f"expected positive numbers separated by commas, got {text!r}")
+    return scales
+
+
+def _number(text: str, cast: Callable[[str], float], minimum: float, strict: bool, expected: str):
+    """argparse type: ``text`` as ``cast`` (int or float), finite and > (strict) or >= ``minimum``."""
+    try:
+        value = cast(text)
+    except ValueError:
+        value = None
+    ok = value is not None and math.isfinite(value) and (value > minimum if strict else value >= minimum)
+    if not ok:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _number(text, int, 0, True, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    return _number(text, int, 0, False, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    return _number(text, float, 0.0, True, "a positive number")
+
+
+def non_negative_float(text: str) -> float:
+    return _number(text, float, 0.0, False, "a number >= 0")
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser, *, onnx: bool = False) -> None:
+    """The prediction flags evaluate.py and parse_images.py share; ``onnx`` adds ``--onnx`` and ``--fuse``."""
+    parser.add_argument("--input-size", type=parse_size, default=recipe.INPUT_SIZE, metavar="H,W",
+                        help="crop the network sees, height,width (authors' run: 384,384)")
+    parser.add_argument("--num-classes", type=positive_int, default=recipe.NUM_CLASSES,
+                        help="number of classes the checkpoint predicts (8 for the Dog dataset)")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass")
+    parser.add_argument("--workers", type=non_negative_int, default=2,
+                        help="DataLoader worker processes reading and warping images")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--amp", choices=AMP_MODES, default=None,
+                        help="autocast precision for the network: off (float32), bf16 or fp16; default bf16 "
+                             "where the device runs it natively, else off (bf16 moves mean IU by under "
+                             "0.1 point, see bench/RESULTS.md; --amp off reproduces float32 exactly)")
+    parser.add_argument("--flip", action="store_true",
+                        help="flip testing: average with the mirrored image's prediction "
+                             "(left/right classes swapped)")
+    parser.add_argument("--scales", type=parse_scales, default=(1.0,), metavar="S1,S2,...",
+                        help="multi-scale testing: average predictions at these input scales, "
+                             "e.g. 0.75,1.0,1.25")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the network in channels-last memory format (faster on recent GPUs "
+                             "and CPUs; same numbers)")
+    if onnx:
+        parser.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=True,
+                            help="fold each InPlace-ABN into the convolution before it (networks/fuse.py): "
+                                 "faster on the CPU, same numbers within float rounding")
+        parser.add_argument("--onnx", default=None, metavar="MODEL.onnx",
+                            help="run this export.py model through onnxruntime on the CPU instead of a "
+                                 "checkpoint through PyTorch (in place of --restore-from; --device, --amp, "
+                                 "--channels-last and --fuse do not apply)")
+
+
+def default_amp(device: torch.device) -> str:
+    """bf16 where it is native: GPUs with bf16 and CPUs with AVX512-BF16/AMX; float32 elsewhere."""
+    import torch
+
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "off"
+    try:  # oneDNN's own test for native bf16 (AVX512-BF16, AMX); a private op, hence the guard
+        native = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    return "bf16" if native else "off"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA if available, else CPU; anything else is checked so a typo fails clearly."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available in this PyTorch/on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return device
+
+
+def load_model(restore_from: str, num_classes: int, device: torch.device, *,
+               channels_last: bool = False, fuse: bool = False) -> nn.Module:
+    """DFPNet with the weights of any checkpoint format we know, on ``device``, in eval mode.
+
+    ``fuse`` returns ``networks.fuse.fuse_for_inference`` of it (InPlace-ABN folded into the
+    convolutions; inference only). Raises ``utils.checkpoint.CheckpointError`` (one line naming
+    the file and the keys) on a bad file.
+    """
+    import torch
+
+    from networks.dfpnet import DFPNet
+    from utils.checkpoint import load_model_weights
+
+    model = DFPNet(num_classes=num_classes)
+    load_model_weights(model, restore_from)
+    model.eval()
+    if fuse:
+        from networks.fuse import fuse_for_inference
+
+        model = fuse_for_inference(model)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# The set-up evaluate.py and parse_images.py share: a device first (cheap, fails early), the
+# network later (after each script's own checks of its inputs).
+# --------------------------------------------------------------------------------------------
+
+Fail = Callable[..., NoReturn]
+
+
+def setup_device(args: argparse.Namespace, fail: Fail) -> torch.device | None:
+    """The device of ``--device`` and the precision of ``--amp`` (default: native bf16, else off).
+
+    With ``--onnx`` onnxruntime runs on the CPU in float32: no torch device (None), amp "off".
+    A bad ``--device`` ends the program through ``fail(message, 2)``.
+    """
+    if getattr(args, "onnx", None):
+        args.amp = "off"
+        return None
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    if args.amp is None:
+        args.amp = default_amp(device)
+    return device
+
+
+def setup_model(args: argparse.Namespace, device: torch.device | None, fail: Fail) -> nn.Module | OnnxModel:
+    """The network ``args`` ask for: ``--onnx`` as a ``utils.onnx_infer.OnnxModel``, else the checkpoint
+    of ``--restore-from`` as an eval-mode DFPNet on ``device`` (folded with ``--fuse``).
+
+    An unusable file ends the program through ``fail(one line naming it, 2)``.
+    """
+    if getattr(args, "onnx", None):
+        from utils.onnx_infer import OnnxModel, OnnxModelError
+
+        try:
+            return OnnxModel(args.onnx, num_classes=args.num_classes)
+        except OnnxModelError as exc:
+            fail(str(exc), 2)
+    import torch
+
+    from utils.checkpoint import CheckpointError
+
+    try:
+        model = load_model(args.restore_from, args.num_classes, device, channels_last=args.channels_last,
+                           fuse=getattr(args, "fuse", False))
+    except CheckpointError as exc:
+        fail(str(exc), 2)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one fixed crop size: let cuDNN pick its kernels once
+    return model

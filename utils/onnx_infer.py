@@ -1,0 +1,169 @@
+"""DFPnet through onnxruntime, without PyTorch: a model written by export.py, and the test-time
+flip and scales of ``utils.inference`` in numpy.
+
+Imports only numpy, onnxruntime and the project's torch-free modules (``utils.labels``,
+``utils.transforms``), so ``parse_images.py --onnx`` runs where PyTorch is not installed; the
+letterbox, normalisation, warp back and pictures around it are those of ``utils.pipeline``.
+
+    model = OnnxModel("dfpnet.onnx")
+    labels = model.predict_labels(images)   # N x 3 x h x w float32 crops -> N x h x w uint8
+
+The arithmetic follows ``utils.inference.predict_probs`` step by step: the final map resized to the
+crop (bilinear, ``align_corners=True``; a no-op for DFPnet, whose final map is at the input size),
+softmax, the mirrored prediction flipped back with left/right channels swapped, the scales averaged;
+a single plain pass takes the argmax of the logits.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from utils.labels import flip_permutation
+from utils.pipeline import check_scales, scaled_size
+from utils.transforms import MEAN, STD
+
+OUTPUTS = ("logits", "probs", "labels")
+
+
+class OnnxModelError(Exception):
+    """An ONNX model could not be used; the message is one line naming the file and the problem."""
+
+
+def _axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # align_corners=True: output pixel i samples input position i * (n_in - 1) / (n_out - 1).
+    step = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    src = np.arange(n_out, dtype=np.float32) * np.float32(step)
+    low = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    high = np.minimum(low + 1, n_in - 1)
+    return low, high, (src - low).astype(np.float32)
+
+
+def resize_bilinear(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """``F.interpolate(x, size, mode="bilinear", align_corners=True)`` for an N x C x H x W array."""
+    size = (int(size[0]), int(size[1]))
+    if tuple(x.shape[-2:]) == size:
+        return x
+    y0, y1, fy = _axis(x.shape[-2], size[0])
+    x0, x1, fx = _axis(x.shape[-1], size[1])
+    rows = x[..., y0, :] * (1 - fy)[:, None] + x[..., y1, :] * fy[:, None]
+    return (rows[..., x0] * (1 - fx) + rows[..., x1] * fx).astype(np.float32, copy=False)
+
+
+def softmax(x: np.ndarray, axis: int = 1) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class OnnxModel:
+    """An export.py model in an onnxruntime CPU session.
+
+    Args:
+        path: the .onnx file.
+        num_classes: classes the caller expects; refused if the model's metadata says otherwise.
+        threads: onnxruntime intra-op threads (default: its choice, one per physical core).
+
+    Raises ``OnnxModelError`` (one line naming the file) for a missing file, a file onnxruntime
+    cannot load, or a model whose input, output or normalisation is not DFPnet's.
+    """
+
+    def __init__(self, path: str, *, num_classes: int | None = None, threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise OnnxModelError(f"{path}: onnxruntime is not installed "
+                                 f"(pip install -r requirements.txt)") from None
+        self.path = path
+        if not os.path.isfile(path):
+            raise OnnxModelError(f"{path}: ONNX model file not found")
+        if os.path.getsize(path) == 0:
+            raise OnnxModelError(f"{path}: ONNX model file is empty")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # warnings about unused initialisers are not for users
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for every bad file
+            raise OnnxModelError(f"{path}: not an ONNX model onnxruntime can load: "
+                                 f"{_first_line(exc)}") from None
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] not in (3, "3"):
+            shapes = ", ".join(f"{i.name} {i.shape}" for i in inputs)
+            raise OnnxModelError(f"{path}: expected one N x 3 x H x W image input, the model takes {shapes}")
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+        self.output = self.metadata.get("output", "labels" if len(outputs[0].shape) == 3 else "logits")
+        if self.output not in OUTPUTS:
+            raise OnnxModelError(f"{path}: unknown output kind {self.output!r} in its metadata")
+        self.num_classes = int(self.metadata.get("num_classes", num_classes or 0)) or None
+        if num_classes is not None and self.num_classes is not None and self.num_classes != num_classes:
+            raise OnnxModelError(f"{path}: the model predicts {self.num_classes} classes, --num-classes "
+                                 f"asks for {num_classes}")
+        for key, ours in (("mean", MEAN), ("std", STD)):
+            if key in self.metadata and not np.allclose(json.loads(self.metadata[key]), ours):
+                raise OnnxModelError(f"{path}: expects inputs normalised with {key} {self.metadata[key]}, "
+                                     f"this code normalises with {list(ours)}")
+        if self.metadata.get("channel_order", "BGR") != "BGR":
+            raise OnnxModelError(f"{path}: expects {self.metadata['channel_order']} images, "
+                                 f"this code feeds BGR")
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """The model's output for N x 3 x H x W float32 ``images`` (logits, probabilities or labels)."""
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        return self.session.run([self.output_name], {self.input_name: images})[0]
+
+    def _probs(self, images: np.ndarray, crop: Sequence[int]) -> np.ndarray:
+        if self.output == "labels":
+            raise ValueError(f"{self.path} outputs labels: flip and scales need logits or probs "
+                             f"(export.py --output logits)")
+        out = resize_bilinear(self(images).astype(np.float32, copy=False), crop)
+        return out if self.output == "probs" else softmax(out)
+
+    def predict_probs(self, images: np.ndarray, *, flip: bool = False,
+                      scales: Sequence[float] = (1.0,)) -> np.ndarray:
+        """Class probabilities ``N x C x h x w`` at the crop size, averaged over ``flip`` and ``scales``
+        exactly as ``utils.inference.predict_probs`` averages them."""
+        if images.ndim != 4:
+            raise ValueError(f"expected N x 3 x H x W images, got shape {tuple(images.shape)}")
+        scales = check_scales(scales)
+        crop = tuple(images.shape[-2:])
+        n = images.shape[0]
+        total = None
+        for scale in scales:
+            x = images if scale == 1.0 else resize_bilinear(images, scaled_size(crop, scale))
+            if flip:  # one run for both, as on PyTorch
+                x = np.concatenate([x, x[..., ::-1]])
+            probs = self._probs(x, crop)
+            if flip:
+                perm = flip_permutation(probs.shape[1])
+                probs = 0.5 * (probs[:n] + probs[n:, perm][..., ::-1])
+            total = probs if total is None else total + probs
+        return total / len(scales)
+
+    def predict_labels(self, images: np.ndarray, *, flip: bool = False,
+                       scales: Sequence[float] = (1.0,)) -> np.ndarray:
+        """``N x h x w`` uint8 class ids at the crop size."""
+        if not flip and check_scales(scales) == (1.0,):
+            out = self(images)
+            if self.output == "labels":
+                return resize_labels(out, images.shape[-2:])
+            logits = resize_bilinear(out.astype(np.float32, copy=False), images.shape[-2:])
+            return logits.argmax(1).astype(np.uint8)
+        return self.predict_probs(images, flip=flip, scales=scales).argmax(1).astype(np.uint8)
+
+
+def resize_labels(labels: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """A labels-output model's N x H x W ids as uint8 (its maps are at the input size already)."""
+    if tuple(labels.shape[-2:]) != tuple(size):
+        raise ValueError(f"the model returned {labels.shape[-2]}x{labels.shape[-1]} labels for "
+                         f"{size[0]}x{size[1]} inputs")
+    return labels.astype(np.uint8)
