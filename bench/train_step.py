@@ -14,7 +14,8 @@ Configurations (``--configs``, comma-separated, in the order they alternate):
   ``inplace-on`` and ``inplace-off`` force either), bf16 autocast where the device runs it
   natively (``utils.inference.default_amp``), channels-last, eager (torch.compile makes CPU
   training slower and costs minutes; on CUDA it is the separate ``compiled`` config until
-  measured);
+  measured). On the CPU, precision, layout and in-place mode are ``utils.cpu_defaults``'s
+  choice for this CPU class (AVX2 only: float32, NCHW, in place);
 * ``baseline``: the authors' way: float32, eager, NCHW, ``libs.ABN`` (batch norm then a separate
   activation under plain autograd, no in-place memory trick);
 * ``authors``: the authors' code as people run it without InPlace-ABN: ``torch.nn.BatchNorm2d``
@@ -124,6 +125,15 @@ def configs_for(device: torch.device) -> dict[str, Config]:
                for name, config in CONFIGS.items()}
     for name in ("default", "compiled"):
         configs[name] = replace(configs[name], inplace=inplace)
+    if device.type == "cpu":
+        # The per-CPU-class defaults train.py takes from utils.cpu_defaults (float32 and NCHW on
+        # AVX2-only CPUs, where bf16 is emulated).
+        from utils.cpu_defaults import cpu_defaults
+
+        chosen = cpu_defaults()
+        for name in ("default", "compiled"):
+            configs[name] = replace(configs[name], amp=chosen.amp, channels_last=chosen.channels_last,
+                                    inplace=chosen.inplace)
     return configs
 
 
@@ -166,7 +176,7 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count and the matmul rates")
     parser.add_argument("--profile", action="store_true",
                         help="after timing, print torch.profiler's top 15 ops by self CPU time "
-                             "for the first config")
+                             "for each config (2 steps each)")
     parser.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     parser.add_argument("--worker", default=None, choices=list(CONFIGS),
                         help="internal: run --warmup + --iters steps of this configuration in this (fresh) "
@@ -470,7 +480,8 @@ def main(args: argparse.Namespace) -> dict:
         print("default / baseline: " + ", ".join(f"{k} {v:.2f}x" for k, v in result["ratios"].items()))
     print(format_environment(info))
     if args.profile:
-        result["profile"] = print_profile(step_of(args.configs[0]))
+        # Every config, so that where their times differ shows op by op (same process, same load).
+        result["profile"] = {name: print_profile(step_of(name)) for name in args.configs}
     if args.json:
         write_json(result, args.json)
     return result
