@@ -46,6 +46,7 @@ from utils.cli import (
     positive_int,
     resolve_device,
 )
+from utils.cpu_defaults import cpu_defaults
 from utils.engine import (
     NonFiniteLossError,
     SeededSamples,
@@ -140,8 +141,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--amp", choices=AMP_MODES, default=None,
                         help="autocast precision of the network: off, bf16 or fp16 (CUDA, with loss "
                              "scaling); default bf16 where the device supports it, else off")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                        help="channels-last memory format (faster convolutions on recent GPUs and CPUs)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="channels-last memory format (default: on, except on CPUs without AVX2, where "
+                             "the authors' NCHW is kept)")
     parser.add_argument("--inplace-abn", choices=("auto", "on", "off"), default="auto",
                         help="InPlace-ABN's in-place memory saving: on, off (the same math under plain "
                              "autograd: more memory, fewer kernel launches) or auto (default: on for the "
@@ -431,6 +433,8 @@ def setup_device(args: argparse.Namespace) -> torch.device:
     args.device = device
     if args.amp is None:
         args.amp = default_amp(device)
+    if args.channels_last is None:
+        args.channels_last = cpu_defaults().channels_last if device.type == "cpu" else True
     if args.amp == "fp16" and device.type != "cuda":
         raise UsageError("argument --amp: fp16 needs a CUDA device (its loss scaling); use bf16 on the CPU")
     if args.deterministic:
@@ -804,6 +808,8 @@ def log_setup(args: argparse.Namespace, data: TrainData, net: Network) -> None:
     abn_mode = "in place" if net.inplace or args.distributed else "under plain autograd"
     log(f"device {args.device} x {args.world_size} process(es), amp {args.amp}, channels-last "
         f"{args.channels_last}, compile {args.compile}, InPlace-ABN {abn_mode}, {BACKEND_DESCRIPTION}")
+    if args.device.type == "cpu":
+        log(cpu_defaults().describe())
     ipe = data.iters_per_epoch
     length = (f"{args.epochs} epochs = {ipe * args.epochs} iterations" if args.epochs
               else f"epochs to fit --time-budget {args.time_budget:g} min")

@@ -30,8 +30,7 @@ import time
 import torch
 from torch import nn
 
-from bench.common import (environment, format_environment, format_table, summarize, synchronize,
-                          write_json)
+from bench.common import environment, format_environment, format_table, summarize, synchronize, write_json
 from utils.cli import add_inference_arguments, default_amp, positive_int, resolve_device
 from utils.inference import evaluate_model, make_eval_loader
 from utils.pipeline import InferenceStats

@@ -14,13 +14,22 @@ Configurations (``--configs``, comma-separated, in the order they alternate):
   ``inplace-on`` and ``inplace-off`` force either), bf16 autocast where the device runs it
   natively (``utils.inference.default_amp``), channels-last, eager (torch.compile makes CPU
   training slower and costs minutes; on CUDA it is the separate ``compiled`` config until
-  measured);
+  measured). On the CPU, precision, layout and in-place mode are ``utils.cpu_defaults``'s
+  choice for this CPU class (AVX2 only: float32, NCHW, in place);
 * ``baseline``: the authors' way: float32, eager, NCHW, ``libs.ABN`` (batch norm then a separate
   activation under plain autograd, no in-place memory trick);
+* ``authors``: the authors' code as people run it without InPlace-ABN: ``torch.nn.BatchNorm2d``
+  then a (not in-place) leaky ReLU, float32, NCHW, the stock ``F.cross_entropy`` loss and a bare
+  SGD step (zero_grad, forward, loss, backward, step). Its scale is ``weight``, not
+  ``|weight| + eps``: same cost, different math, so it exists to check that ``baseline`` costs
+  what the authors' step costs;
 * single-change configs that show where the gain comes from: ``fp32-cl`` (baseline +
   channels-last), ``bf16-nchw`` (baseline + bf16), ``bf16-cl`` (baseline + bf16 + channels-last,
   i.e. default without InPlace-ABN), ``iabn-fp32`` (baseline + InPlace-ABN);
-* ``compiled``: default + ``torch.compile`` (slow to start).
+* ``compiled``: default + ``torch.compile`` (slow to start);
+* candidates for a per-CPU-class float32 default (``utils.cpu_defaults``): ``iabn-fp32-cl``
+  (InPlace-ABN in place, float32, channels-last), ``plain-fp32`` / ``plain-fp32-cl`` (InPlace-ABN
+  layers under plain autograd, float32, NCHW / channels-last).
 
 Timings alternate the configurations (A B A B ...) in one process and report medians with the
 inter-quartile range. Peak memory is measured for each configuration in a FRESH process (this
@@ -64,18 +73,23 @@ from utils.labels import IGNORE_LABEL, NUM_CLASSES
 @dataclass(frozen=True)
 class Config:
     """How one configuration builds and runs the network."""
-    norm: str  # "inplace": DFPNet's default (libs.InPlaceABNSync); "abn": libs.ABN, plain autograd
+    # "inplace": DFPNet's default (libs.InPlaceABNSync); "abn": libs.ABN, plain autograd;
+    # "bn": torch.nn.BatchNorm2d + leaky ReLU with the stock loss and step (the authors' code)
+    norm: str
     amp: str  # "off" (float32) or "bf16" autocast
     channels_last: bool
     compile: bool = False
     inplace: bool = True  # norm "inplace" only: libs.set_inplace (train.py --inplace-abn)
+    backend: str | None = None  # norm "inplace" only: force "compiled" or "pure" (else libs' choice)
 
     @property
     def label(self) -> str:
-        norm = "ABN" if self.norm != "inplace" else "InPlace-ABN" if self.inplace else "InPlace-ABN off"
+        norm = {"abn": "ABN", "bn": "BatchNorm2d + F.cross_entropy"}.get(
+            self.norm, "InPlace-ABN" if self.inplace else "InPlace-ABN off")
         return (f"{norm}, "
                 f"{'bf16' if self.amp == 'bf16' else 'fp32'}, "
-                f"{'channels-last' if self.channels_last else 'NCHW'}{', compiled' if self.compile else ''}")
+                f"{'channels-last' if self.channels_last else 'NCHW'}{', compiled' if self.compile else ''}"
+                f"{f', {self.backend} backend' if self.backend else ''}")
 
 
 BASELINE = Config(norm="abn", amp="off", channels_last=False)
@@ -90,7 +104,18 @@ CONFIGS: dict[str, Config] = {
     "compiled": replace(DEFAULT, compile=True),
     "inplace-on": replace(DEFAULT, inplace=True),
     "inplace-off": replace(DEFAULT, inplace=False),
+    "authors": replace(BASELINE, norm="bn"),
+    "iabn-fp32-cl": Config(norm="inplace", amp="off", channels_last=True, inplace=True),
+    "plain-fp32": Config(norm="inplace", amp="off", channels_last=False, inplace=False),
+    "plain-fp32-cl": Config(norm="inplace", amp="off", channels_last=True, inplace=False),
+    "iabn-fp32-compiled": Config(norm="inplace", amp="off", channels_last=False, backend="compiled"),
+    "iabn-fp32-cl-compiled": Config(norm="inplace", amp="off", channels_last=True, backend="compiled"),
+    "iabn-fp32-pure": Config(norm="inplace", amp="off", channels_last=False, backend="pure"),
+    "iabn-fp32-cl-pure": Config(norm="inplace", amp="off", channels_last=True, backend="pure"),
 }
+# Fixed configurations that configs_for must not re-resolve for the device.
+_FIXED = ("authors", "iabn-fp32-cl", "plain-fp32", "plain-fp32-cl", "iabn-fp32-compiled",
+          "iabn-fp32-cl-compiled", "iabn-fp32-pure", "iabn-fp32-cl-pure")
 
 
 def configs_for(device: torch.device) -> dict[str, Config]:
@@ -100,10 +125,20 @@ def configs_for(device: torch.device) -> dict[str, Config]:
     from utils.engine import default_inplace_abn
 
     amp, inplace = default_amp(device), default_inplace_abn(device)
-    configs = {name: (replace(config, amp=amp) if config.norm == "inplace" and config.channels_last else config)
+    configs = {name: (replace(config, amp=amp)
+                      if config.norm == "inplace" and config.channels_last and name not in _FIXED else config)
                for name, config in CONFIGS.items()}
     for name in ("default", "compiled"):
         configs[name] = replace(configs[name], inplace=inplace)
+    if device.type == "cpu":
+        # The per-CPU-class defaults train.py takes from utils.cpu_defaults (float32 and NCHW on
+        # AVX2-only CPUs, where bf16 is emulated).
+        from utils.cpu_defaults import cpu_defaults
+
+        chosen = cpu_defaults()
+        for name in ("default", "compiled"):
+            configs[name] = replace(configs[name], amp=chosen.amp, channels_last=chosen.channels_last,
+                                    inplace=chosen.inplace)
     return configs
 
 
@@ -146,7 +181,7 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count and the matmul rates")
     parser.add_argument("--profile", action="store_true",
                         help="after timing, print torch.profiler's top 15 ops by self CPU time "
-                             "for the first config")
+                             "for each config (2 steps each)")
     parser.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     parser.add_argument("--worker", default=None, choices=list(CONFIGS),
                         help="internal: run --warmup + --iters steps of this configuration in this (fresh) "
@@ -167,16 +202,49 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 # One configuration
 # --------------------------------------------------------------------------------------------
 
+class AuthorsNorm(nn.BatchNorm2d):
+    """torch.nn.BatchNorm2d followed by the layer's activation (leaky ReLU, not in place, as
+    ``nn.LeakyReLU()``), with the InPlace-ABN constructor signature DFPNet's norm_layer takes."""
+
+    def __init__(self, num_features: int, activation: str = "leaky_relu", activation_param: float = 0.01):
+        super().__init__(num_features)
+        self.activation, self.activation_param = activation, activation_param
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        return nn.functional.leaky_relu(y, self.activation_param) if self.activation == "leaky_relu" else y
+
+
+def authors_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                 labels: torch.Tensor) -> torch.Tensor:
+    """The authors' training step: the sum over outputs of the stock cross-entropy of each output
+    resized (bilinear, align_corners=True) to the labels, then backward and SGD."""
+    import torch.nn.functional as F
+
+    optimizer.zero_grad(set_to_none=True)
+    outputs = model(images)
+    loss = sum(F.cross_entropy(F.interpolate(out, size=labels.shape[-2:], mode="bilinear", align_corners=True),
+                               labels, ignore_index=IGNORE_LABEL) for out in outputs)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 def build_model(config: Config, device: torch.device, seed: int = 0) -> nn.Module:
     """DFPNet with the configuration's norm layer and memory format, same weights for every config."""
     import libs
     from networks.dfpnet import DFPNet
 
     torch.manual_seed(seed)
-    model = DFPNet(NUM_CLASSES, norm_layer=None if config.norm == "inplace" else libs.ABN)
+    norm_layer = {"inplace": None, "abn": libs.ABN, "bn": AuthorsNorm}[config.norm]
+    model = DFPNet(NUM_CLASSES, norm_layer=norm_layer)
     model.layer5_pred3x3.requires_grad_(False)  # unused in forward; train.py freezes it too
     if config.norm == "inplace":
         libs.set_inplace(model, config.inplace)
+        if config.backend:
+            for layer in model.modules():
+                if isinstance(layer, libs.InPlaceABN):
+                    layer.backend = config.backend
     model.to(device).train()
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -213,6 +281,9 @@ class TrainStep:
     def __call__(self) -> None:
         from utils.engine import train_step
 
+        if self.config.norm == "bn":
+            self.last_loss = float(authors_step(self.forward, self.optimizer, self.images, self.labels))
+            return
         losses, _ = train_step(self.forward, self.optimizer, self.images, self.labels, lr=recipe.LEARNING_RATE,
                                iteration=0, amp=self.config.amp, ignore_label=IGNORE_LABEL)
         self.last_loss = float(sum(losses))
@@ -415,7 +486,8 @@ def main(args: argparse.Namespace) -> dict:
         print("default / baseline: " + ", ".join(f"{k} {v:.2f}x" for k, v in result["ratios"].items()))
     print(format_environment(info))
     if args.profile:
-        result["profile"] = print_profile(step_of(args.configs[0]))
+        # Every config, so that where their times differ shows op by op (same process, same load).
+        result["profile"] = {name: print_profile(step_of(name)) for name in args.configs}
     if args.json:
         write_json(result, args.json)
     return result

@@ -16,10 +16,13 @@ Three layers share that math and the authors' state_dict names (weight, bias, ru
 running_var; no num_batches_tracked, which their checkpoints lack):
 
 - `InPlaceABN`: the memory-saving layer. Two backends compute it:
-    * the compiled `inplace-abn` package (mapillary, 1.x), where it is installed and serves the
-      input: CUDA float32/float16 tensors and CPU float32 tensors;
-    * a pure PyTorch autograd Function (`InPlaceABNFunction`) everywhere else, or everywhere
-      when the environment variable DFPNET_PURE_ABN=1 is set.
+    * the compiled `inplace-abn` package (mapillary, 1.x), where it is installed, for CUDA
+      float32/float16 tensors;
+    * a pure PyTorch autograd Function (`InPlaceABNFunction`) everywhere else, CPU included, or
+      everywhere when the environment variable DFPNET_PURE_ABN=1 is set. The package's CPU
+      kernels (float32) are slower than ATen's fused batch norm under the pure Function, most
+      of all on channels-last tensors (bench/RESULTS.md section 11), so they serve only a layer
+      whose `backend` is set to "compiled".
 - `InPlaceABNSync`: the same, with batch statistics (and the backward's per-channel sums)
   synchronised over torch.distributed when more than one process runs.
 - `ABN`: the same math with plain autograd (F.batch_norm on |weight| + eps, then the
@@ -78,7 +81,7 @@ if not _FORCE_PURE:
 BACKEND = "compiled" if _compiled_abn is not None else "pure"
 if BACKEND == "compiled":
     BACKEND_DESCRIPTION = (
-        f"compiled inplace-abn {_COMPILED_VERSION} (CUDA; CPU float32), pure PyTorch otherwise"
+        f"compiled inplace-abn {_COMPILED_VERSION} (CUDA), pure PyTorch otherwise (CPU included)"
     )
 elif _FORCE_PURE:
     BACKEND_DESCRIPTION = f"pure PyTorch ({FORCE_PURE_ENV}=1)"
@@ -425,7 +428,7 @@ class InPlaceABN(_ActivatedBatchNorm):
 
     y = act((x - mean) / sqrt(var + eps) * (|weight| + eps) + bias); batch statistics in training
     (running_var updated with the unbiased variance), running statistics in eval. Training runs the
-    compiled inplace-abn package where it serves the input (CUDA float32/float16, CPU float32) and
+    compiled inplace-abn package where it serves the input (CUDA float32/float16) and
     `InPlaceABNFunction` otherwise; eval is a plain per-channel affine map. A conv output passed
     in during training is overwritten with the result (see the module docstring).
 
@@ -438,8 +441,10 @@ class InPlaceABN(_ActivatedBatchNorm):
         activation_param: leaky ReLU slope or ELU alpha; must be positive, so that backward can
             invert the activation from the output.
 
-    Attribute `backend` ("compiled" or "pure", default `BACKEND`) may be set per layer, e.g. to
-    benchmark the pure backend where the compiled one is installed. Attribute `inplace` (default
+    Attribute `backend` may be set per layer, e.g. to benchmark one backend against the other:
+    "auto" (the default where the package is installed: the package on CUDA, pure on the CPU),
+    "compiled" (the package wherever it accepts the input, CPU float32 included) or "pure"
+    (the default without the package). Attribute `inplace` (default
     True; see `set_inplace`) False runs the same math under plain autograd, as `ABN` does: more
     activation memory, fewer kernel launches (faster where the host, not the device, limits).
     """
@@ -459,7 +464,7 @@ class InPlaceABN(_ActivatedBatchNorm):
                 f"{type(self).__name__}: activation_param must be positive for {activation} (backward "
                 f"inverts the activation from its output), got {activation_param}"
             )
-        self.backend = BACKEND
+        self.backend = "auto" if BACKEND == "compiled" else "pure"
         self.inplace = True
         _announce_backend()
 
@@ -473,7 +478,10 @@ class InPlaceABN(_ActivatedBatchNorm):
             )
         if x.is_cuda:
             return x.dtype in (torch.float32, torch.float16)
-        return x.device.type == "cpu" and x.dtype == torch.float32
+        # The package's CPU backward is a scalar, single-threaded loop (strided by C on
+        # channels-last tensors), and its forward statistics make full-size temporaries: ATen's
+        # fused batch norm under the pure Function is faster, with the same numbers.
+        return self.backend == "compiled" and x.device.type == "cpu" and x.dtype == torch.float32
 
     def _train_forward(self, x: torch.Tensor, group) -> torch.Tensor:
         if group is None and (not self.inplace or torch.compiler.is_compiling()):

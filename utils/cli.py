@@ -115,11 +115,9 @@ def default_amp(device: torch.device) -> str:
 
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "off"
-    try:  # oneDNN's own test for native bf16 (AVX512-BF16, AMX); a private op, hence the guard
-        native = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native = False
-    return "bf16" if native else "off"
+    from utils.cpu_defaults import cpu_defaults
+
+    return cpu_defaults().amp
 
 
 def resolve_device(name: str) -> torch.device:

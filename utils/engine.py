@@ -64,7 +64,11 @@ def default_inplace_abn(device: torch.device) -> bool:
     launches, and the in-place Function's extra small kernels made it slower for a little less
     memory (bench/RESULTS.md section 5), so plain autograd is the default there.
     """
-    return device.type != "cuda"
+    if device.type == "cuda":
+        return False
+    from utils.cpu_defaults import cpu_defaults
+
+    return cpu_defaults().inplace
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

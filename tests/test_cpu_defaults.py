@@ -1,0 +1,69 @@
+"""utils/cpu_defaults.py: the per-CPU-class training defaults and the reason printed with them."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from utils import cpu_defaults as cd
+
+
+def test_avx512_bf16_keeps_bf16_channels_last_in_place():
+    d = cd.cpu_defaults(capability="AVX512", bf16=True)
+    assert (d.amp, d.channels_last, d.inplace, d.cpu_class) == ("bf16", True, True, "avx512-bf16")
+    assert "AVX-512" in d.reason and "native bf16" in d.reason
+
+
+def test_avx2_picks_float32_and_the_measured_layout(monkeypatch):
+    # Through torch's own report, as train.py will call it: no arguments.
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(cd, "native_bf16", lambda: False)
+    d = cd.cpu_defaults()
+    assert d.cpu_class == "avx2"
+    assert d.amp == "off"  # bf16 is emulated there: hundreds of times slower than float32
+    amp, channels_last, inplace, _ = cd.RULES["avx2"]
+    assert (d.channels_last, d.inplace) == (channels_last, inplace)
+    assert d.channels_last is True and d.inplace is True  # measured: not slower than NCHW, less memory
+    assert "AVX2" in d.reason and "float32" in d.reason
+    assert d.describe().startswith("CPU defaults (avx2): AVX2 only, bf16 emulated: float32, channels-last, in place")
+
+
+@pytest.mark.parametrize("capability,bf16,expected", [
+    ("AVX512", False, "avx512"),
+    ("AVX2", True, "avx512-bf16"),  # oneDNN still runs bf16 natively: bf16 is worth it
+    ("DEFAULT", False, "other"),
+    ("ZVECTOR", False, "other"),
+    ("avx2", False, "avx2"),  # ATEN_CPU_CAPABILITY's spelling
+])
+def test_class_from_capability(capability, bf16, expected):
+    assert cd.cpu_class(capability, bf16) == expected
+    assert cd.cpu_defaults(capability, bf16).cpu_class == expected
+
+
+def test_no_native_bf16_never_defaults_to_bf16():
+    for capability in ("AVX512", "AVX2", "DEFAULT"):
+        assert cd.cpu_defaults(capability, bf16=False).amp == "off"
+
+
+def test_every_rule_is_well_formed():
+    for klass, (amp, channels_last, inplace, reason) in cd.RULES.items():
+        assert amp in ("bf16", "off") and isinstance(channels_last, bool) and isinstance(inplace, bool)
+        assert reason and "\n" not in reason, klass
+
+
+@pytest.mark.parametrize("capability,bf16,amp,channels_last", [
+    ("AVX512", True, "bf16", True), ("AVX2", False, "off", True), ("DEFAULT", False, "off", False)])
+def test_train_and_evaluation_defaults_follow_the_cpu_class(monkeypatch, capability, bf16, amp, channels_last):
+    import train
+    from utils.cli import default_amp
+    from utils.engine import default_inplace_abn
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(cd, "native_bf16", lambda: bf16)
+    args = train.get_args_parser().parse_args(["--device", "cpu"])
+    device = train.setup_device(args)
+    assert (args.amp, args.channels_last) == (amp, channels_last)
+    assert default_amp(device) == amp and default_inplace_abn(device) is True
+    # What the user asks for wins over the class's choice.
+    args = train.get_args_parser().parse_args(["--device", "cpu", "--amp", "off", "--no-channels-last"])
+    train.setup_device(args)
+    assert (args.amp, args.channels_last) == ("off", False)

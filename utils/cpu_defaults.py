@@ -1,0 +1,95 @@
+"""Training defaults chosen per CPU class: precision, memory format and InPlace-ABN mode.
+
+One choice does not fit both classes of CPU our users train on (bench/RESULTS.md, "Training
+step on the two CPU classes"):
+
+* **AVX-512 with native bf16** (AVX512-BF16 / AMX): bf16 autocast, channels-last, InPlace-ABN in
+  place: 0.43x the authors' step time (section 1).
+* **AVX2 only** (bf16 emulated, hundreds of times slower than float32): float32. Layout and the
+  in-place trick were measured against each other there: once InPlace-ABN runs on ATen's fused
+  batch norm (libs' pure backend) rather than the inplace-abn package's CPU kernels, in place +
+  channels-last is as fast as the fastest float32 config (emulated AVX2) and uses less memory;
+  channels-last alone was 0.80x the baseline's step on a real AVX2 EPYC
+  (a measurement made outside this repository, with the command in bench/RESULTS.md section 11).
+
+The choice is made from what torch reports about the CPU (`torch.backends.cpu.get_cpu_capability`
+and oneDNN's native-bf16 test, the same test as `utils.inference.default_amp`), so it costs
+nothing at start-up and gives the same answer on every run of one machine. A start-up
+micro-measurement was considered and left out: on a shared 2-core machine its noise is as large
+as the differences it would measure, and a cached wrong answer would stay wrong.
+
+Torch-light: imports torch only, so train.py / evaluate.py can call it before building anything.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["CpuDefaults", "RULES", "cpu_capability", "cpu_class", "cpu_defaults", "native_bf16"]
+
+
+@dataclass(frozen=True)
+class CpuDefaults:
+    """What train.py's ``--amp``, ``--channels-last`` and ``--inplace-abn auto`` resolve to on this CPU."""
+    amp: str  # "bf16" or "off" (float32)
+    channels_last: bool
+    inplace: bool  # InPlace-ABN in place (libs.set_inplace)
+    cpu_class: str  # "avx512-bf16", "avx512", "avx2" or "other"
+    reason: str  # one line for the set-up log
+
+    def describe(self) -> str:
+        """The set-up line: the choice and why, e.g. ``"CPU defaults (avx2): AVX2 only, ..."``."""
+        return f"CPU defaults ({self.cpu_class}): {self.reason}"
+
+
+# cpu_class -> (amp, channels_last, inplace, why). The AVX2 row is what bench.train_step measured
+# fastest in float32 under emulated AVX2 (bench/RESULTS.md section 11).
+RULES: dict[str, tuple[str, bool, bool, str]] = {
+    "avx512-bf16": ("bf16", True, True,
+                    "AVX-512 with native bf16: bf16, channels-last, in place (0.43x the baseline's step)"),
+    "avx512": ("off", True, True,
+               "AVX-512 without native bf16: bf16 emulated, so float32; channels-last + in place as on AVX2"),
+    "avx2": ("off", True, True,
+             "AVX2 only, bf16 emulated: float32, channels-last, in place "
+             "(measured fastest float32 config on this class)"),
+    "other": ("off", False, True,
+              "no AVX2 (or not x86): float32, NCHW (the authors' layout), in place"),
+}
+
+
+def cpu_capability() -> str:
+    """ATen's vector ISA for this process: "AVX512", "AVX2", "DEFAULT", "ZVECTOR", "SVE256", ...
+    (it follows ATEN_CPU_CAPABILITY, which is how the AVX2 class is emulated on a newer CPU)."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability()).upper()
+    except (AttributeError, RuntimeError):
+        return "DEFAULT"
+
+
+def native_bf16() -> bool:
+    """oneDNN's own test for native bf16 (AVX512-BF16 or AMX; it follows ONEDNN_MAX_CPU_ISA)."""
+    try:  # a private op, hence the guard
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def cpu_class(capability: str | None = None, bf16: bool | None = None) -> str:
+    """This CPU's class, a key of `RULES`; arguments override what torch reports (for tests)."""
+    capability = (cpu_capability() if capability is None else capability).upper()
+    bf16 = native_bf16() if bf16 is None else bf16
+    if capability.startswith("AVX512"):
+        return "avx512-bf16" if bf16 else "avx512"
+    if capability == "AVX2":
+        # AVX2 kernels with native bf16 would mean ATEN_CPU_CAPABILITY=avx2 on an AVX-512-BF16 CPU
+        # without ONEDNN_MAX_CPU_ISA: oneDNN still runs bf16 natively, so bf16 stays worthwhile.
+        return "avx512-bf16" if bf16 else "avx2"
+    return "avx512-bf16" if bf16 else "other"
+
+
+def cpu_defaults(capability: str | None = None, bf16: bool | None = None) -> CpuDefaults:
+    """The defaults for training on this CPU (arguments as for `cpu_class`)."""
+    klass = cpu_class(capability, bf16)
+    amp, channels_last, inplace, why = RULES[klass]
+    return CpuDefaults(amp=amp, channels_last=channels_last, inplace=inplace, cpu_class=klass, reason=why)
