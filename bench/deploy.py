@@ -4,7 +4,7 @@ network (networks/fuse.py) and onnxruntime (export.py), in one process, alternat
     python -m bench.deploy --input-size 384,384 --iters 10 --json outputs/bench/deploy_cpu.json
 
 One call = one forward of a fixed random batch (``--batch-size``, default 1) to the final map, on
-the CPU, with no data loading or post-processing (bench/evaluate.py measures those). Issue 11's
+the CPU, with no data loading or post-processing (bench/evaluate.py measures those). The
 target: fused or onnxruntime at least 2x the authors' images/s, in float32.
 
 Configurations (``--configs``, comma-separated, in the order they alternate):

@@ -37,7 +37,7 @@ from utils.pipeline import InferenceStats
 
 DEMO_CHECKPOINT = "./snapshots/demo/best.pth"
 DEMO_DATA = "./dataset/synthetic"
-# Issue 6: "a bf16 model evaluated on a fixed checkpoint gives a mean IU within 0.1 point of float32".
+# The target: "a bf16 model evaluated on a fixed checkpoint gives a mean IU within 0.1 point of float32".
 AMP_TOLERANCE = 0.1
 
 

@@ -45,7 +45,7 @@ def relative_error(got: torch.Tensor | np.ndarray, want: torch.Tensor) -> float:
 
 
 def within_float32(err: float, pytorch_err: float) -> bool:
-    """Issue 11's bound: twice PyTorch's own float32 error on the same input, or 1e-5."""
+    """The deploy bound: twice PyTorch's own float32 error on the same input, or 1e-5."""
     return err <= max(2.0 * pytorch_err, 1e-5)
 
 
