@@ -1,22 +1,17 @@
 #!/usr/bin/env bash
-# Evaluate DFPnet with the authors' settings (val split, 384x384, epoch-495 snapshot, 8 classes).
-# Every setting can be overridden from the environment, e.g.
+# Evaluate DFPnet with the authors' settings (utils/recipe.py: val split, 384x384, the epoch-495
+# snapshot, 8 classes). Each setting can be overridden from the environment; one left unset takes
+# evaluate.py's default, the recipe's. E.g.
 #   RESTORE_FROM=snapshots/best.pth DEVICE=cuda EXTRA_ARGS="--flip --amp bf16" ./run_evaluate.sh
+# Settings: DATA_DIR DATASET RESTORE_FROM INPUT_SIZE NUM_CLASSES BATCH_SIZE WORKERS DEVICE, AMP (empty:
+# bf16 where native; off: exact float32), SAVE_PATH (pictures; empty: none), METRICS_OUT and EXTRA_ARGS.
 # Without a dataset at DATA_DIR it evaluates the synthetic demo (run ./run.sh first) instead.
 set -euo pipefail
 source "$(dirname "$0")/utils/env.sh"
 cd "$(dirname "$0")"
 
-DATA_DIR="${DATA_DIR:-./dataset/Cartoon_sketches/Dog/}"
-DATASET="${DATASET:-val}"
-RESTORE_FROM="${RESTORE_FROM:-./snapshots/DFPnet_epoch_495.pth}"
-INPUT_SIZE="${INPUT_SIZE:-384,384}"
-NUM_CLASSES="${NUM_CLASSES:-8}"
-BATCH_SIZE="${BATCH_SIZE:-1}"
-WORKERS="${WORKERS:-2}"
-DEVICE="${DEVICE:-auto}"
-AMP="${AMP:-}"                                       # empty: bf16 where native; off: exact float32
-SAVE_PATH="${SAVE_PATH:-}"                           # empty: no pictures
+DATA_DIR="${DATA_DIR:-$("$PYTHON" -m utils.recipe DATA_DIR)}"
+DATASET="${DATASET:-$("$PYTHON" -m utils.recipe EVAL_SPLIT)}"
 METRICS_OUT="${METRICS_OUT:-./outputs/eval/metrics.json}"
 EXTRA_ARGS="${EXTRA_ARGS:-}"                         # e.g. "--flip --scales 0.75,1.0,1.25 --truncate-centers"
 
@@ -40,11 +35,12 @@ if [ ! -f "${DATA_DIR%/}/${DATASET}_id.txt" ]; then
   METRICS_OUT=./outputs/eval_demo/metrics.json
 fi
 
-args=(--data-dir "$DATA_DIR" --dataset "$DATASET" --restore-from "$RESTORE_FROM"
-      --input-size "$INPUT_SIZE" --num-classes "$NUM_CLASSES" --batch-size "$BATCH_SIZE"
-      --workers "$WORKERS" --device "$DEVICE" --metrics-out "$METRICS_OUT")
-if [ -n "$AMP" ]; then args+=(--amp "$AMP"); fi
-if [ -n "$SAVE_PATH" ]; then args+=(--save-path "$SAVE_PATH"); fi
+args=(--data-dir "$DATA_DIR" --dataset "$DATASET" --metrics-out "$METRICS_OUT")
+for setting in RESTORE_FROM:--restore-from INPUT_SIZE:--input-size NUM_CLASSES:--num-classes \
+               BATCH_SIZE:--batch-size WORKERS:--workers DEVICE:--device AMP:--amp SAVE_PATH:--save-path; do
+  name="${setting%%:*}"
+  if [ -n "${!name:-}" ]; then args+=("${setting#*:}" "${!name}"); fi
+done
 # shellcheck disable=SC2206  # EXTRA_ARGS is split into words on purpose
 extra=($EXTRA_ARGS)
 exec "$PYTHON" evaluate.py "${args[@]}" ${extra[@]+"${extra[@]}"}

@@ -212,6 +212,15 @@ def matmul_tflops(device: torch.device | str, dtype: torch.dtype, n: int | None 
 # Output
 # --------------------------------------------------------------------------------------------
 
+def finish(result: dict, info: dict, json_path: str | None, setup: str) -> dict:
+    """The closing lines every bench prints (its set-up, the environment), then the JSON if asked."""
+    print(setup)
+    print(format_environment(info))
+    if json_path:
+        write_json(result, json_path)
+    return result
+
+
 def write_json(obj: dict, path: str) -> None:
     """Write ``obj`` as indented JSON to ``path`` (folders created) and say where."""
     folder = os.path.dirname(os.path.abspath(path))

@@ -22,7 +22,7 @@ import time
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from bench.common import environment, format_environment, format_table, summarize, write_json
+from bench.common import environment, finish, format_table, summarize
 from utils import recipe
 from utils.cli import parse_size, positive_int
 
@@ -124,12 +124,8 @@ def main(args: argparse.Namespace) -> dict:
                               ("range", "min-max", ""), ("ms_per_sample", "ms/sample", ".1f"),
                               ("overall_samples_per_s", "samples/s incl. start-up", ".1f"),
                               ("first_batch_s", "first batch s", ".2f")]))
-    print(f"data: {result['data_dir']}; batch {args.batch_size}, "
-          f"crop {args.input_size[0]}x{args.input_size[1]}")
-    print(format_environment(info))
-    if args.json:
-        write_json(result, args.json)
-    return result
+    return finish(result, info, args.json, f"data: {result['data_dir']}; batch {args.batch_size}, "
+                  f"crop {args.input_size[0]}x{args.input_size[1]}")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.common import alternate, environment, format_environment, format_table, summarize, write_json
+from bench.common import alternate, environment, finish, format_table, summarize
 from utils.cli import default_amp, parse_size, positive_int
 
 # The switches that make PyTorch (ATen, oneDNN, MKL) use a lower instruction set than the CPU has.
@@ -192,13 +192,10 @@ def main(args: argparse.Namespace) -> dict:
                               ("argmax_agreement", "argmax agreement", ".4f")]))
     verdict = "met" if result["target_met"] else "NOT met"
     print(f"target (fused or onnxruntime >= {TARGET:g}x the authors' images/s): {verdict}")
-    print(f"batch {args.batch_size}, {args.input_size[0]}x{args.input_size[1]}, {result['checkpoint']}; "
-          f"CPU flags: {result['cpu_flags']}; ISA environment: {result['isa_env'] or 'none'}; "
-          f"onnxruntime {result['versions'].get('onnxruntime', '-')}")
-    print(format_environment(info))
-    if args.json:
-        write_json(result, args.json)
-    return result
+    return finish(result, info, args.json,
+                  f"batch {args.batch_size}, {args.input_size[0]}x{args.input_size[1]}, {result['checkpoint']}; "
+                  f"CPU flags: {result['cpu_flags']}; ISA environment: {result['isa_env'] or 'none'}; "
+                  f"onnxruntime {result['versions'].get('onnxruntime', '-')}")
 
 
 def cpu_flags() -> str:

@@ -30,7 +30,7 @@ import time
 import torch
 from torch import nn
 
-from bench.common import environment, format_environment, format_table, summarize, synchronize, write_json
+from bench.common import environment, finish, format_table, summarize, synchronize
 from utils.cli import add_inference_arguments, default_amp, positive_int, resolve_device
 from utils.inference import evaluate_model, make_eval_loader
 from utils.pipeline import InferenceStats
@@ -216,12 +216,9 @@ def main(args: argparse.Namespace) -> dict:
         verdict = "within" if result["within_tolerance"] else "OUTSIDE"
         print(f"mean IU bf16 - float32 = {diff:+.3f} points on {result['checkpoint']} "
               f"({verdict} the {AMP_TOLERANCE} point tolerance)")
-    print(f"data: {result['data_dir']}; checkpoint: {result['checkpoint']}; batch {args.batch_size}, "
-          f"{args.workers} workers, {'channels-last' if args.channels_last else 'NCHW'}")
-    print(format_environment(info))
-    if args.json:
-        write_json(result, args.json)
-    return result
+    return finish(result, info, args.json,
+                  f"data: {result['data_dir']}; checkpoint: {result['checkpoint']}; batch {args.batch_size}, "
+                  f"{args.workers} workers, {'channels-last' if args.channels_last else 'NCHW'}")
 
 
 if __name__ == "__main__":

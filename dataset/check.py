@@ -69,9 +69,11 @@ class _Problems:
             self.lines.append(line)
 
 
-def _read_bytes(path: str, what: str, problems: list[str]) -> bytes | None:
+def _read_picture(path: str, what: str, problems: list[str]) -> tuple[bytes, np.ndarray] | None:
+    """The file's bytes and its decoded picture, or None with the problem noted."""
     try:
-        data = open(path, "rb").read()
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         problems.append(f"{what} missing: {path}")
         return None
@@ -81,7 +83,11 @@ def _read_bytes(path: str, what: str, problems: list[str]) -> bytes | None:
     if not data:
         problems.append(f"{what} is an empty file (0 bytes): {path}")
         return None
-    return data
+    picture = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if picture is None:
+        problems.append(f"{what} cannot be decoded (corrupt or not an image): {path}")
+        return None
+    return data, picture
 
 
 def _check_item(item: _Item, num_classes: int, ignore_label: int) -> tuple[list[str], np.ndarray | None]:
@@ -89,30 +95,24 @@ def _check_item(item: _Item, num_classes: int, ignore_label: int) -> tuple[list[
     problems: list[str] = []
     image_shape = None
     if item.image_path is not None:
-        data = _read_bytes(item.image_path, "image", problems)
-        if data is not None:
-            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-            if image is None:
-                problems.append(f"image cannot be decoded (corrupt or not an image): {item.image_path}")
-            else:
-                image_shape = image.shape[:2]
-                channels = 1 if image.ndim == 2 else image.shape[2]
-                if channels != 3:
-                    kind = {1: "grayscale", 2: "grayscale with alpha",
-                            4: "colour with alpha"}.get(channels, "other")
-                    problems.append(f"image has {channels} channel(s) ({kind}), expected 3-channel colour: "
-                                    f"{item.image_path}")
-                if image.dtype != np.uint8:
-                    problems.append(f"image is {image.dtype}, expected 8-bit: {item.image_path}")
+        read = _read_picture(item.image_path, "image", problems)
+        if read is not None:
+            image = read[1]
+            image_shape = image.shape[:2]
+            channels = 1 if image.ndim == 2 else image.shape[2]
+            if channels != 3:
+                kind = {1: "grayscale", 2: "grayscale with alpha", 4: "colour with alpha"}.get(channels, "other")
+                problems.append(f"image has {channels} channel(s) ({kind}), expected 3-channel colour: "
+                                f"{item.image_path}")
+            if image.dtype != np.uint8:
+                problems.append(f"image is {image.dtype}, expected 8-bit: {item.image_path}")
 
     histogram = None
     if item.label_path is not None:
-        data = _read_bytes(item.label_path, "label", problems)
-        if data is not None:
-            label = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-            if label is None:
-                problems.append(f"label cannot be decoded (corrupt or not an image): {item.label_path}")
-            elif data[:8] == _PNG_SIGNATURE and len(data) > 25 and data[25] == _PNG_PALETTE:
+        read = _read_picture(item.label_path, "label", problems)
+        if read is not None:
+            data, label = read
+            if data[:8] == _PNG_SIGNATURE and len(data) > 25 and data[25] == _PNG_PALETTE:
                 problems.append(f"label is a palette PNG (OpenCV reads its colours, not its ids); save the "
                                 f"ids as 8-bit grayscale: {item.label_path}")
             elif label.ndim != 2 or label.dtype != np.uint8:

@@ -449,20 +449,12 @@ class InPlaceABN(_ActivatedBatchNorm):
     activation memory, fewer kernel launches (faster where the host, not the device, limits).
     """
 
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float = 0.1,
-        affine: bool = True,
-        activation: str = "leaky_relu",
-        activation_param: float = 0.01,
-    ) -> None:
-        super().__init__(num_features, eps, momentum, affine, activation, activation_param)
-        if activation in ("leaky_relu", "elu") and self.activation_param <= 0:
+    def __init__(self, *args, **kwargs) -> None:  # the arguments of _ActivatedBatchNorm
+        super().__init__(*args, **kwargs)
+        if self.activation in ("leaky_relu", "elu") and self.activation_param <= 0:
             raise ValueError(
-                f"{type(self).__name__}: activation_param must be positive for {activation} (backward "
-                f"inverts the activation from its output), got {activation_param}"
+                f"{type(self).__name__}: activation_param must be positive for {self.activation} (backward "
+                f"inverts the activation from its output), got {self.activation_param}"
             )
         self.backend = "auto" if BACKEND == "compiled" else "pure"
         self.inplace = True
