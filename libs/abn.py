@@ -316,7 +316,16 @@ class InPlaceABNFunction(torch.autograd.Function):
 
 
 class _ActivatedBatchNorm(nn.Module):
-    """Parameters, buffers and checks shared by ABN, InPlaceABN and InPlaceABNSync."""
+    """Parameters, buffers and checks shared by ABN, InPlaceABN and InPlaceABNSync.
+
+    Args:
+        num_features: channels C of the N x C x ... input.
+        eps: added to the variance, and to |weight| in the scale.
+        momentum: weight of the current batch in the running statistics.
+        affine: learn weight and bias (else scale 1, shift 0).
+        activation: "leaky_relu", "elu", "identity" or "none" (= identity).
+        activation_param: leaky ReLU slope or ELU alpha.
+    """
 
     def __init__(
         self,
@@ -409,13 +418,7 @@ class ABN(_ActivatedBatchNorm):
     activation's output (twice InPlaceABN's activation memory). Used as the baseline in benchmarks
     and as a drop-in `norm_layer` that needs no custom autograd Function.
 
-    Args:
-        num_features: channels C of the N x C x ... input.
-        eps: added to the variance, and to |weight| in the scale.
-        momentum: weight of the current batch in the running statistics.
-        affine: learn weight and bias (else scale 1, shift 0).
-        activation: "leaky_relu", "elu", "identity" or "none" (= identity).
-        activation_param: leaky ReLU slope or ELU alpha.
+    Takes the arguments of `_ActivatedBatchNorm`.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -432,14 +435,8 @@ class InPlaceABN(_ActivatedBatchNorm):
     `InPlaceABNFunction` otherwise; eval is a plain per-channel affine map. A conv output passed
     in during training is overwritten with the result (see the module docstring).
 
-    Args:
-        num_features: channels C of the N x C x ... input.
-        eps: added to the variance, and to |weight| in the scale.
-        momentum: weight of the current batch in the running statistics.
-        affine: learn weight and bias (else scale 1, shift 0).
-        activation: "leaky_relu", "elu", "identity" or "none" (= identity).
-        activation_param: leaky ReLU slope or ELU alpha; must be positive, so that backward can
-            invert the activation from the output.
+    Takes the arguments of `_ActivatedBatchNorm`; `activation_param` must be positive here, so that
+    backward can invert the activation from the output.
 
     Attribute `backend` may be set per layer, e.g. to benchmark one backend against the other:
     "auto" (the default where the package is installed: the package on CUDA, pure on the CPU),
