@@ -710,8 +710,9 @@ class Trainer:
         except KeyboardInterrupt:  # a stop signal, or a second one that abandoned the step
             self.bar.close()
             name = signal.Signals(self.signals.signum or signal.SIGINT).name
-            print(f"{PROG}: interrupted by {name}; {self.snapshots.where()}: run the same command again to "
-                  f"continue from there", file=sys.stderr, flush=True)
+            if du.launched_rank() == 0:  # every rank stopped at the same step; one says so
+                print(f"{PROG}: interrupted by {name}; {self.snapshots.where()}: run the same command again "
+                      f"to continue from there", file=sys.stderr, flush=True)
             return 128 + (self.signals.signum or signal.SIGINT)
         except NonFiniteLossError as exc:
             self.bar.close()
