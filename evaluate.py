@@ -18,6 +18,7 @@ only on success.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -25,7 +26,7 @@ import sys
 import cv2
 
 from utils import recipe
-from utils.cli import add_inference_arguments, setup_device, setup_model
+from utils.cli import add_inference_arguments, die, output_folder_problem, setup_device, setup_model
 from utils.inference import evaluate_model, make_eval_loader
 from utils.labels import IGNORE_LABEL, class_names
 from utils.pipeline import InferenceStats, save_prediction
@@ -74,9 +75,7 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def fail(message: str, code: int = 1) -> None:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    sys.exit(code)
+fail = functools.partial(die, PROG)
 
 
 def one_line(exc: BaseException) -> str:
@@ -143,12 +142,9 @@ def main(args: argparse.Namespace) -> None:
     # Fail now, not after the whole evaluation, if the outputs cannot be written.
     metrics_dir = os.path.dirname(os.path.abspath(args.metrics_out)) if args.metrics_out else None
     for folder in filter(None, [args.save_path, metrics_dir]):
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as exc:
-            fail(f"{folder}: cannot create the output folder: {exc.strerror or exc}")
-        if not os.access(folder, os.W_OK):
-            fail(f"{folder}: output folder is not writable")
+        problem = output_folder_problem(folder)
+        if problem:
+            fail(problem)
 
     from dataset.datasets import CartoonDataSet
     from dataset.transforms import default_transform

@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import logging
 import os
-import sys
-import tempfile
 import warnings
 
 import numpy as np
@@ -37,7 +36,8 @@ import torch
 from torch import nn
 
 from utils import recipe
-from utils.cli import parse_size, positive_int
+from utils.checkpoint import atomic_file
+from utils.cli import die, first_line, output_folder_problem, parse_size, positive_int
 from utils.labels import PALETTE, class_names
 from utils.onnx_infer import OUTPUTS, OnnxModel, OnnxModelError
 from utils.transforms import MEAN, STD
@@ -94,9 +94,7 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def fail(message: str, code: int = 1) -> None:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    sys.exit(code)
+fail = functools.partial(die, PROG)
 
 
 def metadata(args: argparse.Namespace) -> dict[str, str]:
@@ -149,13 +147,9 @@ def main(args: argparse.Namespace) -> None:
     from utils.checkpoint import CheckpointError
     from utils.cli import load_model
 
-    folder = os.path.dirname(os.path.abspath(args.out))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as exc:
-        fail(f"{folder}: cannot create the output folder: {exc.strerror or exc}", 2)
-    if not os.access(folder, os.W_OK):
-        fail(f"{folder}: output folder is not writable", 2)
+    problem = output_folder_problem(os.path.dirname(os.path.abspath(args.out)))
+    if problem:
+        fail(problem, 2)
     try:
         model = load_model(args.restore_from, args.num_classes, torch.device("cpu"), fuse=True)
     except CheckpointError as exc:
@@ -165,23 +159,13 @@ def main(args: argparse.Namespace) -> None:
     example = torch.randn(1 if args.static else 2, 3, *args.input_size,
                           generator=torch.Generator().manual_seed(0))
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(args.out)}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_file(args.out) as tmp:
         try:
             export_onnx(module, example, tmp, opset=args.opset, dynamic=not args.static, props=metadata(args))
         except Exception as exc:  # noqa: BLE001 - the exporter raises many types; one line for the user
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            fail(f"{args.restore_from}: the ONNX export failed: {first}")
+            fail(f"{args.restore_from}: the ONNX export failed: {first_line(exc)}")
         if not args.no_check:
             check(module, tmp, example, args)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model should read like any file
-        os.replace(tmp, args.out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     size_mb = os.path.getsize(args.out) / 2**20
     print(f"Wrote {args.out} ({size_mb:.1f} MiB, opset {args.opset}, output {args.output}, "
           f"{'static 1x3x{}x{}'.format(*args.input_size) if args.static else 'dynamic batch, H and W'}) "

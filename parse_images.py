@@ -16,6 +16,7 @@ script imports neither torch nor anything that does: a deployment can ship witho
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -23,7 +24,7 @@ import cv2
 from tqdm import tqdm
 
 from utils import recipe
-from utils.cli import add_inference_arguments, setup_device, setup_model
+from utils.cli import add_inference_arguments, die, setup_device, setup_model
 from utils.pipeline import ImageFiles, InferenceStats, batches, list_images, run_loop, save_prediction
 
 PROG = "parse_images.py"
@@ -44,9 +45,7 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def fail(message: str, code: int = 1) -> None:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    sys.exit(code)
+fail = functools.partial(die, PROG)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -39,6 +39,7 @@ from utils.checkpoint import (
 from utils.cli import (
     AMP_MODES,
     default_amp,
+    first_line,
     non_negative_float,
     non_negative_int,
     parse_size,
@@ -481,7 +482,8 @@ def build_data(args: argparse.Namespace, device: torch.device) -> TrainData | No
                         num_workers=args.workers, pin_memory=device.type == "cuda", drop_last=True,
                         generator=generator, persistent_workers=args.workers > 0,
                         worker_init_fn=ignore_stop_signals)
-    return TrainData(train_splits, dataset, sampler, loader, generator, build_eval_sets(args, val_splits, device))
+    eval_sets = build_eval_sets(args, val_splits, device)
+    return TrainData(train_splits, dataset, sampler, loader, generator, eval_sets)
 
 
 @dataclass
@@ -648,8 +650,9 @@ class Trainer:
         data.sampler.set_epoch(epoch, self.iteration - epoch * self.iters_per_epoch)
         data.generator.manual_seed(du.derive_seed(args.random_seed, "loader", epoch, args.rank))
         self.bar.set_description(f"epoch {epoch + 1}/{args.epochs or '?'}")
-        stats = train_one_epoch(self.net.train_model, self.net.optimizer, data.loader, self.device, epoch=epoch,
-                                iteration=self.iteration, lr_at=self.lr_at, amp=args.amp, scaler=self.net.scaler,
+        stats = train_one_epoch(self.net.train_model, self.net.optimizer, data.loader, self.device,
+                                epoch=epoch, iteration=self.iteration, lr_at=self.lr_at, amp=args.amp,
+                                scaler=self.net.scaler,
                                 channels_last=args.channels_last, ignore_label=args.ignore_label,
                                 stop_at=min(filter(None, (args.max_iters, stop_at)), default=None),
                                 on_step=self.on_step, should_stop=self.should_stop)
@@ -761,7 +764,8 @@ class Trainer:
         self.save_last()  # the fixed schedule, for --resume
         self.bar.reset(total=self.total_iters)
         self.bar.update(self.iteration)
-        log(f"--time-budget {args.time_budget:g} min: {step_s:.2f} s per step (median of {len(counted)} timed), "
+        log(f"--time-budget {args.time_budget:g} min: {step_s:.2f} s per step "
+            f"(median of {len(counted)} timed), "
             f"~{eval_s:.0f} s per evaluation, {save_s:.1f} s per save, {left:.0f} s left: {epochs} epochs = "
             f"{self.total_iters} iterations (poly LR over them), planned to end in {planned:.0f} s")
 
@@ -794,7 +798,8 @@ class Trainer:
             log(f"stopped at iteration {self.iteration} of {self.total_iters} (--max-iters) after {elapsed}; "
                 f"{self.snapshots.last_path} saved: run again (--resume is the default) to continue")
         elif self.best["epoch"] >= 0:
-            log(f"done in {elapsed}: best {self.best['split']} mean IU {self.best['mean_iou']:.2f} after epoch "
+            log(f"done in {elapsed}: best {self.best['split']} mean IU {self.best['mean_iou']:.2f} after "
+                f"epoch "
                 f"{self.best['epoch'] + 1} ({self.snapshots.best_path})")
         else:
             log(f"done in {elapsed}")
@@ -815,7 +820,8 @@ def log_setup(args: argparse.Namespace, data: TrainData, net: Network) -> None:
     length = (f"{args.epochs} epochs = {ipe * args.epochs} iterations" if args.epochs
               else f"epochs to fit --time-budget {args.time_budget:g} min")
     log(f"training {'+'.join(data.splits)}: {len(data.dataset)} images, batch {args.batch_size} x "
-        f"{args.world_size}, {ipe} iterations/epoch x {length}; evaluating {', '.join(data.eval_sets) or 'nothing'}")
+        f"{args.world_size}, {ipe} iterations/epoch x {length}; "
+        f"evaluating {', '.join(data.eval_sets) or 'nothing'}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -862,9 +868,9 @@ def run(argv: list[str] | None = None) -> int:
             print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
     except torch.OutOfMemoryError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
-        print(f"{PROG}: error: out of memory ({first}). Try a smaller --batch-size (it is per process), "
-              f"--amp bf16 (or fp16 on older GPUs), or a smaller --input-size.", file=sys.stderr)
+        print(f"{PROG}: error: out of memory ({first_line(exc, 'out of memory')}). Try a smaller "
+              f"--batch-size (it is per process), --amp bf16 (or fp16 on older GPUs), or a smaller "
+              f"--input-size.", file=sys.stderr)
         return 1
     finally:
         du.cleanup_distributed()

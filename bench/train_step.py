@@ -12,7 +12,7 @@ Configurations (``--configs``, comma-separated, in the order they alternate):
 * ``default``: what train.py runs by default: InPlace-ABN (``DFPNet``'s default norm layer, libs'
   backend choice; in place on the CPU, under plain autograd on CUDA: ``--inplace-abn auto``;
   ``inplace-on`` and ``inplace-off`` force either), bf16 autocast where the device runs it
-  natively (``utils.inference.default_amp``), channels-last, eager (torch.compile makes CPU
+  natively (``utils.cli.default_amp``), channels-last, eager (torch.compile makes CPU
   training slower and costs minutes; on CUDA it is the separate ``compiled`` config until
   measured). On the CPU, precision, layout and in-place mode are ``utils.cpu_defaults``'s
   choice for this CPU class (AVX2 only: float32, NCHW, in place);

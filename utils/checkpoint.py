@@ -7,15 +7,19 @@ previous file intact.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
+
+from utils.cli import first_line
 
 log = logging.getLogger("dfpnet")
 
@@ -38,13 +42,12 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: refused: the file holds Python objects other than tensors and "
-                              f"plain containers, which could run code (weights_only=True): {first}") from None
+                              f"plain containers, which could run code (weights_only=True): "
+                              f"{first_line(exc)}") from None
     except Exception as exc:  # torch raises many types for foreign or cut files (KeyError for text)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or another format): "
-                              f"{first}") from None
+                              f"{first_line(exc)}") from None
 
 
 def extract_state_dict(obj: Any, path: str | os.PathLike = "<checkpoint>") -> dict[str, torch.Tensor]:
@@ -140,21 +143,28 @@ def load_imagenet_backbone(model: nn.Module, path: str | os.PathLike,
     return len(usable), len(own)
 
 
-def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over it."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[str]:
+    """Yields a temporary path beside ``path`` to write; renamed over ``path`` only if the block ends
+    without an exception, removed otherwise. Readers see the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
     try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint should read like any file
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs should read like any file
+        yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over it."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())

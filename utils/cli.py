@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
@@ -21,6 +23,36 @@ if TYPE_CHECKING:
     from utils.onnx_infer import OnnxModel
 
 AMP_MODES = ("off", "bf16", "fp16")
+
+
+# --------------------------------------------------------------------------------------------
+# Errors for people: one line, the file first
+# --------------------------------------------------------------------------------------------
+
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """The first line of an exception's message (``default``, else its type name, when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else (default or type(exc).__name__)
+
+
+def die(prog: str, message: str, code: int = 1) -> NoReturn:
+    """``<prog>: error: <message>`` on stderr, then exit ``code``; the scripts' ``fail``."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def output_folder_problem(folder: str) -> str | None:
+    """Creates ``folder`` if needed; why outputs cannot be written there, or None if they can.
+
+    Checked before the work, so a run does not end in an error after all of it.
+    """
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        return f"{folder}: cannot create the output folder: {exc.strerror or exc}"
+    if not os.access(folder, os.W_OK):
+        return f"{folder}: output folder is not writable"
+    return None
 
 
 def parse_size(text: str) -> tuple[int, int]:

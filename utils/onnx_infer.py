@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from utils.cli import first_line
 from utils.labels import flip_permutation
 from utils.pipeline import check_scales, scaled_size
 from utils.transforms import MEAN, STD
@@ -57,11 +58,6 @@ def softmax(x: np.ndarray, axis: int = 1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 class OnnxModel:
     """An export.py model in an onnxruntime CPU session.
 
@@ -93,7 +89,7 @@ class OnnxModel:
             self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for every bad file
             raise OnnxModelError(f"{path}: not an ONNX model onnxruntime can load: "
-                                 f"{_first_line(exc)}") from None
+                                 f"{first_line(exc)}") from None
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] not in (3, "3"):
