@@ -686,19 +686,20 @@ class Trainer:
             log(f"nothing to do: the training state is at iteration {self.iteration} of {self.total_iters}, "
                 f"the run is complete (--resume none starts anew)")
             return 0
-        if self.iteration:
-            log(f"starting at epoch {self.iteration // self.iters_per_epoch}, iteration {self.iteration} "
-                f"(lr {self.lr_at(self.iteration):.3e})")
-        if du.is_main_process():
-            from tensorboardX import SummaryWriter
-            # purge_step hides what an interrupted run logged after its last save (steps > iteration).
-            self.writer = SummaryWriter(logdir=args.snapshot_dir,
-                                        purge_step=self.iteration + 1 if self.iteration else None)
-        self.bar = tqdm(total=self.total_iters, initial=self.iteration, unit="it", dynamic_ncols=True,
-                        disable=not (du.is_main_process() and sys.stderr.isatty()))
         run_start = time.perf_counter()
         try:
+            # From the first line on, a stop signal is a clean stop (the last step is saved).
             with self.signals:
+                if self.iteration:
+                    log(f"starting at epoch {self.iteration // self.iters_per_epoch}, iteration "
+                        f"{self.iteration} (lr {self.lr_at(self.iteration):.3e})")
+                if du.is_main_process():
+                    from tensorboardX import SummaryWriter
+                    # purge_step hides what an interrupted run logged after its last save.
+                    self.writer = SummaryWriter(logdir=args.snapshot_dir,
+                                                purge_step=self.iteration + 1 if self.iteration else None)
+                self.bar = tqdm(total=self.total_iters, initial=self.iteration, unit="it", dynamic_ncols=True,
+                                disable=not (du.is_main_process() and sys.stderr.isatty()))
                 if self.total_iters is None:
                     self.plan_schedule()
                 for epoch in range(self.iteration // self.iters_per_epoch, args.epochs or 0):
@@ -711,14 +712,16 @@ class Trainer:
                         self.save_last()
                     raise KeyboardInterrupt
         except KeyboardInterrupt:  # a stop signal, or a second one that abandoned the step
-            self.bar.close()
+            if self.bar is not None:
+                self.bar.close()
             name = signal.Signals(self.signals.signum or signal.SIGINT).name
             if du.launched_rank() == 0:  # every rank stopped at the same step; one says so
                 print(f"{PROG}: interrupted by {name}; {self.snapshots.where()}: run the same command again "
                       f"to continue from there", file=sys.stderr, flush=True)
             return 128 + (self.signals.signum or signal.SIGINT)
         except NonFiniteLossError as exc:
-            self.bar.close()
+            if self.bar is not None:
+                self.bar.close()
             where = (f"{self.snapshots.last_path} (saved after iteration {self.snapshots.last_saved}) is the "
                      f"last good state" if self.snapshots.last_saved is not None
                      else "no training state was saved by this run")

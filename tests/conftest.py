@@ -6,8 +6,26 @@ import os
 import pytest
 import torch
 
-# Two cores here: keep each test process from oversubscribing them.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+def _threads() -> int:
+    """Torch threads for this test process and the processes it starts: the cores shared among
+    pytest-xdist's workers (tests/run.sh starts one per core), at most 2 (the CI machine's count),
+    so that no test oversubscribes the cores its neighbours are using."""
+    cores = os.cpu_count() or 1
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    return max(1, min(2, cores // max(1, workers)))
+
+
+THREADS = _threads()
+torch.set_num_threads(THREADS)
+os.environ["OMP_NUM_THREADS"] = str(THREADS)  # for the train.py / evaluate.py / bench processes tests start
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Slow (end-to-end) tests first: under pytest-xdist (tests/run.sh: one file per worker at a
+    time) the files with long tests then start at once instead of leaving one worker busy at the
+    end while the others idle. The order is otherwise kept."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")

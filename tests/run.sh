@@ -1,7 +1,23 @@
 #!/usr/bin/env bash
-# The README's test command: sets up ./.venv on first use, then runs the whole suite on the CPU.
-# Extra arguments go to pytest (e.g. `bash tests/run.sh -m "not slow"`).
+# The README's test command: sets up ./.venv on first use, then runs the whole suite on the CPU,
+# spread over the cores by pytest-xdist (one worker per core, up to 4, each with one torch thread;
+# DFPNET_TEST_WORKERS=0 runs it in one process). Extra arguments go to pytest
+# (e.g. `bash tests/run.sh -m "not slow"`, `bash tests/run.sh tests/test_loss.py`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source utils/env.sh
-exec "$PYTHON" -m pytest "$@"
+workers="${DFPNET_TEST_WORKERS:-$(nproc 2>/dev/null || echo 1)}"
+if ! [[ "$workers" =~ ^[0-9]+$ ]]; then
+  echo "tests/run.sh: error: DFPNET_TEST_WORKERS must be a whole number, got '$workers'" >&2
+  exit 2
+fi
+((workers > 4)) && workers=4
+xdist=()
+# Workers pay off for the whole suite, not for a file or two; an explicit -n wins.
+if ((workers > 1)) && [[ " $* " != *" -n "* && " $* " != *"--numprocesses"* && " $* " != *" -p no:xdist "* ]] \
+   && [[ " $* " != *"tests/"* ]]; then
+  # One file per worker at a time: a module's shared fixtures (a trained run, two ONNX exports)
+  # are then made once, not once per worker.
+  xdist=(-n "$workers" --dist loadfile)
+fi
+exec "$PYTHON" -m pytest "${xdist[@]}" "$@"

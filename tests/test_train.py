@@ -26,11 +26,15 @@ def data_dir(tmp_path_factory) -> str:
     return out
 
 
-def _env(threads: int = 2) -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=str(threads))
+def _env(threads: int | None = None) -> dict[str, str]:
+    """The test's environment; its torch threads (conftest's share of the cores) unless ``threads``."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
 
 
-def _train(args: list[str], threads: int = 2) -> subprocess.CompletedProcess:
+def _train(args: list[str], threads: int | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=_env(threads),
                           capture_output=True, text=True, timeout=600)
 
@@ -56,33 +60,33 @@ def _tags(logdir: str) -> dict[str, list[str]]:
 # ------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_tiny_run_learns_logs_and_writes_checkpoints(data_dir, tmp_path):
+def test_tiny_run_learns_logs_and_writes_checkpoints(data_dir, tmp_path, capsys):
     snap = str(tmp_path / "snap")
     missing = str(tmp_path / "no-such-resnet101.pth")
-    # 16 images, batch 4: 4 iterations per epoch, 6 epochs = 24 iterations; default amp/channels-last.
-    result = _train(["--data-dir", data_dir, "--input-size", "64,64", "--batch-size", "4", "--epochs", "6",
+    # 16 images, batch 4: 4 iterations per epoch, 4 epochs = 16 iterations; default amp/channels-last.
+    result = _train(["--data-dir", data_dir, "--input-size", "64,64", "--batch-size", "4", "--epochs", "4",
                      "--learning-rate", "1e-2", "--restore-from", missing, "--snapshot-dir", snap,
-                     "--workers", "0", "--log-every", "1", "--image-every", "8", "--eval-every", "3",
-                     "--snapshot-every", "4"])
+                     "--workers", "0", "--log-every", "1", "--image-every", "8", "--eval-every", "2",
+                     "--snapshot-every", "2"])
     assert result.returncode == 0, result.stderr[-3000:]
     # A missing ImageNet file is loud, and training goes on from random weights.
     assert "FILE NOT FOUND" in result.stderr and "RANDOM" in result.stderr and missing in result.stderr
     epoch_lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
-    assert len(epoch_lines) == 6 and epoch_lines[-1].startswith("epoch 6/6  iter 24/24")
-    assert "val mIoU" in epoch_lines[2] and "val mIoU" in epoch_lines[5] and "val mIoU" not in epoch_lines[0]
+    assert len(epoch_lines) == 4 and epoch_lines[-1].startswith("epoch 4/4  iter 16/16")
+    assert "val mIoU" in epoch_lines[1] and "val mIoU" in epoch_lines[3] and "val mIoU" not in epoch_lines[0]
 
     # Learning: the loss of the last iterations is well below that of the first (random weights: about
     # 5 x ln 8 = 10.4 or more).
     loss = _scalars(snap, "loss")
-    assert sorted(loss) == list(range(1, 25))
+    assert sorted(loss) == list(range(1, 17))
     first = sum(loss[i] for i in range(1, 5)) / 4
-    last = sum(loss[i] for i in range(21, 25)) / 4
+    last = sum(loss[i] for i in range(13, 17)) / 4
     assert first > 9.5 and last < first - 3.0, (first, last)
     # The LR logged at step i is the one iteration i-1 ran with: the base LR first.
     lr = _scalars(snap, "learning_rate")
     assert lr[1] == pytest.approx(1e-2)
-    for step in (1, 12, 24):
-        assert lr[step] == pytest.approx(poly_lr(1e-2, step - 1, 24), rel=1e-6)
+    for step in (1, 8, 16):
+        assert lr[step] == pytest.approx(poly_lr(1e-2, step - 1, 16), rel=1e-6)
 
     tags = _tags(snap)
     assert {"loss", "learning_rate", "images_per_second"} <= set(tags["scalars"])
@@ -91,32 +95,33 @@ def test_tiny_run_learns_logs_and_writes_checkpoints(data_dir, tmp_path):
     # add_scalars: one run per curve under <snapshot-dir>/<main tag>/<name>, the authors' tags and names.
     for name in ("Mean IU", "Pixel accuracy", "Mean accuracy", "Background", "tail"):
         values = _scalars(os.path.join(snap, "mIoUval", name), "mIoUval")
-        assert sorted(values) == [3, 6], name
+        assert sorted(values) == [2, 4], name
         assert all(0.0 <= v <= 100.0 for v in values.values())
-    assert sorted(_scalars(os.path.join(snap, "mIoUtest", "Mean IU"), "mIoUtest")) == [3, 6]
+    assert sorted(_scalars(os.path.join(snap, "mIoUtest", "Mean IU"), "mIoUtest")) == [2, 4]
 
-    # Checkpoints: epoch snapshots at e % 4 == 0 and the last epoch, best and the training state.
+    # Checkpoints: epoch snapshots at e % 2 == 0 and the last epoch, best and the training state.
     names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(snap, "*.pth")))
-    assert names == ["DFPnet_epoch_0.pth", "DFPnet_epoch_4.pth", "DFPnet_epoch_5.pth", "best.pth", "last.pth"]
+    assert names == ["DFPnet_epoch_0.pth", "DFPnet_epoch_2.pth", "DFPnet_epoch_3.pth", "best.pth", "last.pth"]
     from networks.dfpnet import DFPNet
     from utils.checkpoint import load_model_weights, read_checkpoint
 
     model = DFPNet(num_classes=8)
     for name in names:
         load_model_weights(model, os.path.join(snap, name))
-    snapshot = read_checkpoint(os.path.join(snap, "DFPnet_epoch_5.pth"))
+    snapshot = read_checkpoint(os.path.join(snap, "DFPnet_epoch_3.pth"))
     assert all(key.startswith("module.") for key in snapshot)  # the authors' format
     state = read_checkpoint(os.path.join(snap, "last.pth"))
-    assert state["iteration"] == 24 and state["epoch"] == 6
-    assert state["schedule"]["total_iters"] == 24 and state["schedule"]["iters_per_epoch"] == 4
+    assert state["iteration"] == 16 and state["epoch"] == 4
+    assert state["schedule"]["total_iters"] == 16 and state["schedule"]["iters_per_epoch"] == 4
     assert 0.0 <= state["best"]["mean_iou"] <= 100.0 and state["args"]["batch_size"] == 4
     assert {"python", "numpy", "torch"} <= set(state["rng"][0])
     assert torch.equal(state["model"]["outc.1.weight"], snapshot["module.outc.1.weight"])
 
     # Running it again resumes from last.pth, finds the run complete and does nothing.
-    again = _train(["--data-dir", data_dir, "--input-size", "64,64", "--batch-size", "4", "--epochs", "6",
-                    "--restore-from", "none", "--snapshot-dir", snap, "--workers", "0"])
-    assert again.returncode == 0 and "nothing to do" in again.stdout
+    capsys.readouterr()
+    code = train.run(["--data-dir", data_dir, "--input-size", "64,64", "--batch-size", "4", "--epochs", "4",
+                      "--restore-from", "none", "--snapshot-dir", snap, "--workers", "0"])
+    assert code == 0 and "nothing to do: the training state is at iteration 16 of 16" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------------
@@ -165,84 +170,75 @@ def _assert_same_weights(whole: str, resumed: str) -> None:
 
 
 @pytest.mark.slow
-def test_sigkilled_run_resumes_to_the_same_weights(data_dir, whole_run, tmp_path):
-    common = ["--data-dir", data_dir, *DETERMINISTIC]
-    # The same run, SIGKILLed as soon as its first save (mid-epoch, iteration 3) is on disk.
+def test_killed_refused_and_terminated_runs_resume_to_the_same_weights(data_dir, whole_run, tmp_path):
+    """One folder through the ways a run ends early, each run resuming the one before:
+
+    1. SIGKILL once iteration 3 (mid-epoch) is saved: the dead run's lock blocks nobody;
+    2. the resuming run, paused (SIGSTOP) while it holds the folder: a second run is refused;
+    3. the same run, continued and sent SIGTERM: it saves the step it is at and exits 143;
+    4. a last run resumes from there to the end: the weights equal the uninterrupted run's exactly.
+    """
+    import socket
+
+    common = ["--data-dir", data_dir, *DETERMINISTIC, "--save-every", "3"]
     cut = str(tmp_path / "cut")
-    last = os.path.join(cut, "last.pth")
-    process = _start(common + ["--snapshot-dir", cut, "--save-every", "3"], stdout=subprocess.DEVNULL)
+    last, lock = os.path.join(cut, "last.pth"), os.path.join(cut, ".lock")
+
+    # 1. SIGKILL as soon as the first save is on disk.
+    process = _start(common + ["--snapshot-dir", cut], stdout=subprocess.DEVNULL)
     _wait_for(last, process)
     process.send_signal(signal.SIGKILL)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == -signal.SIGKILL, stderr[-3000:]
-    saved = torch.load(last, map_location="cpu", weights_only=True)
-    assert saved["iteration"] < 8  # killed before the end
-    # The dead run's lock file stays behind, and blocks nobody: the kernel dropped the lock.
-    assert "pid " in open(os.path.join(cut, ".lock")).read()
+    killed = torch.load(last, map_location="cpu", weights_only=True)
+    assert 3 <= killed["iteration"] < 8
+    assert f"pid {process.pid} " in open(lock).read()  # left behind by the dead run
 
-    resumed = _train(common + ["--snapshot-dir", cut, "--save-every", "3"], threads=1)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"starting at epoch {saved['iteration'] // 4}, iteration {saved['iteration']}" in resumed.stdout
+    # 2. The resuming run takes the folder (the dead run's lock is no obstacle) and is paused there.
+    resumed = _start(common + ["--snapshot-dir", cut], stdout=subprocess.PIPE)
+    _wait_for(lock, resumed, contains=f"pid {resumed.pid} ")
+    resumed.send_signal(signal.SIGSTOP)
+    try:
+        intruder = _train(common + ["--snapshot-dir", cut], threads=1)
+    finally:
+        resumed.send_signal(signal.SIGCONT)
+    assert intruder.returncode == 1
+    assert intruder.stderr.strip() == (
+        f"train.py: error: {cut} is in use by another training run (pid {resumed.pid} on host "
+        f"{socket.gethostname()}); wait for it to end, stop it, or choose another --snapshot-dir")
+    assert "images" not in intruder.stdout  # refused before the dataset was even checked
+
+    # 3. SIGTERM once it has started training again: it saves where it is and says so.
+    line = resumed.stdout.readline()
+    while line and not line.startswith("starting at "):
+        line = resumed.stdout.readline()
+    assert line.startswith(f"starting at epoch {killed['iteration'] // 4}, iteration {killed['iteration']} ")
+    resumed.send_signal(signal.SIGTERM)
+    _, stderr = resumed.communicate(timeout=120)
+    assert resumed.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    stopped = torch.load(last, map_location="cpu", weights_only=True)
+    message = stderr.strip().splitlines()[-1]
+    assert message == (f"train.py: interrupted by SIGTERM; {last} holds iteration {stopped['iteration']}: "
+                       f"run the same command again to continue from there")
+    assert killed["iteration"] <= stopped["iteration"] < 8 and "Traceback" not in stderr
+
+    # 4. To the end: bit-identical to the run that was never interrupted.
+    final = _train(common + ["--snapshot-dir", cut], threads=1)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert f"iteration {stopped['iteration']} " in final.stdout
     _assert_same_weights(whole_run, cut)
-    a = torch.load(os.path.join(whole_run, "last.pth"), map_location="cpu", weights_only=True)
-    moved = max((a["model"][k].float() - saved["model"][k].float()).abs().max().item() for k in a["model"])
-    assert moved > 0  # the resumed part did train
-    # The LR continues on the same schedule across the resume boundary. (The killed process may
+    whole = torch.load(os.path.join(whole_run, "last.pth"), map_location="cpu", weights_only=True)
+    moved = max((whole["model"][k].float() - killed["model"][k].float()).abs().max().item()
+                for k in whole["model"])
+    assert moved > 0  # the resumed runs did train
+    # The LR continues on the same schedule across the resume boundaries. (A killed process may
     # not have written its last events: tensorboardX writes from a queue.)
     lr_whole = _scalars(whole_run, "learning_rate")
     lr_cut = _scalars(cut, "learning_rate")
     assert sorted(lr_whole) == list(range(1, 9))
-    assert set(range(saved["iteration"] + 1, 9)) <= set(lr_cut) <= set(lr_whole)
+    assert set(range(stopped["iteration"] + 1, 9)) <= set(lr_cut) <= set(lr_whole)
     for step, value in lr_cut.items():
         assert value == pytest.approx(lr_whole[step], rel=1e-7), step
-
-
-@pytest.mark.slow
-def test_sigterm_saves_the_current_iteration_and_resumes_exactly(data_dir, whole_run, tmp_path):
-    common = ["--data-dir", data_dir, *DETERMINISTIC, "--save-every", "3"]
-    cut = str(tmp_path / "cut")
-    last = os.path.join(cut, "last.pth")
-    process = _start(common + ["--snapshot-dir", cut], stdout=subprocess.PIPE)
-    _wait_for(last, process)  # iteration 3 is saved; the run goes on
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-    saved = torch.load(last, map_location="cpu", weights_only=True)
-    message = stderr.strip().splitlines()[-1]
-    assert message == (f"train.py: interrupted by SIGTERM; {last} holds iteration {saved['iteration']}: "
-                       f"run the same command again to continue from there")
-    assert 3 <= saved["iteration"] < 8 and "Traceback" not in stderr
-
-    resumed = _train(common + ["--snapshot-dir", cut], threads=1)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"iteration {saved['iteration']} " in resumed.stdout
-    _assert_same_weights(whole_run, cut)
-
-
-@pytest.mark.slow
-def test_second_run_into_the_same_folder_is_refused(data_dir, whole_run, tmp_path):
-    import socket
-
-    common = ["--data-dir", data_dir, *DETERMINISTIC, "--save-every", "0"]
-    snap = str(tmp_path / "snap")
-    first = _start(common + ["--snapshot-dir", snap], stdout=subprocess.DEVNULL)
-    _wait_for(os.path.join(snap, ".lock"), first, contains="pid ")
-    first.send_signal(signal.SIGSTOP)  # holds the lock while the intruder tries
-    try:
-        start = time.monotonic()
-        second = _train(common + ["--snapshot-dir", snap], threads=1)
-        seconds = time.monotonic() - start
-    finally:
-        first.send_signal(signal.SIGCONT)
-    assert second.returncode == 1
-    assert second.stderr.strip() == (
-        f"train.py: error: {snap} is in use by another training run (pid {first.pid} on host "
-        f"{socket.gethostname()}); wait for it to end, stop it, or choose another --snapshot-dir")
-    assert "images" not in second.stdout  # refused before the dataset was even checked
-    print(f"refused in {seconds:.1f} s")
-    _, stderr = first.communicate(timeout=300)
-    assert first.returncode == 0, stderr[-3000:]
-    _assert_same_weights(whole_run, snap)  # the intruder changed nothing
 
 
 # ------------------------------------------------------------------------------------------
@@ -388,7 +384,7 @@ def test_time_budget_and_epochs_exclude_each_other(capsys):
 
 
 @pytest.mark.slow
-def test_time_budget_fixes_the_schedule_and_resume_keeps_it(data_dir, tmp_path):
+def test_time_budget_fixes_the_schedule_and_resume_keeps_it(data_dir, tmp_path, capsys):
     snap = str(tmp_path / "snap")
     common = ["--data-dir", data_dir, "--input-size", "48,48", "--batch-size", "4", "--learning-rate", "1e-2",
               "--restore-from", "none", "--snapshot-dir", snap, "--workers", "0", "--log-every", "1",
@@ -407,8 +403,9 @@ def test_time_budget_fixes_the_schedule_and_resume_keeps_it(data_dir, tmp_path):
     for step in (4, 5, 6):
         assert lr[step] == pytest.approx(poly_lr(1e-2, step - 1, 4 * epochs), rel=1e-6)
 
-    again = _train(common + ["--max-iters", "7"])  # resumed: the same schedule, not a new plan
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "--time-budget 60 min: " not in again.stdout and f"x {epochs} epochs" in again.stdout
+    capsys.readouterr()
+    code = train.run(common + ["--max-iters", "7"])  # resumed: the same schedule, not a new plan
+    out = capsys.readouterr().out
+    assert code == 0 and "--time-budget 60 min: " not in out and f"x {epochs} epochs" in out
     state = torch.load(os.path.join(snap, "last.pth"), map_location="cpu", weights_only=True)
     assert state["iteration"] == 7 and state["schedule"]["total_iters"] == 4 * epochs
