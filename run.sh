@@ -37,7 +37,7 @@ EOF
   fi
   # --time-budget: as many epochs as this CPU trains in the demo's minutes (fixed after timing a
   # few steps; a resumed demo keeps that schedule).
-  "$PYTHON" train.py --data-dir "$DEMO_DATA" --input-size 128,128 --batch-size 8 --learning-rate 1e-2 \
+  "$PYTHON" train.py --data-dir "$DEMO_DATA" --input-size 128,128 --batch-size 4 --learning-rate 1e-2 \
     --time-budget "${DEMO_MINUTES:-4.5}" --eval-every 5 --restore-from none --snapshot-dir "$DEMO_SNAPSHOTS" \
     --workers 0 --log-every 10 --image-every 60 --save-every 0 ${extra[@]+"${extra[@]}"}
   echo
