@@ -38,7 +38,9 @@ the RSS after building the model and optimizer reported too, so what the step it
 (gradients, momentum, activations) is visible. On the CPU, configurations sharing a process also
 share glibc's allocator state (its mmap threshold adapts to the largest blocks freed), which
 changes page-fault counts: ``--isolate`` times each configuration in fresh processes instead,
-alternating them (A B A B ...), as one training run sees it.
+alternating them (A B A B ...), as one training run sees it. In fresh processes the ``default``
+configuration also gets train.py's ``--malloc reuse`` (glibc keeps freed memory: no page faults
+per activation), which a process shared with other configurations cannot give it alone.
 """
 from __future__ import annotations
 
@@ -67,6 +69,7 @@ from bench.common import (
 )
 from utils import recipe
 from utils.cli import parse_size, positive_int
+from utils.cpu_defaults import keep_freed_memory
 from utils.labels import IGNORE_LABEL, NUM_CLASSES
 
 
@@ -298,6 +301,9 @@ def worker(name: str, args: argparse.Namespace) -> dict:
     """
     device = args.device
     cuda = device.type == "cuda"
+    # train.py's default on the CPU (--malloc reuse); the other configs keep glibc's defaults, as
+    # the authors' code ran. Only a fresh process can make the difference (it is process-wide).
+    reuse = not cuda and name == "default" and keep_freed_memory()
     images, labels = make_batch(args.batch_size, args.input_size, device)
     start_mb = torch.cuda.memory_allocated(device) / 2 ** 20 if cuda else rss_mb()
     step = TrainStep(configs_for(device)[name], device, images, labels)
@@ -310,7 +316,7 @@ def worker(name: str, args: argparse.Namespace) -> dict:
     peak_mb = torch.cuda.max_memory_allocated(device) / 2 ** 20 if cuda else peak_rss_mb()
     return {"start_mem_mb": start_mb, "model_mem_mb": model_mb, "peak_mem_mb": peak_mb,
             "step_mem_mb": peak_mb - model_mb, "loss": step.last_loss, "step_samples": samples[name],
-            "counters": counters[name],
+            "counters": counters[name], "malloc": "reuse" if reuse else "system",
             "memory_kind": "cuda max_memory_allocated" if cuda else "peak RSS (VmHWM) of a fresh process"}
 
 

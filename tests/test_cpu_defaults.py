@@ -1,10 +1,16 @@
 """utils/cpu_defaults.py: the per-CPU-class training defaults and the reason printed with them."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from utils import cpu_defaults as cd
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_avx512_bf16_keeps_bf16_channels_last_in_place():
@@ -67,3 +73,46 @@ def test_train_and_evaluation_defaults_follow_the_cpu_class(monkeypatch, capabil
     args = train.get_args_parser().parse_args(["--device", "cpu", "--amp", "off", "--no-channels-last"])
     train.setup_device(args)
     assert (args.amp, args.channels_last) == ("off", False)
+
+
+_FAULTS = """
+import resource, sys
+import numpy as np
+from utils.cpu_defaults import keep_freed_memory
+tuned = keep_freed_memory() if sys.argv[1] == "reuse" else False
+faults = []
+for _ in range(3):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = np.ones(64 << 20, np.uint8)  # 64 MiB: above glibc's largest mmap threshold
+    del block
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(tuned, *faults)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_reuses_blocks_without_page_faults():
+    """An activation-sized block freed and allocated again: glibc's defaults map it anew and fault
+    every page in each time; with keep_freed_memory (train.py's --malloc reuse) the second and third
+    allocations reuse the heap and fault nothing."""
+    runs = {}
+    for mode in ("reuse", "system"):
+        done = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, PYTHONPATH=ROOT))
+        assert done.returncode == 0, done.stderr[-2000:]
+        tuned, *faults = done.stdout.split()
+        runs[mode] = (tuned, [int(f) for f in faults])
+    assert runs["reuse"][0] == "True" and runs["system"][0] == "False"
+    assert max(runs["reuse"][1][1:]) < 20, runs  # reused: no new pages
+    assert min(runs["system"][1][1:]) > 100, runs  # mapped and faulted in again each time
+
+
+def test_train_resolves_the_malloc_choice():
+    import train
+
+    args = train.get_args_parser().parse_args(["--device", "cpu", "--malloc", "system"])
+    train.setup_device(args)
+    assert args.malloc_reuse is False
+    args = train.get_args_parser().parse_args(["--device", "cpu"])
+    train.setup_device(args)
+    assert args.malloc_reuse is sys.platform.startswith("linux")
