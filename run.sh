@@ -29,7 +29,7 @@ No dataset at ${DATA_DIR}.
   authors from the Google Drive folder linked in README.md: put the dataset in ${DATA_DIR}
   and resnet101-imagenet.pth in ./Trained_Models/, then run ./run.sh again.
 Meanwhile: a demo on a synthetic set (${DEMO_DATA}), from scratch, 128x128 crops, into ${DEMO_SNAPSHOTS}
-(${DEMO_MINUTES:-4.5} minutes of training, as many epochs as this CPU manages in them; run again after an
+(${DEMO_MINUTES:-5} minutes of training, as many epochs as this CPU manages in them; run again after an
 interruption to continue, delete ${DEMO_SNAPSHOTS} to start over).
 EOF
   if [ ! -f "${DEMO_DATA}/val_id.txt" ]; then
@@ -38,7 +38,7 @@ EOF
   # --time-budget: as many epochs as this CPU trains in the demo's minutes (fixed after timing a
   # few steps; a resumed demo keeps that schedule).
   "$PYTHON" train.py --data-dir "$DEMO_DATA" --input-size 128,128 --batch-size 4 --learning-rate 1e-2 \
-    --time-budget "${DEMO_MINUTES:-4.5}" --eval-every 5 --restore-from none --snapshot-dir "$DEMO_SNAPSHOTS" \
+    --time-budget "${DEMO_MINUTES:-5}" --eval-every 5 --restore-from none --snapshot-dir "$DEMO_SNAPSHOTS" \
     --workers 0 --log-every 10 --image-every 60 --save-every 0 ${extra[@]+"${extra[@]}"}
   echo
   echo "Demo done. See it in TensorBoard:  .venv/bin/tensorboard --logdir ${DEMO_SNAPSHOTS#./}"
