@@ -6,14 +6,16 @@
 
 Every image is letterboxed into the crop exactly as the loader does, predicted, warped back to
 its original size and scored against its ground truth there: mean IU, pixel accuracy and mean
-accuracy over the authors' 8 classes. ``--truncate-centers`` reproduces the authors' int32
+accuracy over the classes of the label set (the authors' 8 by default; ``--labels``, else
+``labels.json`` in ``--data-dir``, else the set the checkpoint records; a checkpoint of other
+classes is refused). ``--truncate-centers`` reproduces the authors' int32
 centers (their logged numbers); ``--flip`` and ``--scales`` add test-time augmentation, which
 the original did not have. ``--onnx MODEL.onnx`` (in place of ``--restore-from``) evaluates an
 export.py model through onnxruntime with the same pre- and post-processing (docs/deploy.md).
 
 Exit status: 0 on success; 1 for a bad dataset or a failure while evaluating; 2 for bad
-arguments or an unusable checkpoint or ONNX model. The metrics file is written (atomically)
-only on success.
+arguments, a bad label set, or an unusable checkpoint or ONNX model (of other classes than the
+label set's included). The metrics file is written (atomically) only on success.
 """
 from __future__ import annotations
 
@@ -26,10 +28,19 @@ import sys
 import cv2
 
 from utils import recipe
-from utils.cli import add_inference_arguments, die, output_folder_problem, setup_device, setup_model
+from utils.cli import (
+    add_inference_arguments,
+    die,
+    given_labels,
+    network_label_set,
+    output_folder_problem,
+    read_network,
+    setup_device,
+    setup_model,
+)
 from utils.inference import evaluate_model, make_eval_loader
-from utils.labels import IGNORE_LABEL, class_names
-from utils.pipeline import InferenceStats, save_prediction
+from utils.labels import IGNORE_LABEL, LabelSet
+from utils.pipeline import InferenceStats, save_legend, save_prediction
 
 PROG = "evaluate.py"
 
@@ -52,13 +63,14 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gpu", default=None,
                         help="authors' flag: GPU ids to expose through CUDA_VISIBLE_DEVICES (e.g. 0); "
                              "default: leave the environment as it is")
-    add_inference_arguments(parser, onnx=True)
+    add_inference_arguments(parser, onnx=True, data_dir=True)
     parser.add_argument("--truncate-centers", action="store_true",
                         help="store centers as int32 before warping predictions back, as the authors did "
                              "(reproduces their numbers; off: exact float centers)")
     parser.add_argument("--save-path", default=None, metavar="DIR",
-                        help="write <id>_label.png (ids), <id>_color.png (palette), <id>_overlay.jpg at the "
-                             "original size, plus confusion_matrix.png and per_class_iou.png")
+                        help="write <id>_label.png (ids), <id>_color.png (the label set's colours), "
+                             "<id>_overlay.jpg at the original size, plus legend.png, confusion_matrix.png "
+                             "and per_class_iou.png")
     parser.add_argument("--metrics-out", default=None, metavar="FILE.json",
                         help="write the metrics, confusion matrix and settings as JSON (only on success)")
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
@@ -66,12 +78,6 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     if not 0 <= args.ignore_label <= 255:
         parser.error(f"argument --ignore-label: expected 0..255 (labels are 8-bit PNGs), "
                      f"got {args.ignore_label}")
-    if args.num_classes > 255:
-        parser.error(f"argument --num-classes: at most 255 classes fit in 8-bit labels, "
-                     f"got {args.num_classes}")
-    if args.ignore_label < args.num_classes:
-        parser.error(f"argument --ignore-label: {args.ignore_label} is a class id "
-                     f"(0..{args.num_classes - 1})")
     return args
 
 
@@ -88,8 +94,8 @@ def one_line(exc: BaseException) -> str:
     return last[len(prefix):] if last.startswith(prefix) else last
 
 
-def check_split(data_dir: str, split: str, num_classes: int, ignore_label: int) -> None:
-    """Stop before any work if the split is missing or the checker finds a problem."""
+def find_split(data_dir: str, split: str) -> None:
+    """Stop at once if the folder or the split's id list is missing, or the split is a training one."""
     if not os.path.isdir(data_dir):
         fail(f"{data_dir}: dataset folder not found (set --data-dir)")
     id_file = os.path.join(data_dir, f"{split}_id.txt")
@@ -97,14 +103,19 @@ def check_split(data_dir: str, split: str, num_classes: int, ignore_label: int) 
         have = sorted(f[:-len("_id.txt")] for f in os.listdir(data_dir) if f.endswith("_id.txt"))
         fail(f"{id_file}: not found: {data_dir} has no split {split!r} "
              f"(splits there: {', '.join(have) if have else 'none'})")
-    from dataset.check import check_dataset
     from dataset.datasets import is_training_split
 
     if is_training_split(split):
         fail(f"--dataset {split}: training splits are loaded with random augmentation; "
              f"evaluate val, trainTest or another held-out split")
 
-    report = check_dataset(data_dir, [split], num_classes=num_classes, ignore_label=ignore_label)
+
+def check_split(data_dir: str, split: str, label_set: LabelSet, ignore_label: int) -> None:
+    """Stop before any work if the checker finds a problem in the split (ids outside the label set
+    included)."""
+    from dataset.check import check_dataset
+
+    report = check_dataset(data_dir, [split], label_set=label_set, ignore_label=ignore_label)
     if not report.ok:
         print(f"{PROG}: error: {data_dir} split {split!r} failed the dataset check:", file=sys.stderr)
         for problem in report.problems:
@@ -116,6 +127,8 @@ def check_split(data_dir: str, split: str, num_classes: int, ignore_label: int) 
         if report.summary:
             print(report.summary, file=sys.stderr)
         sys.exit(1)
+    for line in report.warnings:
+        print(f"{PROG}: {line}", file=sys.stderr)
 
 
 def write_json_atomic(obj: dict, path: str) -> None:
@@ -138,7 +151,14 @@ def main(args: argparse.Namespace) -> None:
     if args.gpu is not None:  # before anything touches CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
     device = setup_device(args, fail)
-    check_split(args.data_dir, args.dataset, args.num_classes, args.ignore_label)
+    find_split(args.data_dir, args.dataset)
+    given = given_labels(args, fail, data_dir=args.data_dir)
+    network = read_network(args, fail)
+    label_set = network_label_set(args, network, given, fail)
+    if args.ignore_label < label_set.num_classes:
+        fail(f"argument --ignore-label: {args.ignore_label} is a class id of the label set "
+             f"({label_set.describe()})", 2)
+    check_split(args.data_dir, args.dataset, label_set, args.ignore_label)
     # Fail now, not after the whole evaluation, if the outputs cannot be written.
     metrics_dir = os.path.dirname(os.path.abspath(args.metrics_out)) if args.metrics_out else None
     for folder in filter(None, [args.save_path, metrics_dir]):
@@ -152,21 +172,21 @@ def main(args: argparse.Namespace) -> None:
     try:
         dataset = CartoonDataSet(args.data_dir, args.dataset, crop_size=args.input_size,
                                  ignore_label=args.ignore_label, transform=default_transform(),
-                                 num_classes=args.num_classes)
+                                 label_set=label_set)
     except (ValueError, OSError) as exc:
         fail(one_line(exc))
-    model = setup_model(args, device, fail)
+    model = setup_model(args, network, label_set, device, fail)
     loader = make_eval_loader(dataset, batch_size=args.batch_size, workers=args.workers,
                               pin_memory=device is not None and device.type == "cuda")
-    names = class_names(args.num_classes)
+    names = list(label_set.names)
 
     def save_pictures(name: str, label, index: int) -> None:
         image = cv2.imread(dataset.image_path(index), cv2.IMREAD_COLOR)
-        save_prediction(args.save_path, name, label, image)
+        save_prediction(args.save_path, name, label, image, label_set=label_set)
 
     stats = InferenceStats()
     try:
-        matrix = evaluate_model(model, dataset, loader, device, num_classes=args.num_classes, amp=args.amp,
+        matrix = evaluate_model(model, dataset, loader, device, label_set=label_set, amp=args.amp,
                                 flip=args.flip, scales=args.scales, truncate_centers=args.truncate_centers,
                                 progress=not args.no_progress, channels_last=args.channels_last,
                                 on_prediction=save_pictures if args.save_path else None, stats=stats)
@@ -179,6 +199,7 @@ def main(args: argparse.Namespace) -> None:
     network = args.onnx or args.restore_from
     runtime = "onnxruntime (cpu)" if args.onnx else f"device {device}"
     print(f"Evaluated {stats.images} images of {args.data_dir} split {args.dataset!r} with {network}")
+    print(f"Label set: {label_set.describe()}; mirror pairs: {label_set.pairs_text()}")
     print(f"Settings: input {args.input_size[0]}x{args.input_size[1]}, amp {args.amp}, "
           f"flip {'on' if args.flip else 'off'}, scales {','.join(f'{s:g}' for s in args.scales)}, "
           f"centers {'truncated (authors)' if args.truncate_centers else 'float'}, {runtime}")
@@ -191,9 +212,10 @@ def main(args: argparse.Namespace) -> None:
 
         save_figure(confusion_matrix_figure(matrix.mat, names),
                     os.path.join(args.save_path, "confusion_matrix.png"))
-        save_figure(iou_bar_figure(list(metrics["per_class_iou"].values()), names,
+        save_figure(iou_bar_figure(list(metrics["per_class_iou"].values()), label_set,
                                    mean_iou=metrics["mean_iou"]),
                     os.path.join(args.save_path, "per_class_iou.png"))
+        save_legend(args.save_path, label_set)
         print(f"Pictures in {args.save_path}")
     if args.metrics_out:
         metrics.update({
@@ -211,6 +233,7 @@ def main(args: argparse.Namespace) -> None:
             "runtime": "onnxruntime" if args.onnx else "pytorch",
             "device": "cpu" if args.onnx else str(device),
             "images_per_second": stats.images_per_second,
+            "label_set": dict(label_set.to_dict(), source=label_set.source),
         })
         try:
             write_json_atomic(metrics, args.metrics_out)

@@ -12,13 +12,14 @@ dropped), with every InPlace-ABN folded into the convolution before it (``networ
   (N x H x W int64; no flip or multi-scale testing on such a model);
 - batch, H and W are dynamic: one file serves any input size (``--input-size`` is the size of
   the example traced, and the training crop recorded in the metadata);
-- metadata: class names, palette, mean, std, channel order, input size, output kind, checkpoint.
+- metadata: the label set (class names, left/right flip pairs, palette; the checkpoint's own, or
+  ``--labels`` for the same classes), mean, std, channel order, input size, output kind, checkpoint.
 
 The model is written atomically (a temporary file beside ``--out``, then renamed) and checked
 with onnxruntime against the PyTorch network on one random input before it replaces anything.
 
-Exit status: 0 on success; 2 for bad arguments, an unusable checkpoint or an unwritable output;
-1 if the exporter or the check fails.
+Exit status: 0 on success; 2 for bad arguments, a bad label set, an unusable checkpoint or an
+unwritable output; 1 if the exporter or the check fails.
 """
 from __future__ import annotations
 
@@ -37,8 +38,18 @@ from torch import nn
 
 from utils import recipe
 from utils.checkpoint import atomic_file
-from utils.cli import die, first_line, output_folder_problem, parse_size, positive_int
-from utils.labels import PALETTE, class_names
+from utils.cli import (
+    add_label_arguments,
+    die,
+    first_line,
+    given_labels,
+    network_label_set,
+    output_folder_problem,
+    parse_size,
+    positive_int,
+    read_network,
+)
+from utils.labels import LabelSet, stored_form
 from utils.onnx_infer import OUTPUTS, OnnxModel, OnnxModelError
 from utils.transforms import MEAN, STD
 
@@ -80,8 +91,7 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--input-size", type=parse_size, default=recipe.INPUT_SIZE, metavar="H,W",
                         help="example input traced and training crop recorded in the metadata (H and W stay "
                              "dynamic unless --static)")
-    parser.add_argument("--num-classes", type=positive_int, default=recipe.NUM_CLASSES,
-                        help="number of classes the checkpoint predicts (8 for the Dog dataset)")
+    add_label_arguments(parser, data_dir=False)
     parser.add_argument("--output", choices=OUTPUTS, default="logits",
                         help="logits (N x C x H x W, the last output of DFPNet.forward), probs (softmax) or "
                              "labels (N x H x W argmax)")
@@ -97,14 +107,18 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 fail = functools.partial(die, PROG)
 
 
-def metadata(args: argparse.Namespace) -> dict[str, str]:
-    """What a deployment needs beside the weights, as ONNX metadata_props (string values)."""
+def metadata(args: argparse.Namespace, label_set: LabelSet) -> dict[str, str]:
+    """What a deployment needs beside the weights, as ONNX metadata_props (string values). ``label_set``
+    is the whole set (utils.onnx_infer reads it back); names, pairs and palette are also given on
+    their own for other tools."""
     return {
-        "model": "DFPnet (cartoon dog parsing)",
+        "model": "DFPnet (part parsing)",
         "output": args.output,
-        "num_classes": str(args.num_classes),
-        "class_names": json.dumps(class_names(args.num_classes)),
-        "palette_rgb": json.dumps(PALETTE[:args.num_classes].tolist()),
+        "label_set": stored_form(label_set),
+        "num_classes": str(label_set.num_classes),
+        "class_names": json.dumps(list(label_set.names)),
+        "flip_pairs": json.dumps([list(pair) for pair in label_set.flip_pairs]),
+        "palette_rgb": json.dumps(label_set.colours().tolist()),
         "mean": json.dumps(list(MEAN)),
         "std": json.dumps(list(STD)),
         "channel_order": "BGR",
@@ -147,13 +161,17 @@ def main(args: argparse.Namespace) -> None:
     from utils.checkpoint import CheckpointError
     from utils.cli import load_model
 
+    given = given_labels(args, fail)
     problem = output_folder_problem(os.path.dirname(os.path.abspath(args.out)))
     if problem:
         fail(problem, 2)
+    weights = read_network(args, fail)
+    label_set = network_label_set(args, weights, given, fail)
     try:
-        model = load_model(args.restore_from, args.num_classes, torch.device("cpu"), fuse=True)
+        model = load_model(weights, label_set.num_classes, torch.device("cpu"), fuse=True)
     except CheckpointError as exc:
         fail(str(exc), 2)
+    del weights
     module = FinalMap(model, args.output).eval()
     # Batch 2, not 1: torch.export would take a batch of 1 for a constant.
     example = torch.randn(1 if args.static else 2, 3, *args.input_size,
@@ -161,23 +179,27 @@ def main(args: argparse.Namespace) -> None:
 
     with atomic_file(args.out) as tmp:
         try:
-            export_onnx(module, example, tmp, opset=args.opset, dynamic=not args.static, props=metadata(args))
+            export_onnx(module, example, tmp, opset=args.opset, dynamic=not args.static,
+                        props=metadata(args, label_set))
         except Exception as exc:  # noqa: BLE001 - the exporter raises many types; one line for the user
             fail(f"{args.restore_from}: the ONNX export failed: {first_line(exc)}")
         if not args.no_check:
-            check(module, tmp, example, args)
+            check(module, tmp, example, args, label_set)
     size_mb = os.path.getsize(args.out) / 2**20
     print(f"Wrote {args.out} ({size_mb:.1f} MiB, opset {args.opset}, output {args.output}, "
           f"{'static 1x3x{}x{}'.format(*args.input_size) if args.static else 'dynamic batch, H and W'}) "
-          f"from {args.restore_from}")
+          f"from {args.restore_from}; label set: {label_set.describe()}")
 
 
-def check(module: FinalMap, path: str, example: torch.Tensor, args: argparse.Namespace) -> None:
+def check(module: FinalMap, path: str, example: torch.Tensor, args: argparse.Namespace,
+          label_set: LabelSet) -> None:
     """Run the written model on ``example`` and compare with PyTorch; fail if they disagree."""
     try:
-        session = OnnxModel(path, num_classes=args.num_classes)
+        session = OnnxModel(path)
     except OnnxModelError as exc:
         fail(f"{args.out}: the exported model does not load: {exc}")
+    if session.label_set is None or session.label_set.to_dict() != label_set.to_dict():
+        fail(f"{args.out}: the exported model does not record the label set")
     with torch.inference_mode():
         want = module(example).numpy()
     got = session(example.numpy())

@@ -6,9 +6,12 @@
 
 Each image (any size, any format OpenCV reads) is letterboxed into the crop exactly as the
 loader does for val images, predicted, and warped back to its original size. Written per image:
-``<stem>_label.png`` (class ids 0..7), ``<stem>_color.png`` (the palette) and
-``<stem>_overlay.jpg`` (colours over the image). A file that cannot be read is reported on one
-line and skipped; the exit status is then 1 once the others are done.
+``<stem>_label.png`` (class ids), ``<stem>_color.png`` (the label set's colours) and
+``<stem>_overlay.jpg`` (colours over the image); once, ``legend.png`` (each colour's class). The
+label set is the one the checkpoint or ONNX model records (the Dog set for the authors' files),
+or ``--labels`` (the same classes; other colours or flip pairs). A file that cannot be read is
+reported on one line and skipped; the exit status is then 1 once the others are done; 2 for bad
+arguments, a bad label set, or an unusable checkpoint or model.
 
 With ``--onnx`` (a model written by export.py) the network runs through onnxruntime and this
 script imports neither torch nor anything that does: a deployment can ship without PyTorch.
@@ -24,15 +27,31 @@ import cv2
 from tqdm import tqdm
 
 from utils import recipe
-from utils.cli import add_inference_arguments, die, setup_device, setup_model
-from utils.pipeline import ImageFiles, InferenceStats, batches, list_images, run_loop, save_prediction
+from utils.cli import (
+    add_inference_arguments,
+    die,
+    given_labels,
+    network_label_set,
+    read_network,
+    setup_device,
+    setup_model,
+)
+from utils.pipeline import (
+    ImageFiles,
+    InferenceStats,
+    batches,
+    list_images,
+    run_loop,
+    save_legend,
+    save_prediction,
+)
 
 PROG = "parse_images.py"
 
 
 def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=PROG, description="Predict the dog-part labels of arbitrary images "
-                                     "and write label, colour and overlay pictures at their original size.")
+    parser = argparse.ArgumentParser(prog=PROG, description="Predict the part labels of arbitrary images and "
+                                     "write label, colour and overlay pictures at their original size.")
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
                         help="image files, or folders whose image files (not sub-folders) are all parsed")
     parser.add_argument("--restore-from", default=recipe.EVAL_CHECKPOINT,
@@ -53,7 +72,10 @@ def main(args: argparse.Namespace) -> int:
     paths = list_images(args.inputs)
     if not paths:
         fail(f"no image files in {', '.join(args.inputs)}")
-    model = setup_model(args, device, fail)
+    given = given_labels(args, fail)
+    network = read_network(args, fail)
+    label_set = network_label_set(args, network, given, fail)
+    model = setup_model(args, network, label_set, device, fail)
     images = ImageFiles(paths, args.input_size)
     os.makedirs(args.out, exist_ok=True)
     failed: list[str] = []
@@ -66,13 +88,13 @@ def main(args: argparse.Namespace) -> int:
             tqdm.write(f"{PROG}: error: {path}: {item['error'] or 'could not read the image again'}; skipped",
                        file=sys.stderr)
             return
-        save_prediction(args.out, str(item["name"]), label, image)
+        save_prediction(args.out, str(item["name"]), label, image, label_set=label_set)
 
     stats = InferenceStats()
     try:
         if args.onnx:  # torch-free: onnxruntime already uses every core, so images are read in turn
             def predict(batch):
-                return model.predict_labels(batch, flip=args.flip, scales=args.scales)
+                return model.predict_labels(batch, flip=args.flip, scales=args.scales, label_set=label_set)
 
             run_loop(batches(images, args.batch_size), predict, save, total=len(images),
                      progress=not args.no_progress, desc="parsing", stats=stats)
@@ -83,15 +105,17 @@ def main(args: argparse.Namespace) -> int:
 
             loader = DataLoader(images, batch_size=args.batch_size, num_workers=args.workers,
                                 pin_memory=device.type == "cuda")
-            run_inference(model, loader, device, save, num_classes=args.num_classes, amp=args.amp,
+            run_inference(model, loader, device, save, label_set=label_set, amp=args.amp,
                           flip=args.flip, scales=args.scales, channels_last=args.channels_last,
                           progress=not args.no_progress, desc="parsing", stats=stats)
+        save_legend(args.out, label_set)
     except OSError as exc:  # an output picture could not be written: no point going on
         fail(str(exc))
     done = stats.images - len(failed)
     runtime = "onnxruntime, cpu" if args.onnx else f"device {device}"
     print(f"Parsed {done} of {stats.images} images into {args.out} "
-          f"({stats.images_per_second:.2f} images/s, {runtime})")
+          f"({stats.images_per_second:.2f} images/s, {runtime}); label set: {label_set.describe()}, "
+          f"colours in {os.path.join(args.out, 'legend.png')}")
     if failed:
         print(f"{PROG}: error: {len(failed)} file(s) could not be read: {', '.join(failed[:5])}"
               f"{' ...' if len(failed) > 5 else ''}", file=sys.stderr)

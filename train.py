@@ -1,6 +1,7 @@
 """Train DFPnet on the cartoon dog parsing dataset (the authors' recipe, docs/reference.md section 6).
 
     python train.py --data-dir ./dataset/Cartoon_sketches/Dog/ --input-size 384,384 --batch-size 12
+    python train.py --data-dir ./my_data/ --labels lip   # another label set (else my_data/labels.json)
     torchrun --nproc_per_node=4 train.py ...        # DistributedDataParallel; --batch-size is per process
 
 SGD (momentum 0.9, weight decay 5e-4) from the ImageNet deep-stem ResNet-101, poly learning
@@ -9,8 +10,11 @@ epochs the val and trainTest splits are evaluated with the same code as evaluate
 --snapshot-dir: TensorBoard events, DFPnet_epoch_<e>.pth (authors' format), best.pth (best val
 mean IU) and last.pth (the full training state that --resume continues from, exactly).
 
-Exit status: 0 done; 1 dataset problem, non-finite loss or out of memory; 2 bad arguments or an
-unusable checkpoint.
+The label set (class names, left/right flip pairs, colours; docs/labels.md) is --labels, else
+labels.json in --data-dir, else the Dog set; every checkpoint written records it.
+
+Exit status: 0 done; 1 dataset problem, non-finite loss or out of memory; 2 bad arguments, a bad
+label set or an unusable checkpoint.
 """
 from __future__ import annotations
 
@@ -31,13 +35,13 @@ from utils import distributed as du
 from utils import recipe
 from utils.checkpoint import (
     CheckpointError,
-    extract_state_dict,
     load_imagenet_backbone,
     load_state_dict_strict,
-    read_checkpoint,
+    read_weights,
 )
 from utils.cli import (
     AMP_MODES,
+    add_label_arguments,
     default_amp,
     first_line,
     non_negative_float,
@@ -61,7 +65,7 @@ from utils.engine import (
     restore_rng_state,
     train_one_epoch,
 )
-from utils.labels import IGNORE_LABEL, NUM_CLASSES, class_names
+from utils.labels import IGNORE_LABEL, LabelSet, LabelSetError, check_num_classes, resolve_label_set
 from utils.snapshots import (
     SnapshotDirBusy,
     Snapshots,
@@ -105,8 +109,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="SGD weight decay (L2)")
     parser.add_argument("--power", type=non_negative_float, default=recipe.POWER,
                         help="poly exponent: lr = base * (1 - iteration / total) ** power")
-    parser.add_argument("--num-classes", type=positive_int, default=NUM_CLASSES,
-                        help="number of classes, background included (8 for the Dog dataset)")
+    add_label_arguments(parser, stored=False)
     parser.add_argument("--ignore-label", type=int, default=IGNORE_LABEL,
                         help="label id that gets no loss and no score")
     parser.add_argument("--random-mirror", action="store_true",
@@ -118,7 +121,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="seed of the initial weights, the data order, the augmentation and dropout")
     parser.add_argument("--restore-from", default=recipe.IMAGENET_WEIGHTS,
                         help="initial weights: the ImageNet deep-stem ResNet-101 (backbone only) or a full "
-                             "DFPnet checkpoint (fine-tuning); 'none' trains from scratch")
+                             "DFPnet checkpoint (fine-tuning; of another label set: its classifiers are "
+                             "re-initialised); 'none' trains from scratch")
     parser.add_argument("--snapshot-dir", default=recipe.SNAPSHOT_DIR,
                         help="where checkpoints and TensorBoard events go")
     parser.add_argument("--gpu", default=None,
@@ -192,9 +196,6 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if not 0 <= args.ignore_label <= 255:
         parser.error(f"argument --ignore-label: expected 0..255 (labels are 8-bit PNGs), "
                      f"got {args.ignore_label}")
-    if args.num_classes > 255 or args.ignore_label < args.num_classes:
-        parser.error(f"argument --num-classes: {args.num_classes} classes leave no room for --ignore-label "
-                     f"{args.ignore_label}")
     if args.time_budget is not None and args.epochs is not None:
         parser.error("argument --time-budget: not with --epochs (the budget decides the number of epochs)")
     if args.time_budget is None and args.epochs is None:
@@ -253,13 +254,23 @@ def training_splits(data_dir: str, dataset: str) -> list[str]:
     return [dataset]
 
 
-def check_data(args: argparse.Namespace, splits: list[str]) -> bool:
+def training_label_set(args: argparse.Namespace) -> LabelSet:
+    """--labels, else labels.json in --data-dir, else the Dog set; --num-classes and --ignore-label must
+    agree with it. Raises LabelSetError (a bad set, or a disagreeing --num-classes) or UsageError."""
+    label_set = resolve_label_set(args.labels, args.data_dir)
+    check_num_classes(label_set, args.num_classes)
+    if args.ignore_label < label_set.num_classes:
+        raise UsageError(f"argument --ignore-label: {args.ignore_label} is a class id of the label set "
+                         f"({label_set.describe()})")
+    return label_set
+
+
+def check_data(args: argparse.Namespace, splits: list[str], label_set: LabelSet) -> bool:
     """dataset.check on every split this run reads, on rank 0; every rank gets the verdict."""
     ok = [True]
     if du.is_main_process():
         from dataset.check import check_dataset
-        report = check_dataset(args.data_dir, splits, num_classes=args.num_classes,
-                               ignore_label=args.ignore_label)
+        report = check_dataset(args.data_dir, splits, label_set=label_set, ignore_label=args.ignore_label)
         if not report.ok:
             print(f"{PROG}: error: {args.data_dir} failed the dataset check (splits {', '.join(splits)}):",
                   file=sys.stderr)
@@ -274,6 +285,8 @@ def check_data(args: argparse.Namespace, splits: list[str]) -> bool:
                 print("Get the Dog dataset from the authors' Google Drive folder (see README.md), or try "
                       "./run.sh, which trains a demo on a generated synthetic set.", file=sys.stderr)
         else:
+            for line in report.warnings:
+                print(f"{PROG}: {line}", file=sys.stderr, flush=True)
             print(report.summary, flush=True)
         ok = [report.ok]
     if du.is_dist_avail_and_initialized():
@@ -281,14 +294,14 @@ def check_data(args: argparse.Namespace, splits: list[str]) -> bool:
     return bool(ok[0])
 
 
-def build_train_dataset(args: argparse.Namespace, splits: list[str]):
+def build_train_dataset(args: argparse.Namespace, splits: list[str], label_set: LabelSet):
     from dataset.datasets import CartoonDataSet
     from dataset.transforms import default_transform
 
     parts = []
     for split in splits:
         part = CartoonDataSet(args.data_dir, split, crop_size=args.input_size, ignore_label=args.ignore_label,
-                              transform=default_transform(), num_classes=args.num_classes)
+                              transform=default_transform(), label_set=label_set)
         # `trainval` built from train + val: the val part must be augmented like the training split.
         part.is_train = True
         parts.append(part)
@@ -318,8 +331,9 @@ def init_from_scratch(model: torch.nn.Module) -> None:
             torch.nn.init.zeros_(module.bn3.weight)  # InPlace-ABN scale |0| + eps: branch ~ 0
 
 
-def initialise_weights(model: torch.nn.Module, restore_from: str) -> str:
-    """--restore-from: ImageNet backbone, or a whole DFPnet checkpoint; a missing file is loud, not fatal."""
+def initialise_weights(model: torch.nn.Module, restore_from: str, label_set: LabelSet) -> str:
+    """--restore-from: ImageNet backbone, or a whole DFPnet checkpoint (of another label set: all but the
+    classifiers); a missing file is loud, not fatal."""
     if restore_from.lower() in ("", "none") or not os.path.isfile(restore_from):
         init_from_scratch(model)
     if restore_from.lower() in ("", "none"):
@@ -334,13 +348,30 @@ def initialise_weights(model: torch.nn.Module, restore_from: str) -> str:
                   flush=True)
         return f"RANDOM initialisation ({restore_from} not found)"
     # The backbone from ImageNet, the rest PyTorch's default init: the authors' recipe.
-    state = extract_state_dict(read_checkpoint(restore_from), restore_from)
-    if any(key.startswith("outc.") for key in state):  # a whole DFPnet: fine-tune / continue from it
-        load_state_dict_strict(model, state, restore_from)
-        return f"all weights from {restore_from}"
-    del state
+    weights = read_weights(restore_from)
+    if any(key.startswith("outc.") for key in weights.state):  # a whole DFPnet: fine-tune / continue from it
+        return fine_tune_from(model, weights, label_set)
+    del weights
     loaded, total = load_imagenet_backbone(model, restore_from)
     return f"ImageNet backbone from {restore_from} ({loaded} of {total} tensors)"
+
+
+def fine_tune_from(model: torch.nn.Module, weights, label_set: LabelSet) -> str:
+    """A whole DFPnet checkpoint: every weight when it predicts this run's classes; else every layer but
+    the classifiers, which keep their fresh initialisation (named in one printed line)."""
+    from networks.dfpnet import DFPNet
+
+    count = weights.out_channels(DFPNet.CLASSIFIERS[-1])
+    other = weights.label_set
+    if (other is None or other.same_classes(label_set)) and count == label_set.num_classes:
+        load_state_dict_strict(model, weights.state, weights.path)
+        return f"all weights from {weights.path}"
+    load_state_dict_strict(model, weights.state, weights.path, skip=DFPNet.CLASSIFIERS)
+    was = f"{other.num_classes} classes: {other.names_text()}" if other else f"{count} classes"
+    log(f"--restore-from {weights.path}: trained with another label set ({was}) than this run's "
+        f"({label_set.describe()}): loaded every layer but the class-specific ones, which start anew: "
+        f"{', '.join(DFPNet.CLASSIFIERS)} re-initialised")
+    return f"weights from {weights.path}, classifiers {', '.join(DFPNet.CLASSIFIERS)} re-initialised"
 
 
 def evaluation_due(epoch: int, args: argparse.Namespace) -> bool:
@@ -349,7 +380,8 @@ def evaluation_due(epoch: int, args: argparse.Namespace) -> bool:
     return (epoch + 1) % every == 0 or epoch == args.epochs - 1
 
 
-def build_eval_sets(args: argparse.Namespace, splits: list[str], device: torch.device) -> dict:
+def build_eval_sets(args: argparse.Namespace, splits: list[str], device: torch.device,
+                    label_set: LabelSet) -> dict:
     """``{split: (dataset, loader)}``: un-augmented crops, this process's shard of each split."""
     from dataset.datasets import CartoonDataSet
     from dataset.transforms import default_transform
@@ -359,20 +391,21 @@ def build_eval_sets(args: argparse.Namespace, splits: list[str], device: torch.d
     for split in splits:
         dataset = CartoonDataSet(args.data_dir, split, crop_size=args.eval_input_size or args.input_size,
                                  ignore_label=args.ignore_label, transform=default_transform(),
-                                 num_classes=args.num_classes)
+                                 label_set=label_set)
         sets[split] = (dataset, make_eval_loader(dataset, batch_size=1, workers=min(args.workers, 2),
                                                  pin_memory=device.type == "cuda"))
     return sets
 
 
-def log_training_images(writer, info: StepInfo, n: int) -> None:
+def log_training_images(writer, info: StepInfo, n: int, label_set: LabelSet) -> None:
     """Input (true colours), label and prediction grids of the step's first ``n`` images."""
     from utils.visualize import image_grid, label_grid
 
     writer.add_image("Images", image_grid(info.images.detach().float().cpu(), max_images=n), info.iteration,
                      dataformats="HWC")
-    writer.add_image("Labels", label_grid(info.labels.cpu(), max_images=n), info.iteration, dataformats="HWC")
-    writer.add_image("Preds", label_grid(info.outputs[-1][:n].detach().float().cpu(), max_images=n),
+    writer.add_image("Labels", label_grid(info.labels.cpu(), label_set, max_images=n), info.iteration,
+                     dataformats="HWC")
+    writer.add_image("Preds", label_grid(info.outputs[-1][:n].detach().float().cpu(), label_set, max_images=n),
                      info.iteration, dataformats="HWC")
 
 
@@ -381,11 +414,12 @@ def log_training_images(writer, info: StepInfo, n: int) -> None:
 # ------------------------------------------------------------------------------------------
 
 def evaluate(model: torch.nn.Module, splits: dict, device: torch.device, args: argparse.Namespace,
-             writer, epoch: int) -> dict[str, dict]:
-    """Evaluate each split with utils.inference.evaluate_model; log the authors' TensorBoard scalars."""
+             writer, epoch: int, label_set: LabelSet) -> dict[str, dict]:
+    """Evaluate each split with utils.inference.evaluate_model; log the authors' TensorBoard scalars
+    (one curve per class of the label set, by name)."""
     from utils.inference import evaluate_model
 
-    names = class_names(args.num_classes)
+    names = label_set.names
     results = {}
     for split, (dataset, loader) in splits.items():
         example = {}
@@ -394,7 +428,7 @@ def evaluate(model: torch.nn.Module, splits: dict, device: torch.device, args: a
             if not example:
                 example.update(label=label, index=index)
 
-        matrix = evaluate_model(model, dataset, loader, device, num_classes=args.num_classes, amp=args.amp,
+        matrix = evaluate_model(model, dataset, loader, device, label_set=label_set, amp=args.amp,
                                 channels_last=args.channels_last, progress=sys.stderr.isatty(),
                                 on_prediction=keep_first if writer is not None else None)
         stats = matrix.compute()
@@ -411,13 +445,13 @@ def evaluate(model: torch.nn.Module, splits: dict, device: torch.device, args: a
         writer.add_figure(f"{split}/confusion_matrix", confusion_matrix_figure(matrix.mat, names), step,
                           close=False)
         writer.add_figure(f"{split}/per_class_iou",
-                          iou_bar_figure(stats["per_class_iou"], names, mean_iou=stats["mean_iou"]), step,
+                          iou_bar_figure(stats["per_class_iou"], label_set, mean_iou=stats["mean_iou"]), step,
                           close=False)
         if example:
             index = example["index"]
             pictures = {"image": dataset.read_image(index)[:, :, ::-1].copy(),  # BGR -> RGB
-                        "prediction": label_to_rgb(example["label"]),
-                        "ground_truth": label_to_rgb(dataset.read_label(index))}
+                        "prediction": label_to_rgb(example["label"], label_set),
+                        "ground_truth": label_to_rgb(dataset.read_label(index), label_set)}
             for name, picture in pictures.items():
                 writer.add_image(f"{split}/{name}", picture, step, dataformats="HWC")
     return results
@@ -454,6 +488,7 @@ def setup_device(args: argparse.Namespace) -> torch.device:
 
 @dataclass
 class TrainData:
+    label_set: LabelSet           # the classes, their names, mirror pairs and colours
     splits: list[str]             # the id lists the training set is made of
     dataset: Dataset
     sampler: du.EpochShuffleSampler
@@ -466,16 +501,16 @@ class TrainData:
         return self.sampler.batches_per_epoch
 
 
-def build_data(args: argparse.Namespace, device: torch.device) -> TrainData | None:
+def build_data(args: argparse.Namespace, device: torch.device, label_set: LabelSet) -> TrainData | None:
     """The training set and loader and the evaluation splits, checked first (None: the check failed),
     so that a broken file stops the run before its first iteration."""
     train_splits = training_splits(args.data_dir, args.dataset)
     val_splits = present_splits(args.data_dir, args.val_datasets) if os.path.isdir(args.data_dir) else []
-    if not check_data(args, list(dict.fromkeys(train_splits + val_splits))):
+    if not check_data(args, list(dict.fromkeys(train_splits + val_splits)), label_set):
         return None
     if train_splits != [args.dataset]:
         log(f"--dataset {args.dataset}: no {args.dataset}_id.txt, training on {' + '.join(train_splits)}")
-    dataset = build_train_dataset(args, train_splits)
+    dataset = build_train_dataset(args, train_splits, label_set)
     world = args.world_size
     sampler = du.EpochShuffleSampler(len(dataset), args.batch_size, seed=args.random_seed, rank=args.rank,
                                      world_size=world)
@@ -488,8 +523,8 @@ def build_data(args: argparse.Namespace, device: torch.device) -> TrainData | No
                         num_workers=args.workers, pin_memory=device.type == "cuda", drop_last=True,
                         generator=generator, persistent_workers=args.workers > 0,
                         worker_init_fn=ignore_stop_signals)
-    eval_sets = build_eval_sets(args, val_splits, device)
-    return TrainData(train_splits, dataset, sampler, loader, generator, eval_sets)
+    eval_sets = build_eval_sets(args, val_splits, device, label_set)
+    return TrainData(label_set, train_splits, dataset, sampler, loader, generator, eval_sets)
 
 
 @dataclass
@@ -502,22 +537,24 @@ class Network:
     init_note: str                # where the weights came from, for the log
 
 
-def build_model(args: argparse.Namespace, device: torch.device,
-                resume_path: str | None) -> tuple[Network, dict | None]:
-    """DFPnet with its initial weights (or those of the training state it resumes), on the device,
-    wrapped for DDP / compile, and its optimizer. Returns the network and the training state read."""
+def build_model(args: argparse.Namespace, device: torch.device, resume_path: str | None,
+                label_set: LabelSet) -> tuple[Network, dict | None]:
+    """DFPnet for the label set's classes with its initial weights (or those of the training state it
+    resumes), on the device, wrapped for DDP / compile, and its optimizer. Returns the network and the
+    training state read."""
     from libs import set_inplace
     from networks.dfpnet import DFPNet
 
     torch.manual_seed(args.random_seed)  # the same initial weights in every process
-    model = DFPNet(num_classes=args.num_classes)
+    model = DFPNet(num_classes=label_set.num_classes)
     # In the authors' checkpoints but never used in forward: frozen, so DDP does not wait for its
     # gradients (it would otherwise need find_unused_parameters, a graph walk per step).
     model.layer5_pred3x3.requires_grad_(False)
     inplace = default_inplace_abn(device) if args.inplace_abn == "auto" else args.inplace_abn == "on"
     set_inplace(model, inplace)
-    state = read_training_state(resume_path, model) if resume_path else None
-    init_note = f"resumed from {resume_path}" if state else initialise_weights(model, args.restore_from)
+    state = read_training_state(resume_path, model, label_set) if resume_path else None
+    init_note = (f"resumed from {resume_path}" if state
+                 else initialise_weights(model, args.restore_from, label_set))
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -637,7 +674,7 @@ class Trainer:
             self.writer.add_scalar("learning_rate", info.lr, it)
             self.writer.add_scalar("images_per_second", rate, it)
         if self.writer is not None and it % args.image_every == 0:
-            log_training_images(self.writer, info, args.save_num_images)
+            log_training_images(self.writer, info, args.save_num_images, self.data.label_set)
         # The epoch's last step is saved at the epoch end, after its evaluation.
         if args.save_every and it % args.save_every == 0 and it % self.iters_per_epoch != 0:
             self.save_last()
@@ -668,7 +705,8 @@ class Trainer:
                 f"loss {stats.mean_loss:.4f}  lr {stats.last_lr:.3e}  {stats.images_per_second:.2f} img/s  "
                 f"{datetime.timedelta(seconds=round(time.perf_counter() - epoch_start))}")
         if data.eval_sets and evaluation_due(epoch, args):
-            results = evaluate(self.net.model, data.eval_sets, self.device, args, self.writer, epoch)
+            results = evaluate(self.net.model, data.eval_sets, self.device, args, self.writer, epoch,
+                               data.label_set)
             line += "  " + "  ".join(f"{split} mIoU {r['mean_iou']:.2f}" for split, r in results.items())
             first = next(iter(results))  # val, unless it is missing
             if results[first]["mean_iou"] > self.best["mean_iou"]:
@@ -704,6 +742,9 @@ class Trainer:
                     # purge_step hides what an interrupted run logged after its last save.
                     self.writer = SummaryWriter(logdir=args.snapshot_dir,
                                                 purge_step=self.iteration + 1 if self.iteration else None)
+                    label_set = self.data.label_set
+                    self.writer.add_text("label_set", f"{label_set.describe()}: {', '.join(label_set.names)}; "
+                                                      f"mirror pairs: {label_set.pairs_text()}", self.iteration)
                 self.bar = tqdm(total=self.total_iters, initial=self.iteration, unit="it", dynamic_ncols=True,
                                 disable=not (du.is_main_process() and sys.stderr.isatty()))
                 if self.total_iters is None:
@@ -818,6 +859,9 @@ def log_setup(args: argparse.Namespace, data: TrainData, net: Network) -> None:
     from libs import BACKEND_DESCRIPTION
 
     n_params = sum(p.numel() for p in net.model.parameters()) / 1e6
+    label_set = data.label_set
+    log(f"label set: {label_set.describe()}: {label_set.names_text(limit=label_set.num_classes)}; mirror pairs: "
+        f"{label_set.pairs_text()}")
     log(f"DFPnet: {n_params:.2f} M parameters, {net.init_note}")
     # Synchronised layers keep the in-place Function under DDP whatever --inplace-abn says.
     abn_mode = "in place" if net.inplace or args.distributed else "under plain autograd"
@@ -842,17 +886,18 @@ def log_setup(args: argparse.Namespace, data: TrainData, net: Network) -> None:
 def main(args: argparse.Namespace) -> int:
     device = setup_device(args)
     du.init_distributed_mode(args)
+    label_set = training_label_set(args)
     lock = lock_for_run(args.snapshot_dir)  # one run per folder, taken before any data is read
     try:
-        data = build_data(args, device)
+        data = build_data(args, device, label_set)
         if data is None:
             return 1
         try:
             resume_path = find_resume(args.resume, args.snapshot_dir)
         except FileNotFoundError as exc:
             raise UsageError(f"argument --resume: {exc}") from None
-        net, state = build_model(args, device, resume_path)
-        trainer = Trainer(args, device, data, net, Snapshots(args.snapshot_dir))
+        net, state = build_model(args, device, resume_path, label_set)
+        trainer = Trainer(args, device, data, net, Snapshots(args.snapshot_dir, label_set))
         trainer.restore(state, resume_path)
         del state
         log_setup(args, data, net)
@@ -871,7 +916,7 @@ def run(argv: list[str] | None = None) -> int:
         return main(args)
     except UsageError as exc:
         parser.error(str(exc))
-    except CheckpointError as exc:
+    except (CheckpointError, LabelSetError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except SnapshotDirBusy as exc:  # every rank stops; one says why

@@ -40,6 +40,7 @@ from torch import nn
 
 from bench.common import alternate, environment, finish, format_table, summarize
 from utils.cli import default_amp, parse_size, positive_int
+from utils.labels import DOG
 
 # The switches that make PyTorch (ATen, oneDNN, MKL) use a lower instruction set than the CPU has.
 ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
@@ -86,10 +87,10 @@ def build_networks(args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
     from utils.checkpoint import load_model_weights
 
     torch.manual_seed(0)
-    project = DFPNet(8)
+    project = DFPNet(DOG.num_classes)
     if args.restore_from:
         load_model_weights(project, args.restore_from)
-    authors = DFPNet(8, norm_layer=ABN)
+    authors = DFPNet(DOG.num_classes, norm_layer=ABN)
     authors.load_state_dict(project.state_dict())
     return authors.eval(), project.eval()
 
@@ -118,7 +119,7 @@ def export_for_bench(project: nn.Module, args: argparse.Namespace, folder: str) 
                                       "--restore-from", args.restore_from or "random weights"])
     example = torch.randn(2, 3, *args.input_size)
     export.export_onnx(export.FinalMap(fuse_for_inference(project)), example, path, opset=namespace.opset,
-                       dynamic=True, props=export.metadata(namespace))
+                       dynamic=True, props=export.metadata(namespace, DOG))
     return path
 
 

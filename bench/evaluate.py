@@ -33,6 +33,7 @@ from torch import nn
 from bench.common import environment, finish, format_table, summarize, synchronize
 from utils.cli import add_inference_arguments, default_amp, positive_int, resolve_device
 from utils.inference import evaluate_model, make_eval_loader
+from utils.labels import LabelSetError, check_num_classes, resolve_label_set
 from utils.pipeline import InferenceStats
 
 DEMO_CHECKPOINT = "./snapshots/demo/best.pth"
@@ -84,7 +85,9 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     try:
         args.device = resolve_device(args.device)
-    except ValueError as exc:
+        args.label_set = resolve_label_set(args.labels, args.data_dir)
+        check_num_classes(args.label_set, args.num_classes)
+    except (ValueError, LabelSetError) as exc:
         parser.error(str(exc))
     if args.amp is None:
         args.amp = default_amp(args.device)
@@ -104,7 +107,7 @@ def build_model(args: argparse.Namespace) -> nn.Module:
     from utils.checkpoint import load_model_weights
 
     torch.manual_seed(0)
-    model = DFPNet(args.num_classes)
+    model = DFPNet(args.label_set.num_classes)
     if args.restore_from:
         load_model_weights(model, args.restore_from)
     model.to(args.device).eval()
@@ -119,7 +122,7 @@ def run_pass(model: TimedModel, dataset, args: argparse.Namespace, amp: str) -> 
                               pin_memory=args.device.type == "cuda")
     stats = InferenceStats()
     model.seconds = 0.0
-    matrix = evaluate_model(model, dataset, loader, args.device, num_classes=args.num_classes, amp=amp,
+    matrix = evaluate_model(model, dataset, loader, args.device, label_set=args.label_set, amp=amp,
                             flip=args.flip, scales=args.scales, progress=False,
                             channels_last=args.channels_last, stats=stats)
     metrics = matrix.compute()
@@ -182,7 +185,7 @@ def main(args: argparse.Namespace) -> dict:
             generate_dataset(tmp, n_train=0, n_val=args.images if args.dataset == "val" else 0,
                              n_traintest=args.images if args.dataset == "trainTest" else 0, seed=0)
         dataset = CartoonDataSet(data_dir, args.dataset, crop_size=args.input_size,
-                                 transform=default_transform(), num_classes=args.num_classes)
+                                 transform=default_transform(), label_set=args.label_set)
         model = TimedModel(build_model(args), args.device)
         modes = ["off", "bf16"] if args.compare_amp else [args.amp]
         per_mode = evaluate_amp_modes(model, dataset, args, modes)

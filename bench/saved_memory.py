@@ -21,6 +21,7 @@ from torch import nn  # noqa: E402
 from libs import ABN, InPlaceABNSync  # noqa: E402
 from networks.dfpnet import DFPNet  # noqa: E402
 from utils import recipe  # noqa: E402
+from utils.labels import DOG  # noqa: E402
 from utils.loss import parsing_loss  # noqa: E402
 
 
@@ -34,9 +35,9 @@ class BatchNormAct(nn.Sequential):
 
 def saved_bytes(norm_layer, batch: int, size: tuple[int, int], channels_last: bool, amp: bool) -> int:
     torch.manual_seed(0)
-    model = DFPNet(8, norm_layer=norm_layer).train()
+    model = DFPNet(DOG.num_classes, norm_layer=norm_layer).train()
     x = torch.randn(batch, 3, *size)
-    labels = torch.randint(0, 8, (batch, *size))
+    labels = torch.randint(0, DOG.num_classes, (batch, *size))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)

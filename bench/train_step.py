@@ -70,7 +70,7 @@ from bench.common import (
 from utils import recipe
 from utils.cli import parse_size, positive_int
 from utils.cpu_defaults import keep_freed_memory
-from utils.labels import IGNORE_LABEL, NUM_CLASSES
+from utils.labels import DOG, IGNORE_LABEL
 
 
 @dataclass(frozen=True)
@@ -240,7 +240,7 @@ def build_model(config: Config, device: torch.device, seed: int = 0) -> nn.Modul
 
     torch.manual_seed(seed)
     norm_layer = {"inplace": None, "abn": libs.ABN, "bn": AuthorsNorm}[config.norm]
-    model = DFPNet(NUM_CLASSES, norm_layer=norm_layer)
+    model = DFPNet(DOG.num_classes, norm_layer=norm_layer)
     model.layer5_pred3x3.requires_grad_(False)  # unused in forward; train.py freezes it too
     if config.norm == "inplace":
         libs.set_inplace(model, config.inplace)
@@ -258,7 +258,7 @@ def make_batch(batch_size: int, size: tuple[int, int], device: torch.device, see
     """A fixed random batch: normalised-looking images and labels with an ignored border."""
     gen = torch.Generator().manual_seed(seed)
     images = torch.randn(batch_size, 3, *size, generator=gen)
-    labels = torch.randint(0, NUM_CLASSES, (batch_size, *size), generator=gen)
+    labels = torch.randint(0, DOG.num_classes, (batch_size, *size), generator=gen)
     labels[:, :2] = IGNORE_LABEL  # like the 255 border of warped crops
     return images.to(device), labels.to(device)
 

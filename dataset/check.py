@@ -1,14 +1,18 @@
 """Check a data directory before training on it: every problem, each naming its file.
 
     python -m dataset.check dataset/Cartoon_sketches/Dog
-    python -m dataset.check DATA_DIR --splits train val --num-classes 8
+    python -m dataset.check DATA_DIR --splits train val --labels lip
 
 Looks for: missing folders or id lists, empty or duplicated ids, ids without an image or a
 label, empty (0-byte) or undecodable files, images that are not 3-channel colour (grayscale,
 alpha), labels that are not single-channel 8-bit ids (colour or palette PNGs: OpenCV reads a
-palette PNG as its colours, not its indices), image/label size mismatches and label values
-outside ``0..num_classes-1`` and 255. Prints the problems one per line and a summary line
-(images per split, label pixels per class) and exits 0 only when the data is usable.
+palette PNG as its colours, not its indices), image/label size mismatches and label ids the
+label set does not have (not ``0..num_classes-1`` nor 255). Prints the problems one per line,
+a warning for each class of the set that no label uses, and a summary line (images per split,
+label pixels per class, by name) and exits 0 only when the data is usable.
+
+The label set is ``--labels``, else ``labels.json`` in the data folder, else the Dog set
+(docs/labels.md); a bad one is one line and exit status 2.
 
 Every file is decoded in full (that is the only way to know it decodes), in a thread pool:
 OpenCV releases the GIL while decoding, so the threads use all cores.
@@ -26,8 +30,9 @@ import cv2
 import numpy as np
 
 from dataset.layout import split_paths
-from utils.labels import IGNORE_LABEL, NUM_CLASSES, class_names
+from utils.labels import IGNORE_LABEL, LabelSet, LabelSetError, check_num_classes, resolve_label_set
 
+PROG = "python -m dataset.check"
 DEFAULT_SPLITS = ("train", "val", "trainTest")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_PALETTE = 3  # IHDR colour type of an indexed-colour PNG
@@ -38,7 +43,8 @@ class CheckReport:
     """What :func:`check_dataset` found.
 
     ``ok`` is True when there is no problem at all; ``problems`` holds at most
-    ``max_problems`` one-line messages (``total_problems`` counts all of them); ``summary``
+    ``max_problems`` one-line messages (``total_problems`` counts all of them); ``warnings``
+    (not problems) names the classes of the label set that no checked label uses; ``summary``
     is one line; ``counts`` holds ``images`` (split -> number of ids), ``pixels`` (class
     name -> label pixels over all checked splits) and ``ignored`` (pixels labelled 255).
     """
@@ -47,6 +53,7 @@ class CheckReport:
     summary: str
     counts: dict = field(default_factory=dict)
     total_problems: int = 0
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -90,7 +97,7 @@ def _read_picture(path: str, what: str, problems: list[str]) -> tuple[bytes, np.
     return data, picture
 
 
-def _check_item(item: _Item, num_classes: int, ignore_label: int) -> tuple[list[str], np.ndarray | None]:
+def _check_item(item: _Item, label_set: LabelSet, ignore_label: int) -> tuple[list[str], np.ndarray | None]:
     """Problems of one id, and the histogram of its label values (None when unusable)."""
     problems: list[str] = []
     image_shape = None
@@ -124,10 +131,11 @@ def _check_item(item: _Item, num_classes: int, ignore_label: int) -> tuple[list[
                     problems.append(f"size mismatch: label {label.shape[1]}x{label.shape[0]} but image "
                                     f"{image_shape[1]}x{image_shape[0]} (W x H): {item.label_path}")
                 histogram = np.bincount(label.ravel(), minlength=256)
-                bad = [v for v in np.flatnonzero(histogram) if v >= num_classes and v != ignore_label]
+                n = label_set.num_classes
+                bad = [int(v) for v in np.flatnonzero(histogram) if v >= n and v != ignore_label]
                 if bad:
-                    problems.append(f"label values {[int(v) for v in bad]} outside 0..{num_classes - 1} and "
-                                    f"{ignore_label}: {item.label_path}")
+                    problems.append(f"label ids {bad} are not in the label set ({label_set.describe()}: ids "
+                                    f"0..{n - 1}, {ignore_label} ignored): {item.label_path}")
     return problems, histogram
 
 
@@ -169,10 +177,13 @@ def _human(n: int) -> str:
 
 
 def check_dataset(root: str, splits: tuple[str, ...] | list[str] = DEFAULT_SPLITS,
-                  num_classes: int = NUM_CLASSES, ignore_label: int = IGNORE_LABEL,
+                  label_set: LabelSet | None = None, ignore_label: int = IGNORE_LABEL,
                   max_problems: int = 50, workers: int | None = None) -> CheckReport:
-    """Check the splits of a data directory (layout: docs/reference.md section 2); report every problem."""
+    """Check the splits of a data directory (layout: docs/reference.md section 2) against ``label_set``
+    (default: ``<root>/labels.json`` if there is one, else the Dog set); report every problem."""
     root = str(root)
+    label_set = label_set or resolve_label_set(data_dir=root)
+    num_classes = label_set.num_classes
     problems = _Problems(max_problems)
     images: dict[str, int] = {}
     pixels = np.zeros(256, dtype=np.int64)
@@ -188,14 +199,18 @@ def check_dataset(root: str, splits: tuple[str, ...] | list[str] = DEFAULT_SPLIT
 
     workers = workers or min(8, 2 * (os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda it: _check_item(it, num_classes, ignore_label), items)
+        results = pool.map(lambda it: _check_item(it, label_set, ignore_label), items)
         for item_problems, histogram in results:
             for line in item_problems:
                 problems.add(line)
             if histogram is not None:
                 pixels += histogram
 
-    names = class_names(num_classes)
+    names = label_set.names
+    unused = [f"{names[c]} ({c})" for c in range(num_classes) if pixels[c] == 0]
+    warnings = [f"warning: no label of {', '.join(images) or 'the splits'} uses class(es) {', '.join(unused)} "
+                f"of the label set ({label_set.describe()}): a wrong label set, or classes the network will "
+                f"never learn"] if unused and pixels.sum() else []
     counts = {
         "images": images,
         "pixels": {names[c]: int(pixels[c]) for c in range(num_classes)},
@@ -209,16 +224,19 @@ def check_dataset(root: str, splits: tuple[str, ...] | list[str] = DEFAULT_SPLIT
                f"{per_class}, ignore {_human(int(pixels[ignore_label]))}; "
                f"{problems.total} problem{'s' if problems.total != 1 else ''}")
     return CheckReport(ok=problems.total == 0, problems=problems.lines, summary=summary, counts=counts,
-                       total_problems=problems.total)
+                       total_problems=problems.total, warnings=warnings)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Check a cartoon dog data directory before training on it.",
-                                     add_help=add_help)
+    from utils.cli import add_label_arguments
+
+    parser = argparse.ArgumentParser(prog=PROG, add_help=add_help,
+                                     description="Check a parsing data directory (the Dog dataset's layout) "
+                                                 "before training on it.")
     parser.add_argument("data_dir", help="data directory holding <split>_id.txt, <split>_images/, "
-                                         "<split>_segmentations/")
+                                         "<split>_segmentations/ (and optionally labels.json)")
     parser.add_argument("--splits", nargs="+", default=list(DEFAULT_SPLITS), help="splits to check")
-    parser.add_argument("--num-classes", type=int, default=NUM_CLASSES, help="number of label ids in use")
+    add_label_arguments(parser, stored=False)
     parser.add_argument("--ignore-label", type=int, default=IGNORE_LABEL, help="label id that is not scored")
     parser.add_argument("--max-problems", type=int, default=50, help="print at most this many problems")
     parser.add_argument("--workers", type=int, default=None,
@@ -227,13 +245,28 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    try:
+        label_set = resolve_label_set(args.labels, args.data_dir)
+        check_num_classes(label_set, args.num_classes)
+    except LabelSetError as exc:
+        from utils.cli import die
+
+        die(PROG, str(exc), 2)
+    if not 0 <= args.ignore_label <= 255 or args.ignore_label < label_set.num_classes:
+        parser.error(f"argument --ignore-label: {args.ignore_label} is not an id above the label set's "
+                     f"0..{label_set.num_classes - 1} and at most 255")
     start = time.perf_counter()
-    report = check_dataset(args.data_dir, args.splits, num_classes=args.num_classes,
+    print(f"label set: {label_set.describe()}: {label_set.names_text(limit=label_set.num_classes)}; "
+          f"mirror pairs: {label_set.pairs_text()}")
+    report = check_dataset(args.data_dir, args.splits, label_set=label_set,
                            ignore_label=args.ignore_label, max_problems=args.max_problems,
                            workers=args.workers)
     seconds = time.perf_counter() - start
     for line in report.problems:
+        print(line)
+    for line in report.warnings:
         print(line)
     if report.total_problems > len(report.problems):
         print(f"... and {report.total_problems - len(report.problems)} more problems (raise --max-problems)")

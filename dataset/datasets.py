@@ -4,7 +4,7 @@ Layout of a split ``<split>`` under ``root``::
 
     <split>_id.txt                 one image id per line
     <split>_images/<id>.jpg        the picture (read as BGR, as the authors)
-    <split>_segmentations/<id>.png single-channel label ids 0..7, 255 = ignore
+    <split>_segmentations/<id>.png single-channel label ids of the label set, 255 = ignore
 
 Training splits (``train``, ``trainval``: names starting with "train" except ``trainTest``)
 are augmented exactly as the authors' loader, drawing random numbers in the same order so a
@@ -23,7 +23,7 @@ import torch.utils.data
 
 from dataset.layout import IMAGE_EXT, LABEL_EXT, read_id_list, split_paths
 from utils import recipe
-from utils.labels import IGNORE_LABEL, NUM_CLASSES, flip_lut
+from utils.labels import IGNORE_LABEL, LabelSet, resolve_label_set
 from utils.transforms import box_to_center_scale, get_affine_transform, warp_to_crop
 
 
@@ -64,17 +64,18 @@ class CartoonDataSet(torch.utils.data.Dataset):
             ``clip(N(0, 1) * sf + 1, 1 - sf, 1 + sf)``.
         rotation_factor: training rotation ``rf`` in degrees: ``clip(N(0, 1) * rf, -2 rf, 2 rf)``,
             applied to 60 % of the samples.
-        flip_prob: probability of a horizontal mirror (labels 3<->4 and 5<->6 swapped).
+        flip_prob: probability of a horizontal mirror (the label set's left/right pairs swapped).
         ignore_label: label of pixels outside the image after the warp (and of unlabelled pixels).
         transform: ``None`` returns numpy arrays (uint8 BGR image, int64 label, uint8 edge);
             :func:`dataset.transforms.default_transform` returns tensors. Any callable
             ``(image, label=None, edge=None) -> (image, label, edge)`` works.
-        num_classes: number of label ids in use (for the flip table and the label check).
+        label_set: the classes (label ids beyond them are an error) and the left/right pairs a
+            mirror swaps; default ``<root>/labels.json`` if there is one, else the Dog set.
 
     Items are ``(image, label, edge, meta)`` for training splits and ``(image, meta)`` for the
     others; ``meta`` holds ``name``, ``center``, ``scale`` (float32 ``[2]``, as used for the
-    warp), ``height``, ``width`` (the original size) and ``rotation`` (degrees), and batches
-    with the default ``DataLoader`` collate.
+    warp), ``height``, ``width`` (the original size), ``rotation`` (degrees) and ``flip``
+    (mirrored or not), and batches with the default ``DataLoader`` collate.
 
     Random numbers are always drawn in the authors' order (scale: numpy; rotation gate:
     Python ``random``, then the angle: numpy, only inside the gate; flip: Python ``random``),
@@ -86,7 +87,7 @@ class CartoonDataSet(torch.utils.data.Dataset):
                  scale_factor: float = recipe.SCALE_FACTOR, rotation_factor: float = recipe.ROTATION_FACTOR,
                  flip_prob: float = recipe.FLIP_PROB,
                  ignore_label: int = IGNORE_LABEL, transform: Callable | None = None,
-                 num_classes: int = NUM_CLASSES) -> None:
+                 label_set: LabelSet | None = None) -> None:
         if isinstance(crop_size, int):
             crop_size = (crop_size, crop_size)
         self.root = str(root)
@@ -98,9 +99,10 @@ class CartoonDataSet(torch.utils.data.Dataset):
         self.flip_prob = float(flip_prob)
         self.ignore_label = int(ignore_label)
         self.transform = transform
-        self.num_classes = int(num_classes)
+        self.label_set = label_set or resolve_label_set(data_dir=self.root)
+        self.num_classes = self.label_set.num_classes
         self.is_train = is_training_split(dataset)
-        self._flip_lut = flip_lut(self.num_classes)
+        self._flip_lut = self.label_set.flip_lut()
 
         if not os.path.isdir(self.root):
             raise FileNotFoundError(f"data directory not found: {self.root}")
@@ -160,8 +162,9 @@ class CartoonDataSet(torch.utils.data.Dataset):
         if label.max() >= self.num_classes:
             bad = np.unique(label[(label >= self.num_classes) & (label != self.ignore_label)])
             if bad.size:
-                raise ValueError(f"label {self.label_path(index)} holds ids {bad.tolist()} outside "
-                                 f"0..{self.num_classes - 1} and {self.ignore_label}")
+                raise ValueError(f"label {self.label_path(index)} holds ids {bad.tolist()} that the label set "
+                                 f"({self.label_set.describe()}) does not have (0..{self.num_classes - 1}, "
+                                 f"and {self.ignore_label} ignored)")
 
     def _draw_augmentation(self) -> tuple[float, float, bool]:
         """(scale multiplier, rotation in degrees, flip?) in the authors' draw order."""
@@ -181,6 +184,7 @@ class CartoonDataSet(torch.utils.data.Dataset):
         center, scale = box_to_center_scale(width, height, self.aspect_ratio)
         rotation = 0.0
         label = None
+        flip = False
 
         if self.is_train:
             label = self.read_label(index)
@@ -189,7 +193,7 @@ class CartoonDataSet(torch.utils.data.Dataset):
             scale = (scale * scale_mult).astype(np.float32)
             if flip:
                 image = cv2.flip(image, 1)
-                # One table lookup mirrors the ids too: left and right legs trade places.
+                # One table lookup mirrors the ids too: each left/right pair of the set trades places.
                 label = self._flip_lut[label[:, ::-1]]
                 center[0] = width - center[0] - 1
 
@@ -202,6 +206,7 @@ class CartoonDataSet(torch.utils.data.Dataset):
             "height": int(height),
             "width": int(width),
             "rotation": float(rotation),
+            "flip": bool(flip),
         }
         if not self.is_train:
             if self.transform is not None:

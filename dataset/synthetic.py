@@ -32,9 +32,11 @@ import cv2
 import numpy as np
 
 from dataset.layout import split_paths
-from utils.labels import NUM_CLASSES, class_names, colorize, flip_lut
+from utils.labels import DOG
 
-HEAD, BODY, LEFT_ARM, RIGHT_ARM, LEFT_LEG, RIGHT_LEG, TAIL = 1, 2, 3, 4, 5, 6, 7
+# The Dog set's ids (utils/labels.py), by name: the generator draws dogs.
+HEAD, BODY, LEFT_ARM, RIGHT_ARM, LEFT_LEG, RIGHT_LEG, TAIL = (
+    DOG.names.index(n) for n in ("head", "body", "left_arm", "right_arm", "left_leg", "right_leg", "tail"))
 
 # Fur colours (BGR): tan, brown, dark brown, black, white, grey, golden, cream, red-brown.
 FUR_COLOURS = np.array([
@@ -330,7 +332,7 @@ def render_sample(seed: int, index: int, min_size: int = DEFAULT_MIN_SIZE, max_s
     if facing == "left":
         # The mirror of a right-facing dog, seen from its right side: near legs become right legs.
         image = np.ascontiguousarray(image[:, ::-1])
-        label = flip_lut()[label[:, ::-1]]
+        label = DOG.flip_lut()[label[:, ::-1]]
     return Sample(image=image, label=label, facing=facing)
 
 
@@ -383,7 +385,7 @@ def contact_sheet(samples: list[Sample], cell: int = 128, columns: int = 3,
                   legend: bool = False) -> np.ndarray:
     """A BGR picture of the samples, each image beside its coloured label map.
 
-    ``legend`` adds a strip naming the palette colours of the 8 classes.
+    ``legend`` adds a strip naming the colours of the Dog set's classes.
     """
     gap = 6
     rows = (len(samples) + columns - 1) // columns
@@ -395,17 +397,17 @@ def contact_sheet(samples: list[Sample], cell: int = 128, columns: int = 3,
         f = cell / max(h, w)
         size = (max(1, round(w * f)), max(1, round(h * f)))
         pictures = (cv2.resize(sample.image, size, interpolation=cv2.INTER_AREA),
-                    cv2.resize(colorize(sample.label)[:, :, ::-1], size, interpolation=cv2.INTER_NEAREST))
+                    cv2.resize(DOG.colorize(sample.label)[:, :, ::-1], size, interpolation=cv2.INTER_NEAREST))
         y = gap + (i // columns) * (cell + gap)
         x = gap + (i % columns) * (2 * cell + 3 * gap)
         for j, pic in enumerate(pictures):
             x0 = x + j * (cell + gap)
             sheet[y:y + size[1], x0:x0 + size[0]] = pic
     if legend:
-        step = (width - gap) // NUM_CLASSES
-        for c, name in enumerate(class_names(NUM_CLASSES)):
+        step = (width - gap) // DOG.num_classes
+        for c, name in enumerate(DOG.names):
             x = gap + c * step
-            colour = tuple(int(v) for v in colorize(np.array([[c]]))[0, 0, ::-1])
+            colour = tuple(int(v) for v in DOG.colours()[c, ::-1])
             cv2.rectangle(sheet, (x, height + 4), (x + 14, height + 16), colour, -1)
             cv2.rectangle(sheet, (x, height + 4), (x + 14, height + 16), (120, 120, 120), 1)
             cv2.putText(sheet, f"{c} {name}", (x + 18, height + 15), cv2.FONT_HERSHEY_SIMPLEX, 0.32,

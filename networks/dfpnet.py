@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from networks.backbone import DeepStemResNet, NormLayer
-from utils.labels import NUM_CLASSES
 
 
 def resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
@@ -87,7 +86,8 @@ class DFPNet(DeepStemResNet):
     """DFPnet (the authors' ``Res_Deeplab``): 61.18 M parameters for 8 classes.
 
     Args:
-        num_classes: number of labels, background included (8 for the Dog dataset).
+        num_classes: number of labels, background included (the label set's size: 8 for the Dog
+            set); only the two classifiers (``CLASSIFIERS``) depend on it.
         norm_layer: InPlace-ABN-like factory ``(channels, activation="leaky_relu") -> nn.Module``;
             defaults to ``libs.InPlaceABNSync``. Pass ``libs.ABN`` for the memory-hungry
             "authors' way" baseline; the state_dict is the same either way.
@@ -98,7 +98,10 @@ class DFPNet(DeepStemResNet):
     ``[final]`` only: the four auxiliary heads run at the full input size and serve training alone.
     """
 
-    def __init__(self, num_classes: int = NUM_CLASSES, norm_layer: NormLayer | None = None) -> None:
+    # The layers whose shape is the class count: what fine-tuning to another label set re-initialises.
+    CLASSIFIERS = ("aux_pred.4", "outc.2")
+
+    def __init__(self, num_classes: int, norm_layer: NormLayer | None = None) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         norm_layer = norm_layer or _default_norm_layer()
@@ -161,6 +164,6 @@ class DFPNet(DeepStemResNet):
         return aux + [final]
 
 
-def Res_Deeplab(num_classes: int = NUM_CLASSES) -> DFPNet:  # noqa: N802 - the authors' entry point name
+def Res_Deeplab(num_classes: int) -> DFPNet:  # noqa: N802 - the authors' entry point name
     """The authors' constructor name, kept so their scripts' habits still work."""
     return DFPNet(num_classes)

@@ -13,6 +13,7 @@ import pytest
 
 from dataset.check import check_dataset, main
 from dataset.synthetic import generate_dataset
+from utils.labels import DOG, LabelSet
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,10 +91,14 @@ def test_label_value_out_of_range_cli(data):
     cv2.imwrite(str(path), label)
     result = run_cli(data)
     assert result.returncode == 1
-    assert any("[8, 200]" in line and str(path) in line for line in result.stdout.splitlines()), result.stdout
-    # --num-classes widens the range: 8 becomes legal, 200 stays a problem.
-    report = check_dataset(data, num_classes=9)
-    assert [p for p in report.problems if "[200]" in p]
+    assert any("[8, 200]" in line and str(path) in line and "the preset 'dog'" in line
+               for line in result.stdout.splitlines()), result.stdout
+    # A set of 9 classes makes 8 legal (the label's one pixel of it counts as a use: no class goes
+    # unused); 200 stays a problem, named with the set's file.
+    nine = LabelSet.from_dict({"names": [*DOG.names, "collar"]}, "nine.json")
+    report = check_dataset(data, label_set=nine)
+    assert [p for p in report.problems if "[200]" in p and "nine.json" in p]
+    assert not [p for p in report.problems if "[8, 200]" in p] and report.warnings == []
 
 
 def test_missing_data_dir(tmp_path):

@@ -83,7 +83,7 @@ def test_other_class_count_is_refused_with_a_hint(tmp_path, trained):
     save_atomic(DFPNet(20).state_dict(), path)
     with pytest.raises(CheckpointError, match=r"4 mis-shaped \(aux_pred.4.weight: file 20x16x1x1, model 8x16x1x1"):
         load_model_weights(DFPNet(8), path)
-    with pytest.raises(CheckpointError, match="--num-classes"):
+    with pytest.raises(CheckpointError, match="another number of classes: give its label set with --labels"):
         load_model_weights(DFPNet(8), path)
 
 

@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from utils.labels import DOG
+
 STEPS = 2
 SIZE = 48
 LR = 1e-2
@@ -68,7 +70,7 @@ def _train_and_evaluate(rank: int, world: int, out_dir: str, data_dir: str) -> N
     # Evaluation: the same (initial) weights everywhere; one shard per process, matrices summed.
     val = CartoonDataSet(data_dir, "val", crop_size=(SIZE, SIZE), transform=default_transform())
     matrix = evaluate_model(_model(), val, make_eval_loader(val, batch_size=1, workers=0),
-                            torch.device("cpu"), num_classes=8, progress=False)
+                            torch.device("cpu"), label_set=DOG, progress=False)
     if rank == 0:
         torch.save({"matrix": torch.from_numpy(matrix.mat), "losses": torch.tensor(losses)},
                    os.path.join(out_dir, f"result_{world}.pt"))

@@ -2,7 +2,8 @@
 
 Two sets of weights, each exported once per module: "random" (DFPNet's init with every norm's
 statistics and affine parameters drawn at random, so folding has something to fold) and
-"synthetic" (a few training steps on the synthetic set from there). Equality is judged as the deploy target
+"synthetic" (a few training steps on the synthetic set from there, saved with another label set
+of 8 classes, tests/labelsets.py's RENAMED8, which the export and the --onnx paths must carry). Equality is judged as the deploy target
 asks: against a float64 PyTorch forward, the relative error ||y - y64|| / ||y64|| of the fused
 network and of onnxruntime may be at most twice PyTorch's own float32 error (or 1e-5), and the
 argmax agrees on >= 99.9% of the pixels; evaluate.py's mean IU moves by at most 0.05.
@@ -29,14 +30,17 @@ import parse_images
 from libs.abn import _ActivatedBatchNorm
 from networks.dfpnet import DFPNet
 from networks.fuse import AffineActivation, fuse_for_inference
-from utils.checkpoint import save_atomic
+from tests.labelsets import RENAMED8
+from utils.checkpoint import save_atomic, with_label_set
 from utils.inference import evaluate_model, make_eval_loader, predict_probs
+from utils.labels import DOG, LabelSet
 from utils.onnx_infer import OnnxModel, resize_bilinear
 from utils.pipeline import ImageFiles, batches, list_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = (64, 64)
 WEIGHTS = ("random", "synthetic")
+RENAMED = LabelSet.from_dict(RENAMED8, "RENAMED8")
 
 
 def relative_error(got: torch.Tensor | np.ndarray, want: torch.Tensor) -> float:
@@ -112,7 +116,8 @@ def models(data, tmp_path_factory):
             _train_on_synthetic(model, data)
         model.eval()
         checkpoint, onnx_path = folder / f"{name}.pth", folder / f"{name}.onnx"
-        save_atomic(model.state_dict(), checkpoint)
+        save_atomic(with_label_set(model.state_dict(), RENAMED) if name == "synthetic" else model.state_dict(),
+                    checkpoint)
         fused = fuse_for_inference(model)
         if name == "synthetic":  # the command line, end to end
             export.main(export.get_arguments(["--restore-from", str(checkpoint), "--out", str(onnx_path),
@@ -120,7 +125,7 @@ def models(data, tmp_path_factory):
         else:  # the same export, without reading the checkpoint back and folding it again
             args = export.get_arguments(["--restore-from", str(checkpoint), "--input-size", "64,64"])
             export.export_onnx(export.FinalMap(fused), torch.randn(2, 3, *SIZE), str(onnx_path),
-                               opset=args.opset, dynamic=True, props=export.metadata(args))
+                               opset=args.opset, dynamic=True, props=export.metadata(args, DOG))
         out[name] = (copy.deepcopy(model), checkpoint, onnx_path, fused)
     return out
 
@@ -149,7 +154,7 @@ def _reference(model: DFPNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 def test_fused_and_onnxruntime_match_pytorch(models, crops, name):
     model, _, onnx_path, fused = models[name]
     odd = torch.randn(1, 3, 40, 57, generator=torch.Generator().manual_seed(5))
-    session = OnnxModel(str(onnx_path), num_classes=8)
+    session = OnnxModel(str(onnx_path))
     for x in (crops, odd):  # the odd size also proves H and W are dynamic
         want, pytorch32 = _reference(model, x)
         base = relative_error(pytorch32, want)
@@ -186,8 +191,8 @@ def test_onnx_flip_and_scales_average_like_pytorch(models, crops):
     _, _, onnx_path, fused = models["synthetic"]
     session = OnnxModel(str(onnx_path))
     for flip, scales in ((True, (0.75, 1.0)),):
-        want = predict_probs(fused, crops, flip=flip, scales=scales)
-        got = session.predict_probs(crops.numpy(), flip=flip, scales=scales)
+        want = predict_probs(fused, crops, label_set=RENAMED, flip=flip, scales=scales)
+        got = session.predict_probs(crops.numpy(), flip=flip, scales=scales)  # the model's own set
         np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=2e-4)
         labels = session.predict_labels(crops.numpy(), flip=flip, scales=scales)
         assert (labels == want.argmax(1).numpy()).mean() >= 0.999
@@ -221,6 +226,8 @@ def test_export_metadata_and_dynamic_shapes(models):
     meta = session.metadata
     assert json.loads(meta["class_names"])[:3] == ["Background", "head", "body"]
     assert len(json.loads(meta["palette_rgb"])) == 8 and json.loads(meta["palette_rgb"])[1] == [128, 0, 0]
+    assert json.loads(meta["flip_pairs"]) == [[3, 4], [5, 6]]
+    assert session.label_set.to_dict() == DOG.to_dict()
     assert json.loads(meta["mean"]) == [0.485, 0.456, 0.406]
     assert json.loads(meta["std"]) == [0.229, 0.224, 0.225]
     assert meta["channel_order"] == "BGR" and meta["output"] == "logits" and meta["num_classes"] == "8"
@@ -256,10 +263,13 @@ def test_bad_onnx_model_exits_2_with_one_line(script, models, data, tmp_path, ca
         assert code == 2 and path in err and needle in err, err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "m.json").exists()
-    if script is parse_images:  # (evaluate.py's dataset check refuses 8 classes of labels for 5 first)
-        code, _, err = run_main(script, ["--onnx", str(models["random"][2]), "--num-classes", "5",
-                                         "--no-progress", *where], capsys)
-        assert code == 2 and "predicts 8 classes" in err
+    code, _, err = run_main(script, ["--onnx", str(models["random"][2]), "--num-classes", "5",
+                                     "--no-progress", *where], capsys)
+    assert code == 2 and "--num-classes 5" in err and "8 classes" in err and len(err.strip().splitlines()) == 1
+    # A label set of other classes than the model's is refused, naming both.
+    code, _, err = run_main(script, ["--onnx", str(models["random"][2]), "--labels", "pascal-person-part",
+                                     "--no-progress", *where], capsys)
+    assert code == 2 and str(models["random"][2]) in err and "7 classes" in err and "8 classes" in err, err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,10 +291,14 @@ def test_evaluate_onnx_and_fused_match_evaluate(models, data, tmp_path, capsys):
     result = json.loads(metrics.read_text())
     assert result["runtime"] == "onnxruntime" and result["checkpoint"] == str(onnx_path)
     assert "onnxruntime" in out
+    # No labels.json in the data folder and no --labels: the set the model records names the classes.
+    assert list(result["per_class_iou"]) == RENAMED8["names"] and result["label_set"]["flip_pairs"][0] == [
+        "front_left", "front_right"]
+    assert "hind_right" in out
     mean_iou = {"onnxruntime": result["mean_iou"]}
     val = CartoonDataSet(str(data), "val", crop_size=SIZE, transform=default_transform())
     for name, network in (("pytorch", model), ("fused", fused)):
-        matrix = evaluate_model(network, val, make_eval_loader(val, workers=0), "cpu", num_classes=8,
+        matrix = evaluate_model(network, val, make_eval_loader(val, workers=0), "cpu", label_set=RENAMED,
                                 progress=False)
         mean_iou[name] = matrix.compute()["mean_iou"]
     print(f"mean IU: {mean_iou}")
@@ -334,3 +348,9 @@ def test_parse_images_onnx_runs_without_torch(models, data, tmp_path, capsys):
         for suffix in ("_color.png", "_overlay.jpg"):
             for folder in ("ort", "tta"):
                 assert (tmp_path / folder / f"{stem}{suffix}").is_file()
+        # Coloured with the palette the checkpoint recorded and the export carried, with or without torch.
+        for folder, label in (("ort", ort), ("pt", pt)):
+            colour = cv2.imread(str(tmp_path / folder / f"{stem}_color.png"))[:, :, ::-1]
+            np.testing.assert_array_equal(colour, RENAMED.colours()[label])
+    legend = cv2.imread(str(tmp_path / "ort" / "legend.png"))
+    assert legend is not None and legend.shape[0] >= 8 * 18

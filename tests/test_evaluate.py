@@ -16,7 +16,7 @@ from torch import nn
 
 import evaluate
 from utils.cli import default_amp
-from utils.labels import CLASS_NAMES
+from utils.labels import DOG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRIC_KEYS = {"mean_iou", "pixel_accuracy", "mean_accuracy", "per_class_iou", "confusion_matrix",
@@ -63,9 +63,10 @@ def run_script(args: list[str], timeout: int = 600, env: dict | None = None) -> 
 # bad inputs: a clear line, a non-zero exit, no metrics file
 # ---------------------------------------------------------------------------------------------
 
-def _fails(argv, capsys, tmp_path, code, *needles):
+def _fails(argv, capsys, tmp_path, code, *needles, checkpoint=None):
     metrics = tmp_path / "metrics.json"
-    got, out, err = run_main(["--device", "cpu", "--workers", "0", "--no-progress", *argv,
+    network = ["--restore-from", str(checkpoint)] if checkpoint else []
+    got, out, err = run_main(["--device", "cpu", "--workers", "0", "--no-progress", *network, *argv,
                               "--metrics-out", str(metrics)], capsys)
     assert got == code, (out, err)
     for needle in needles:
@@ -92,17 +93,17 @@ def test_training_split_is_refused(data, tmp_path, capsys):
     _fails(["--data-dir", str(data), "--dataset", "train"], capsys, tmp_path, 1, "augmentation")
 
 
-def test_unreadable_image(data, tmp_path, capsys):
+def test_unreadable_image(data, dfpnet_checkpoint, tmp_path, capsys):
     image = data / "val_images" / "syn_00001.jpg"
     image.write_bytes(b"this is not a jpeg")
-    _fails(["--data-dir", str(data)], capsys, tmp_path, 1, "syn_00001.jpg")
+    _fails(["--data-dir", str(data)], capsys, tmp_path, 1, "syn_00001.jpg", checkpoint=dfpnet_checkpoint)
 
 
-def test_ground_truth_of_a_different_size(data, tmp_path, capsys):
+def test_ground_truth_of_a_different_size(data, dfpnet_checkpoint, tmp_path, capsys):
     label = data / "val_segmentations" / "syn_00002.png"
     gt = cv2.imread(str(label), cv2.IMREAD_UNCHANGED)
     cv2.imwrite(str(label), np.zeros((gt.shape[0] + 3, gt.shape[1]), np.uint8))
-    _fails(["--data-dir", str(data)], capsys, tmp_path, 1, "syn_00002.png")
+    _fails(["--data-dir", str(data)], capsys, tmp_path, 1, "syn_00002.png", checkpoint=dfpnet_checkpoint)
 
 
 @pytest.mark.parametrize("scales", ["", "a,b", "0", "1,-1", "nan"])
@@ -120,8 +121,8 @@ def test_bad_input_size(data, tmp_path, capsys, size):
     (["--num-classes", "x"], "--num-classes"), (["--amp", "fp8"], "--amp"),
     (["--ignore-label", "3"], "--ignore-label"), (["--device", "gpu0"], "gpu0"),
 ])
-def test_other_nonsense_values(data, tmp_path, capsys, argv, needle):
-    _fails(["--data-dir", str(data), *argv], capsys, tmp_path, 2, needle)
+def test_other_nonsense_values(data, dfpnet_checkpoint, tmp_path, capsys, argv, needle):
+    _fails(["--data-dir", str(data), *argv], capsys, tmp_path, 2, needle, checkpoint=dfpnet_checkpoint)
 
 
 def test_missing_checkpoint(data, tmp_path, capsys):
@@ -150,13 +151,13 @@ def test_evaluate_end_to_end(data, dfpnet_checkpoint, tmp_path):
                        "--input-size", "64,64", "--device", "cpu", "--workers", "0",
                        "--metrics-out", str(metrics), "--save-path", str(pictures)])
     assert proc.returncode == 0, proc.stderr
-    for name in CLASS_NAMES:
+    for name in DOG.names:
         assert name in proc.stdout
     assert "Mean IU" in proc.stdout and "Pixel accuracy" in proc.stdout and "images/s" in proc.stdout
 
     result = json.loads(metrics.read_text())
     assert METRIC_KEYS <= set(result)
-    assert list(result["per_class_iou"]) == list(CLASS_NAMES)
+    assert list(result["per_class_iou"]) == list(DOG.names)
     assert result["num_images"] == 3 and result["dataset"] == "val"
     assert result["checkpoint"] == str(dfpnet_checkpoint)
     assert result["input_size"] == [64, 64] and result["scales"] == [1.0]
@@ -191,7 +192,7 @@ def test_evaluate_end_to_end(data, dfpnet_checkpoint, tmp_path):
 
 @pytest.mark.slow
 def test_every_checkpoint_format_loads_the_same_weights(dfpnet_checkpoint, tmp_path):
-    from utils.checkpoint import save_atomic
+    from utils.checkpoint import read_weights, save_atomic
     from utils.cli import load_model
     state = torch.load(dfpnet_checkpoint, map_location="cpu", weights_only=True)
     formats = {
@@ -200,7 +201,7 @@ def test_every_checkpoint_format_loads_the_same_weights(dfpnet_checkpoint, tmp_p
     }
     for name, obj in formats.items():
         save_atomic(obj, tmp_path / f"{name}.pth")
-        model = load_model(str(tmp_path / f"{name}.pth"), 8, torch.device("cpu"))
+        model = load_model(read_weights(tmp_path / f"{name}.pth"), 8, torch.device("cpu"))
         assert not model.training
         loaded = model.state_dict()
         for key in ("conv1.weight", "layer3.22.conv2.weight", "outc.2.weight", "outc.2.bias"):
@@ -290,7 +291,7 @@ def test_run_evaluate_sh_authors_settings_and_overrides(script_copy):
     assert pairs == {"--data-dir": "./dataset/Cartoon_sketches/Dog/", "--dataset": "val",
                      "--metrics-out": "./outputs/eval/metrics.json"}
     defaults = evaluate.get_arguments([])
-    assert (defaults.input_size, defaults.num_classes) == ((384, 384), 8)
+    assert defaults.input_size == (384, 384) and (defaults.labels, defaults.num_classes) == (None, None)
     assert defaults.restore_from == "./snapshots/DFPnet_epoch_495.pth"
     log.unlink()
     proc = _run_sh(repo, INPUT_SIZE="64,64", RESTORE_FROM="x.pth", DEVICE="cpu", SAVE_PATH="pics",

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import utils.inference as inference
 from utils.inference import evaluate_model, make_eval_loader, predict_labels, predict_probs
+from utils.labels import DOG, LabelSet
 from utils.pipeline import ImageFiles, InferenceStats, letterbox, save_prediction
 from utils.transforms import box_to_center_scale, crop_to_image, get_affine_transform, warp_to_crop
 
@@ -152,22 +152,35 @@ def test_flip_testing_is_the_mirrored_and_swapped_average():
     torch.manual_seed(0)
     model = PixelNet().eval()
     images = torch.randn(2, 3, 12, 17)
-    got = predict_probs(model, images, flip=True)
+    got = predict_probs(model, images, label_set=DOG, flip=True)
     assert got.shape == (2, 8, 12, 17)
     torch.testing.assert_close(got, _expected_flip(model, images), rtol=0, atol=1e-6)
-    plain = predict_probs(model, images)
+    plain = predict_probs(model, images, label_set=DOG)
     assert (got - plain).abs().max() > 1e-2  # the network is asymmetric: flipping changes something
     torch.testing.assert_close(got.sum(1), torch.ones(2, 12, 17))
 
 
-@pytest.mark.parametrize("wrong", [list(range(8)), [0, 1, 2, 5, 6, 3, 4, 7]], ids=["no-swap", "wrong-pairs"])
-def test_flip_check_catches_a_wrong_channel_swap(monkeypatch, wrong):
+@pytest.mark.parametrize("pairs", [[], [[3, 5], [4, 6]]], ids=["no-swap", "wrong-pairs"])
+def test_flip_check_catches_a_wrong_channel_swap(pairs):
     model = PixelNet().eval()
     images = torch.randn(1, 3, 10, 13, generator=torch.Generator().manual_seed(1))
-    monkeypatch.setattr(inference, "flip_permutation", lambda n=8: wrong)
+    wrong = LabelSet.from_dict({"names": list(DOG.names), "flip_pairs": pairs}, "wrong pairs")
     with pytest.raises(AssertionError):
-        torch.testing.assert_close(predict_probs(model, images, flip=True), _expected_flip(model, images),
-                                   rtol=0, atol=1e-6)
+        torch.testing.assert_close(predict_probs(model, images, label_set=wrong, flip=True),
+                                   _expected_flip(model, images), rtol=0, atol=1e-6)
+
+
+def test_flip_testing_swaps_the_pairs_of_another_label_set():
+    # Six classes whose one left/right pair sits at ids 5 and 2; written out by hand.
+    wings = LabelSet.from_dict({"names": ["bg", "tail", "right_wing", "body", "head", "left_wing"],
+                                "flip_pairs": [["left_wing", "right_wing"]]}, "wings")
+    model = PixelNet(6).eval()
+    images = torch.randn(2, 3, 9, 14, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        p = model(images)[-1].softmax(1)
+        q = model(images.flip(-1))[-1].softmax(1).flip(-1)[:, [0, 1, 5, 3, 4, 2]]
+    torch.testing.assert_close(predict_probs(model, images, label_set=wings, flip=True), 0.5 * (p + q),
+                               rtol=0, atol=1e-6)
 
 
 def test_single_scale_equals_the_plain_prediction():
@@ -175,15 +188,15 @@ def test_single_scale_equals_the_plain_prediction():
     images = torch.randn(2, 3, 15, 22, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected = model(images)[-1].softmax(1)
-    torch.testing.assert_close(predict_probs(model, images, scales=(1.0,)), expected, rtol=0, atol=0)
-    assert torch.equal(predict_labels(model, images), expected.argmax(1).to(torch.uint8))
+    torch.testing.assert_close(predict_probs(model, images, label_set=DOG, scales=(1.0,)), expected, rtol=0, atol=0)
+    assert torch.equal(predict_labels(model, images, label_set=DOG), expected.argmax(1).to(torch.uint8))
 
 
 def test_multi_scale_averages_at_the_crop_size():
     model = PixelNet().eval()
     images = torch.randn(1, 3, 33, 47, generator=torch.Generator().manual_seed(3))
     scales = (0.5, 0.75, 1.25)
-    got = predict_probs(model, images, scales=scales)
+    got = predict_probs(model, images, label_set=DOG, scales=scales)
     assert got.shape == (1, 8, 33, 47)
     expected = 0
     with torch.no_grad():
@@ -193,22 +206,23 @@ def test_multi_scale_averages_at_the_crop_size():
             out = F.interpolate(model(x)[-1], size=(33, 47), mode="bilinear", align_corners=True)
             expected = expected + out.softmax(1) / len(scales)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
-    both = predict_probs(model, images, scales=(0.75, 1.0), flip=True)
+    both = predict_probs(model, images, label_set=DOG, scales=(0.75, 1.0), flip=True)
     assert both.shape == (1, 8, 33, 47)
     torch.testing.assert_close(both.sum(1), torch.ones(1, 33, 47))
     for bad in [(), (0.0,), (1.0, -0.5)]:
         with pytest.raises(ValueError, match="scales"):
-            predict_probs(model, images, scales=bad)
+            predict_probs(model, images, label_set=DOG, scales=bad)
 
 
 def test_amp_runs_and_wrong_class_count_is_named():
     model = PixelNet().eval()
     images = torch.randn(1, 3, 8, 8)
-    assert predict_probs(model, images, amp="bf16").dtype == torch.float32
-    with pytest.raises(ValueError, match="num-classes"):
-        predict_probs(model, images, num_classes=5)
+    assert predict_probs(model, images, label_set=DOG, amp="bf16").dtype == torch.float32
+    five = LabelSet.from_dict({"names": ["a", "b", "c", "d", "e"]}, "five")
+    with pytest.raises(ValueError, match="N x 5 x H x W"):
+        predict_probs(model, images, label_set=five)
     with pytest.raises(ValueError, match="amp"):
-        predict_probs(model, images, amp="fp8")
+        predict_probs(model, images, label_set=DOG, amp="fp8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,7 +246,7 @@ def test_evaluate_model_scores_at_the_original_size_in_any_order():
 
     model = OracleNet().train()
     stats = InferenceStats()
-    cm = evaluate_model(model, split, loader, "cpu", num_classes=8, progress=False, on_prediction=record,
+    cm = evaluate_model(model, split, loader, "cpu", label_set=DOG, progress=False, on_prediction=record,
                         stats=stats)
     assert model.training  # the caller's mode is given back
     assert seen == {name: i for i, name in enumerate(split.ids)}
@@ -246,7 +260,7 @@ def test_evaluate_model_warps_back_with_the_chosen_centers():
     got = {False: {}, True: {}}
     for truncate in (False, True):
         evaluate_model(OracleNet(), split, make_eval_loader(split, batch_size=3, workers=0), "cpu",
-                       num_classes=8, truncate_centers=truncate, progress=False,
+                       label_set=DOG, truncate_centers=truncate, progress=False,
                        on_prediction=lambda name, label, index, t=truncate: got[t].__setitem__(index, label))
     differ = 0
     for i in range(len(split)):
@@ -263,7 +277,7 @@ def test_evaluate_model_warps_back_with_the_chosen_centers():
 def test_evaluate_model_counts_a_repeated_image_once():
     split = FakeSplit(SIZES[:2])
     loader = torch.utils.data.DataLoader(split, batch_size=1, sampler=[0, 1, 0])  # like a padded sampler
-    cm = evaluate_model(OracleNet(), split, loader, "cpu", num_classes=8, progress=False)
+    cm = evaluate_model(OracleNet(), split, loader, "cpu", label_set=DOG, progress=False)
     assert cm.mat.sum() == sum(h * w for h, w in SIZES[:2])
 
 
@@ -272,7 +286,7 @@ def test_ground_truth_of_another_size_names_the_file():
     loader = make_eval_loader(split, batch_size=2, workers=0)
     message = r"/fake/img3\.png: ground truth is 3x3 \(WxH\) but its image is 81x33"
     with pytest.raises(ValueError, match=message):
-        evaluate_model(OracleNet(), split, loader, "cpu", num_classes=8, progress=False)
+        evaluate_model(OracleNet(), split, loader, "cpu", label_set=DOG, progress=False)
 
 
 def test_make_eval_loader_covers_every_image_once():
@@ -317,7 +331,7 @@ def test_image_files_make_names_unique_and_letterbox_keeps_the_whole_image(tmp_p
 def test_save_prediction_writes_three_pictures(tmp_path):
     label = blocky_label(30, 45, seed=0, block=5)
     image = np.full((30, 45, 3), 90, np.uint8)
-    paths = save_prediction(str(tmp_path / "out"), "x", label, image)
+    paths = save_prediction(str(tmp_path / "out"), "x", label, image, label_set=DOG)
     assert [os.path.basename(p) for p in paths] == ["x_label.png", "x_color.png", "x_overlay.jpg"]
     assert np.array_equal(cv2.imread(paths[0], cv2.IMREAD_UNCHANGED), label)
     assert cv2.imread(paths[1]).shape == (30, 45, 3) and cv2.imread(paths[2]).shape == (30, 45, 3)

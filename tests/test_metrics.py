@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dataset.transforms import normalize_image
-from utils.labels import PALETTE
+from utils.labels import DOG, LabelSet
 from utils.metrics import ConfusionMatrix
 from utils.visualize import (
     confusion_matrix_figure,
@@ -144,10 +144,17 @@ def test_confusion_matrix_figure_is_row_normalised(tmp_path):
     assert cv2.imread(str(path)) is not None
 
 
+THREE = LabelSet.from_dict({"names": ["x", "y", "z"], "palette": [[0, 0, 0], [255, 0, 0], [0, 0, 255]]},
+                           "three")
+
+
 def test_iou_bar_figure(tmp_path):
-    fig = iou_bar_figure([90.0, 10.0, 50.0], ["x", "y", "z"], mean_iou=50.0)
+    fig = iou_bar_figure([90.0, 10.0, 50.0], THREE, mean_iou=50.0)
     heights = [p.get_height() for p in fig.axes[0].patches]
     assert heights == pytest.approx([90.0, 10.0, 50.0])
+    # Bars are named and coloured as the label set's classes.
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["x", "y", "z"]
+    assert [tuple(p.get_facecolor()[:3]) for p in fig.axes[0].patches] == [(0, 0, 0), (1, 0, 0), (0, 0, 1)]
     save_figure(fig, str(tmp_path / "iou.png"))
     assert cv2.imread(str(tmp_path / "iou.png")).shape[2] == 3
 
@@ -165,13 +172,16 @@ def test_image_to_rgb_undoes_the_bgr_normalisation():
 
 def test_label_grid_uses_the_palette():
     labels = torch.tensor([[[0, 1], [2, 255]], [[7, 7], [7, 7]]])
-    grid = label_grid(labels, ncol=2)
-    assert grid[2, 3].tolist() == PALETTE[1].tolist()  # first tile, row 0, col 1
+    grid = label_grid(labels, DOG, ncol=2)
+    # The Dog set keeps the authors' VOC bit-pattern colours: head (1) dark red, tail (7) grey.
+    assert grid[2, 3].tolist() == [128, 0, 0]  # first tile, row 0, col 1
     assert grid[3, 3].tolist() == [255, 255, 255]  # ignored pixels are white
-    assert grid[2, 6].tolist() == PALETTE[7].tolist()  # second tile
+    assert grid[2, 6].tolist() == [128, 128, 128]  # second tile
     scores = torch.zeros(1, 8, 2, 2)
     scores[0, 4] = 1.0
-    assert label_grid(scores)[2, 2].tolist() == PALETTE[4].tolist()  # scores -> argmax
+    assert label_grid(scores, DOG)[2, 2].tolist() == [0, 0, 128]  # scores -> argmax
+    # Another label set, its own colours.
+    assert label_grid(torch.tensor([[[2, 1]]]), THREE)[2, 2:4].tolist() == [[0, 0, 255], [255, 0, 0]]
     with pytest.raises(ValueError):
         make_grid([np.zeros((2, 2, 3), np.uint8), np.zeros((3, 2, 3), np.uint8)])
 
@@ -179,7 +189,7 @@ def test_label_grid_uses_the_palette():
 def test_overlay_blends_foreground_only():
     image = np.full((2, 3, 3), 100, dtype=np.uint8)
     label = np.array([[0, 1, 255], [2, 0, 0]], dtype=np.uint8)
-    out = overlay(image, label, alpha=0.5)
+    out = overlay(image, label, DOG, alpha=0.5)
     assert out.dtype == np.uint8 and out.shape == image.shape
     assert out[0, 0].tolist() == [100, 100, 100] and out[0, 2].tolist() == [100, 100, 100]
     # head is RGB (128, 0, 0) -> BGR (0, 0, 128): halfway between 100 and the colour

@@ -10,7 +10,7 @@ import pytest
 
 from dataset.check import check_dataset
 from dataset.synthetic import contact_sheet, generate_dataset, main, render_sample
-from utils.labels import flip_lut
+from utils.labels import DOG
 
 HEAD, BODY, LEFT_ARM, RIGHT_ARM, LEFT_LEG, RIGHT_LEG = 1, 2, 3, 4, 5, 6
 
@@ -113,7 +113,7 @@ def test_near_legs_are_the_visible_side_and_front_legs_by_the_head(samples):
 def test_mirror_with_swapped_ids_is_the_other_facing(index):
     right = render_sample(2, index, facing="right")
     left = render_sample(2, index, facing="left")
-    np.testing.assert_array_equal(flip_lut()[right.label[:, ::-1]], left.label)
+    np.testing.assert_array_equal(DOG.flip_lut()[right.label[:, ::-1]], left.label)
     np.testing.assert_array_equal(right.image[:, ::-1], left.image)
     # The near legs (drawn over the body) are left legs facing right and right legs facing left.
     assert rows_inside_body(right.label, LEFT_ARM) > rows_inside_body(right.label, RIGHT_ARM)

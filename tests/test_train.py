@@ -13,6 +13,7 @@ import torch
 
 import train
 from utils.engine import poly_lr
+from utils.labels import DOG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -324,7 +325,7 @@ def test_trainval_without_its_own_lists_trains_on_train_plus_val(data_dir):
     args = train.get_args_parser().parse_args(["--data-dir", data_dir, "--input-size", "64,64"])
     assert train.training_splits(data_dir, "trainval") == ["train", "val"]
     assert train.training_splits(data_dir, "train") == ["train"]
-    dataset = train.build_train_dataset(args, ["train", "val"])
+    dataset = train.build_train_dataset(args, ["train", "val"], DOG)
     assert isinstance(dataset, ConcatDataset) and len(dataset) == 16 + 4
     image, label, _edge, _meta = dataset[len(dataset) - 1]  # a val image, augmented like training data
     assert image.shape == (3, 64, 64) and label.shape == (64, 64)

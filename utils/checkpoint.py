@@ -4,6 +4,11 @@ Everything goes through ``torch.load(..., weights_only=True)``: a ``.pth`` from 
 untrusted, and a pickle that carries code is refused, never executed. Writes are atomic
 (temporary file in the same folder, then ``os.replace``), so a run killed mid-save leaves the
 previous file intact.
+
+Checkpoints carry the label set they were trained with in their state_dict's ``_metadata``
+(under ``"dfpnet.label_set"``, the ``labels.json`` form), where PyTorch keeps its own per-module
+versions: the file stays a plain state_dict that ``load_state_dict`` reads as before (the
+authors' format included), and ``weights_only=True`` loads it.
 """
 from __future__ import annotations
 
@@ -12,7 +17,9 @@ import logging
 import os
 import pickle
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +27,14 @@ import torch
 from torch import nn
 
 from utils.cli import first_line
+from utils.labels import LabelSet, LabelSetError
 
 log = logging.getLogger("dfpnet")
 
 # Buffers that plain BatchNorm2d / the inplace-abn package keep and the authors' files lack.
 _OPTIONAL_SUFFIXES = ("num_batches_tracked",)
 _MAX_NAMED = 5
+LABEL_SET_KEY = "dfpnet.label_set"  # in a state_dict's _metadata; no module of DFPnet has this name
 
 
 class CheckpointError(Exception):
@@ -82,10 +91,18 @@ def _named(keys: list[str]) -> str:
     return ", ".join(keys[:_MAX_NAMED]) + more
 
 
+def _in(key: str, prefixes: Sequence[str]) -> bool:
+    return any(key.startswith(p + ".") for p in prefixes)
+
+
 def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor],
-                           path: str | os.PathLike = "<checkpoint>") -> None:
-    """Copy ``state`` into ``model``, all or nothing; ``num_batches_tracked`` may be absent on either side."""
-    own = model.state_dict()
+                           path: str | os.PathLike = "<checkpoint>", *, skip: Sequence[str] = ()) -> None:
+    """Copy ``state`` into ``model``, all or nothing; ``num_batches_tracked`` may be absent on either side.
+
+    The modules named in ``skip`` (``"outc.2"``) are left as they are in ``model`` and not compared.
+    """
+    own = {k: v for k, v in model.state_dict().items() if not _in(k, skip)}
+    state = {k: v for k, v in state.items() if not _in(k, skip)}
     missing = [k for k in own if k not in state and not _optional(k)]
     unexpected = [k for k in state if k not in own and not _optional(k)]
     mismatched = [f"{k}: file {_shape(state[k])}, model {_shape(own[k])}"
@@ -100,7 +117,7 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor],
             parts.append(f"{len(mismatched)} mis-shaped ({_named(mismatched)})")
         hint = ""
         if any(k.startswith(("outc.", "aux_pred.4.")) for k in mismatched):
-            hint = "; the class count differs: set --num-classes to the checkpoint's"
+            hint = "; its classifiers are for another number of classes: give its label set with --labels"
         raise CheckpointError(f"{path}: not a checkpoint of this network: {'; '.join(parts)}{hint}")
     with torch.no_grad():
         for k, v in state.items():
@@ -111,6 +128,54 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor],
 def load_model_weights(model: nn.Module, path: str | os.PathLike) -> None:
     """Load any DFPnet checkpoint we know (authors', epoch snapshot, best.pth, training state) strictly."""
     load_state_dict_strict(model, extract_state_dict(read_checkpoint(path), path), path)
+
+
+# ------------------------------------------------------------------------------------------
+# The label set a checkpoint was trained with
+# ------------------------------------------------------------------------------------------
+
+def with_label_set(state: Mapping[str, torch.Tensor], label_set: LabelSet) -> OrderedDict:
+    """``state`` (a state_dict) with ``label_set`` recorded in its ``_metadata``."""
+    out = OrderedDict(state)
+    metadata = OrderedDict(getattr(state, "_metadata", None) or {})
+    metadata[LABEL_SET_KEY] = label_set.to_dict()
+    out._metadata = metadata  # type: ignore[attr-defined]
+    return out
+
+
+def stored_label_set(obj: Any, path: str | os.PathLike = "<checkpoint>") -> LabelSet | None:
+    """The label set recorded in a checkpoint read by :func:`read_checkpoint`; None if it has none
+    (the authors' files, or ours from before label sets)."""
+    if isinstance(obj, Mapping):  # a training state holds the state_dict, as in extract_state_dict
+        obj = next((obj[k] for k in ("model", "state_dict") if isinstance(obj.get(k), Mapping)), obj)
+    metadata = getattr(obj, "_metadata", None)
+    entry = metadata.get(LABEL_SET_KEY) if isinstance(metadata, Mapping) else None
+    if entry is None:
+        return None
+    try:
+        return LabelSet.from_dict(entry, f"the checkpoint {path}")
+    except LabelSetError as exc:
+        raise CheckpointError(f"{path}: its stored label set is unusable: {exc}") from None
+
+
+@dataclass
+class Weights:
+    """A DFPnet checkpoint read once: its tensors (``module.`` stripped) and its label set, if recorded."""
+    path: str
+    state: dict[str, torch.Tensor]
+    label_set: LabelSet | None
+
+    def out_channels(self, module: str) -> int | None:
+        """Output channels of the convolution ``module`` (a classifier: the class count), if present."""
+        weight = self.state.get(f"{module}.weight")
+        return int(weight.shape[0]) if weight is not None and weight.ndim == 4 else None
+
+
+def read_weights(path: str | os.PathLike) -> Weights:
+    """:func:`read_checkpoint` + :func:`extract_state_dict` + :func:`stored_label_set` of one file."""
+    obj = read_checkpoint(path)
+    label_set = stored_label_set(obj, path)
+    return Weights(str(path), extract_state_dict(obj, path), label_set)
 
 
 def load_imagenet_backbone(model: nn.Module, path: str | os.PathLike,

@@ -15,11 +15,21 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
 from utils import recipe
+from utils.labels import (
+    DOG,
+    PRESETS,
+    LabelSet,
+    LabelSetError,
+    check_num_classes,
+    check_same_classes,
+    given_label_set,
+)
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from utils.checkpoint import Weights
     from utils.onnx_infer import OnnxModel
 
 AMP_MODES = ("off", "bf16", "fp16")
@@ -107,12 +117,26 @@ def non_negative_float(text: str) -> float:
     return _number(text, float, 0.0, False, "a number >= 0")
 
 
-def add_inference_arguments(parser: argparse.ArgumentParser, *, onnx: bool = False) -> None:
+def add_label_arguments(parser: argparse.ArgumentParser, *, data_dir: bool = True, stored: bool = True) -> None:
+    """``--labels`` and ``--num-classes``, with where the set comes from when ``--labels`` is not given:
+    ``labels.json`` in the data folder (``data_dir``), the checkpoint's or model's own set (``stored``),
+    the Dog set."""
+    fallbacks = (["labels.json in --data-dir"] if data_dir else []) \
+        + (["the set stored with the checkpoint or ONNX model"] if stored else []) + ["dog"]
+    parser.add_argument("--labels", default=None, metavar="NAME|PATH",
+                        help=f"label set (class names, left/right flip pairs, colours; docs/labels.md): a "
+                             f"preset ({', '.join(PRESETS)}) or a labels.json (or a folder holding one); "
+                             f"default: {', else '.join(fallbacks)}")
+    parser.add_argument("--num-classes", type=positive_int, default=None,
+                        help="number of classes, background included: derived from the label set; given, it "
+                             "must agree with it (a check)")
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser, *, onnx: bool = False, data_dir: bool = False) -> None:
     """The prediction flags evaluate.py and parse_images.py share; ``onnx`` adds ``--onnx`` and ``--fuse``."""
     parser.add_argument("--input-size", type=parse_size, default=recipe.INPUT_SIZE, metavar="H,W",
                         help="crop the network sees, height,width (authors' run: 384,384)")
-    parser.add_argument("--num-classes", type=positive_int, default=recipe.NUM_CLASSES,
-                        help="number of classes the checkpoint predicts (8 for the Dog dataset)")
+    add_label_arguments(parser, data_dir=data_dir)
     parser.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass")
     parser.add_argument("--workers", type=non_negative_int, default=2,
                         help="DataLoader worker processes reading and warping images")
@@ -124,7 +148,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser, *, onnx: bool = Fal
                              "0.1 point, see bench/RESULTS.md; --amp off reproduces float32 exactly)")
     parser.add_argument("--flip", action="store_true",
                         help="flip testing: average with the mirrored image's prediction "
-                             "(left/right classes swapped)")
+                             "(the label set's left/right classes swapped)")
     parser.add_argument("--scales", type=parse_scales, default=(1.0,), metavar="S1,S2,...",
                         help="multi-scale testing: average predictions at these input scales, "
                              "e.g. 0.75,1.0,1.25")
@@ -170,21 +194,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_model(restore_from: str, num_classes: int, device: torch.device, *,
+def load_model(weights: Weights, num_classes: int, device: torch.device, *,
                channels_last: bool = False, fuse: bool = False) -> nn.Module:
-    """DFPNet with the weights of any checkpoint format we know, on ``device``, in eval mode.
+    """DFPNet with ``num_classes`` outputs and the checkpoint's ``weights``, on ``device``, in eval mode.
 
     ``fuse`` returns ``networks.fuse.fuse_for_inference`` of it (InPlace-ABN folded into the
     convolutions; inference only). Raises ``utils.checkpoint.CheckpointError`` (one line naming
-    the file and the keys) on a bad file.
+    the file and the keys) when the weights do not fit.
     """
     import torch
 
     from networks.dfpnet import DFPNet
-    from utils.checkpoint import load_model_weights
+    from utils.checkpoint import load_state_dict_strict
 
     model = DFPNet(num_classes=num_classes)
-    load_model_weights(model, restore_from)
+    load_state_dict_strict(model, weights.state, weights.path)
     model.eval()
     if fuse:
         from networks.fuse import fuse_for_inference
@@ -222,9 +246,9 @@ def setup_device(args: argparse.Namespace, fail: Fail) -> torch.device | None:
     return device
 
 
-def setup_model(args: argparse.Namespace, device: torch.device | None, fail: Fail) -> nn.Module | OnnxModel:
-    """The network ``args`` ask for: ``--onnx`` as a ``utils.onnx_infer.OnnxModel``, else the checkpoint
-    of ``--restore-from`` as an eval-mode DFPNet on ``device`` (folded with ``--fuse``).
+def read_network(args: argparse.Namespace, fail: Fail) -> Weights | OnnxModel:
+    """The network ``args`` name, read but not built: ``--onnx`` as a ``utils.onnx_infer.OnnxModel``,
+    else the checkpoint of ``--restore-from`` as ``utils.checkpoint.Weights`` (read once, on the CPU).
 
     An unusable file ends the program through ``fail(one line naming it, 2)``.
     """
@@ -232,15 +256,61 @@ def setup_model(args: argparse.Namespace, device: torch.device | None, fail: Fai
         from utils.onnx_infer import OnnxModel, OnnxModelError
 
         try:
-            return OnnxModel(args.onnx, num_classes=args.num_classes)
+            return OnnxModel(args.onnx)
         except OnnxModelError as exc:
             fail(str(exc), 2)
+    from utils.checkpoint import CheckpointError, read_weights
+
+    try:
+        return read_weights(args.restore_from)
+    except CheckpointError as exc:
+        fail(str(exc), 2)
+
+
+def given_labels(args: argparse.Namespace, fail: Fail, *, data_dir: str | None = None) -> LabelSet | None:
+    """``--labels``, else ``labels.json`` in ``data_dir`` (None when neither), read before anything
+    else, so that a bad set ends the program (``fail(one line, 2)``) before any work."""
+    try:
+        return given_label_set(args.labels, data_dir)
+    except LabelSetError as exc:
+        fail(str(exc), 2)
+
+
+def network_label_set(args: argparse.Namespace, network: Weights | OnnxModel, given: LabelSet | None,
+                      fail: Fail) -> LabelSet:
+    """The label set to predict with: ``given`` (see :func:`given_labels`), else the set the network
+    records, else the Dog set; it must be the network's classes, and ``--num-classes`` (if given) its
+    size. A problem ends the program through ``fail(one line, 2)``."""
+    if hasattr(network, "state"):  # a checkpoint
+        from networks.dfpnet import DFPNet
+
+        what, count = f"the checkpoint {network.path}", network.out_channels(DFPNet.CLASSIFIERS[-1])
+    else:
+        what, count = f"the ONNX model {network.path}", network.num_classes
+    label_set = given or network.label_set or DOG
+    try:
+        check_num_classes(label_set, args.num_classes)
+        check_same_classes(label_set, None if label_set is network.label_set else network.label_set, count, what)
+    except LabelSetError as exc:
+        fail(str(exc), 2)
+    return label_set
+
+
+def setup_model(args: argparse.Namespace, network: Weights | OnnxModel, label_set: LabelSet,
+                device: torch.device | None, fail: Fail) -> nn.Module | OnnxModel:
+    """The network of :func:`read_network`, ready to predict: an ``OnnxModel`` as it is, a checkpoint as
+    an eval-mode DFPNet for ``label_set`` on ``device`` (folded with ``--fuse``).
+
+    Weights that do not fit end the program through ``fail(one line naming the file, 2)``.
+    """
+    if not hasattr(network, "state"):
+        return network
     import torch
 
     from utils.checkpoint import CheckpointError
 
     try:
-        model = load_model(args.restore_from, args.num_classes, device, channels_last=args.channels_last,
+        model = load_model(network, label_set.num_classes, device, channels_last=args.channels_last,
                            fuse=getattr(args, "fuse", False))
     except CheckpointError as exc:
         fail(str(exc), 2)

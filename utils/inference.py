@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from networks.dfpnet import resize
 from utils.cli import AMP_MODES
-from utils.labels import IGNORE_LABEL, NUM_CLASSES, flip_permutation
+from utils.labels import IGNORE_LABEL, LabelSet
 from utils.metrics import ConfusionMatrix
 from utils.pipeline import InferenceStats, check_scales, run_loop, scaled_size
 
@@ -55,31 +55,32 @@ def final_map(outputs, num_classes: int) -> torch.Tensor:
         outputs = outputs[-1]
     if outputs.ndim != 4 or outputs.shape[1] != num_classes:
         raise ValueError(f"the network's final map has shape {tuple(outputs.shape)}, expected "
-                         f"N x {num_classes} x H x W (is --num-classes right?)")
+                         f"N x {num_classes} x H x W (the label set's classes)")
     return outputs
 
 
-def predict_probs(model: nn.Module, images: torch.Tensor, *, flip: bool = False,
-                  scales: Sequence[float] = (1.0,), amp: str = "off",
-                  num_classes: int = NUM_CLASSES) -> torch.Tensor:
+def predict_probs(model: nn.Module, images: torch.Tensor, *, label_set: LabelSet, flip: bool = False,
+                  scales: Sequence[float] = (1.0,), amp: str = "off") -> torch.Tensor:
     """Softmax probabilities ``N x C x h x w`` at the crop size ``h x w`` of ``images``.
 
     Args:
         model: returns DFPnet's list of maps; the last one is the prediction.
         images: ``N x 3 x h x w`` normalised crops on the model's device.
+        label_set: the classes of the final map's channels (their number is checked) and the
+            left/right pairs a flip swaps.
         flip: also predict the mirrored images; their probabilities are flipped back along W, the
-            left/right class channels swapped (``utils.labels.flip_permutation``), and averaged in.
+            left/right class channels swapped (``LabelSet.flip_permutation``), and averaged in.
         scales: run on the images resized by each factor (bilinear, ``align_corners=True``), resize
             each output back to ``h x w`` and average the probabilities.
         amp: "off", "bf16" or "fp16" (``torch.autocast`` on the images' device type).
-        num_classes: channels expected in the final map.
     """
     if images.ndim != 4:
         raise ValueError(f"expected N x 3 x H x W images, got shape {tuple(images.shape)}")
     scales = check_scales(scales)
     crop = tuple(images.shape[-2:])
     n = images.shape[0]
-    perm = flip_permutation(num_classes)
+    num_classes = label_set.num_classes
+    perm = label_set.flip_permutation()
     total = None
     with torch.no_grad():
         for scale in scales:
@@ -95,9 +96,8 @@ def predict_probs(model: nn.Module, images: torch.Tensor, *, flip: bool = False,
     return total / len(scales)
 
 
-def predict_labels(model: nn.Module, images: torch.Tensor, *, flip: bool = False,
-                   scales: Sequence[float] = (1.0,), amp: str = "off",
-                   num_classes: int = NUM_CLASSES) -> torch.Tensor:
+def predict_labels(model: nn.Module, images: torch.Tensor, *, label_set: LabelSet, flip: bool = False,
+                   scales: Sequence[float] = (1.0,), amp: str = "off") -> torch.Tensor:
     """``N x h x w`` uint8 class ids at the crop size, computed on the images' device.
 
     A single plain pass takes the argmax of the logits (softmax is monotonic, so the ids are the
@@ -106,9 +106,9 @@ def predict_labels(model: nn.Module, images: torch.Tensor, *, flip: bool = False
     if not flip and check_scales(scales) == (1.0,):
         with torch.no_grad(), autocast(images.device.type, amp):
             outputs = model(images)
-        logits = resize(final_map(outputs, num_classes).float(), images.shape[-2:])
+        logits = resize(final_map(outputs, label_set.num_classes).float(), images.shape[-2:])
     else:
-        logits = predict_probs(model, images, flip=flip, scales=scales, amp=amp, num_classes=num_classes)
+        logits = predict_probs(model, images, label_set=label_set, flip=flip, scales=scales, amp=amp)
     return logits.argmax(dim=1).to(torch.uint8)
 
 
@@ -121,7 +121,7 @@ def _is_main_process() -> bool:
 
 
 def run_inference(model: nn.Module | OnnxModel, loader: Iterable, device: torch.device | str | None,
-                  handle: Callable[[dict, np.ndarray | None], None], *, num_classes: int, amp: str = "off",
+                  handle: Callable[[dict, np.ndarray | None], None], *, label_set: LabelSet, amp: str = "off",
                   flip: bool = False, scales: Sequence[float] = (1.0,), truncate_centers: bool = False,
                   channels_last: bool = False, progress: bool = True, desc: str = "predicting",
                   stats: InferenceStats | None = None) -> InferenceStats:
@@ -133,12 +133,13 @@ def run_inference(model: nn.Module | OnnxModel, loader: Iterable, device: torch.
     ``handle`` runs in one background thread, in loader order; its exceptions stop the loop and
     are raised here. A PyTorch model is put in eval mode and given back in the mode it came in;
     a ``utils.onnx_infer.OnnxModel`` runs on the CPU (``device``, ``amp`` and ``channels_last`` unused).
+    ``label_set`` gives the classes to expect and the pairs a flip swaps.
     """
     total = len(loader.sampler) if hasattr(loader, "sampler") and hasattr(loader.sampler, "__len__") else None
     progress = progress and _is_main_process()
     if not isinstance(model, nn.Module):
         def predict_onnx(images: torch.Tensor) -> np.ndarray:
-            return model.predict_labels(images.numpy(), flip=flip, scales=scales)
+            return model.predict_labels(images.numpy(), flip=flip, scales=scales, label_set=label_set)
 
         return run_loop(loader, predict_onnx, handle, total=total, truncate_centers=truncate_centers,
                         progress=progress, desc=desc, stats=stats)
@@ -149,8 +150,8 @@ def run_inference(model: nn.Module | OnnxModel, loader: Iterable, device: torch.
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return predict_labels(model, images, flip=flip, scales=scales, amp=amp,
-                              num_classes=num_classes).cpu().numpy()
+        return predict_labels(model, images, label_set=label_set, flip=flip, scales=scales,
+                              amp=amp).cpu().numpy()
 
     was_training = model.training
     model.eval()
@@ -164,7 +165,7 @@ def run_inference(model: nn.Module | OnnxModel, loader: Iterable, device: torch.
 
 def evaluate_model(model: nn.Module | OnnxModel, dataset, loader: Iterable,
                    device: torch.device | str | None, *,
-                   num_classes: int, amp: str = "off", flip: bool = False, scales: Sequence[float] = (1.0,),
+                   label_set: LabelSet, amp: str = "off", flip: bool = False, scales: Sequence[float] = (1.0,),
                    truncate_centers: bool = False, progress: bool = True,
                    on_prediction: Callable[[str, np.ndarray, int], None] | None = None,
                    channels_last: bool = False, stats: InferenceStats | None = None) -> ConfusionMatrix:
@@ -181,7 +182,7 @@ def evaluate_model(model: nn.Module | OnnxModel, dataset, loader: Iterable,
     if len(index_of) != len(ids):
         twice = sorted({name for name in ids if ids.count(name) > 1})
         raise ValueError(f"the split lists these ids more than once: {', '.join(twice[:5])}")
-    matrix = ConfusionMatrix(num_classes, ignore_label=getattr(dataset, "ignore_label", IGNORE_LABEL))
+    matrix = ConfusionMatrix(label_set.num_classes, ignore_label=getattr(dataset, "ignore_label", IGNORE_LABEL))
     seen: set[int] = set()
 
     def score(item: dict, label: np.ndarray | None) -> None:
@@ -205,7 +206,7 @@ def evaluate_model(model: nn.Module | OnnxModel, dataset, loader: Iterable,
         if on_prediction is not None:
             on_prediction(name, label, index)
 
-    run_inference(model, loader, device, score, num_classes=num_classes, amp=amp, flip=flip, scales=scales,
+    run_inference(model, loader, device, score, label_set=label_set, amp=amp, flip=flip, scales=scales,
                   truncate_centers=truncate_centers, channels_last=channels_last, progress=progress,
                   desc="evaluating", stats=stats)
     matrix.reduce_from_all_processes()

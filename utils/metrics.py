@@ -13,7 +13,14 @@ import torch
 import torch.distributed as dist
 
 from utils.labels import IGNORE_LABEL
-from utils.labels import class_names as default_class_names
+
+
+def _names(class_names: list[str] | None, n: int) -> list[str]:
+    """The given names (one per class), or ``class_<i>`` without a label set."""
+    names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(n)]
+    if len(names) != n:
+        raise ValueError(f"{len(names)} class names for {n} classes")
+    return names
 
 
 def _to_numpy(array) -> np.ndarray:
@@ -95,9 +102,7 @@ class ConfusionMatrix:
 
     def to_dict(self, class_names: list[str] | None = None) -> dict:
         """JSON-ready metrics: the summary numbers, per-class IoU keyed by name, the raw matrix."""
-        names = list(class_names) if class_names is not None else default_class_names(self.num_classes)
-        if len(names) != self.num_classes:
-            raise ValueError(f"{len(names)} class names for {self.num_classes} classes")
+        names = _names(class_names, self.num_classes)
         stats = self.compute()
         return {
             "mean_iou": stats["mean_iou"],
@@ -109,7 +114,7 @@ class ConfusionMatrix:
 
     def table(self, class_names: list[str] | None = None) -> str:
         """The authors' evaluation table: IoU per class, then the three summary numbers."""
-        names = list(class_names) if class_names is not None else default_class_names(self.num_classes)
+        names = _names(class_names, self.num_classes)
         stats = self.compute()
         width = max(14, *(len(n) for n in names))
         lines = [f"{'class':<{width}}  {'IoU (%)':>8}"]

@@ -5,7 +5,7 @@ Imports only numpy, onnxruntime and the project's torch-free modules (``utils.la
 ``utils.transforms``), so ``parse_images.py --onnx`` runs where PyTorch is not installed; the
 letterbox, normalisation, warp back and pictures around it are those of ``utils.pipeline``.
 
-    model = OnnxModel("dfpnet.onnx")
+    model = OnnxModel("dfpnet.onnx")        # model.label_set: the set export.py recorded
     labels = model.predict_labels(images)   # N x 3 x h x w float32 crops -> N x h x w uint8
 
 The arithmetic follows ``utils.inference.predict_probs`` step by step: the final map resized to the
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from utils.cli import first_line
-from utils.labels import flip_permutation
+from utils.labels import LabelSet, LabelSetError, from_stored_form
 from utils.pipeline import check_scales, scaled_size
 from utils.transforms import MEAN, STD
 
@@ -63,14 +63,15 @@ class OnnxModel:
 
     Args:
         path: the .onnx file.
-        num_classes: classes the caller expects; refused if the model's metadata says otherwise.
         threads: onnxruntime intra-op threads (default: its choice, one per physical core).
 
+    ``label_set`` is the label set recorded in the metadata (None for a model written before
+    label sets were recorded) and ``num_classes`` its class count (None when unknown).
     Raises ``OnnxModelError`` (one line naming the file) for a missing file, a file onnxruntime
-    cannot load, or a model whose input, output or normalisation is not DFPnet's.
+    cannot load, or a model whose input, output, label set or normalisation is not usable.
     """
 
-    def __init__(self, path: str, *, num_classes: int | None = None, threads: int | None = None) -> None:
+    def __init__(self, path: str, *, threads: int | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -100,10 +101,18 @@ class OnnxModel:
         self.output = self.metadata.get("output", "labels" if len(outputs[0].shape) == 3 else "logits")
         if self.output not in OUTPUTS:
             raise OnnxModelError(f"{path}: unknown output kind {self.output!r} in its metadata")
-        self.num_classes = int(self.metadata.get("num_classes", num_classes or 0)) or None
-        if num_classes is not None and self.num_classes is not None and self.num_classes != num_classes:
-            raise OnnxModelError(f"{path}: the model predicts {self.num_classes} classes, --num-classes "
-                                 f"asks for {num_classes}")
+        self.label_set: LabelSet | None = None
+        if "label_set" in self.metadata:
+            try:
+                self.label_set = from_stored_form(self.metadata["label_set"], f"the ONNX model {path}")
+            except LabelSetError as exc:
+                raise OnnxModelError(f"{path}: its recorded label set is unusable: {exc}") from None
+        count = self.metadata.get("num_classes", "")
+        channels = outputs[0].shape[1] if self.output != "labels" and len(outputs[0].shape) == 4 else None
+        self.num_classes = int(count) if count.isdigit() else channels if isinstance(channels, int) else None
+        if self.label_set is not None and self.num_classes not in (None, self.label_set.num_classes):
+            raise OnnxModelError(f"{path}: its metadata says {self.num_classes} classes but records a label set "
+                                 f"of {self.label_set.num_classes}")
         for key, ours in (("mean", MEAN), ("std", STD)):
             if key in self.metadata and not np.allclose(json.loads(self.metadata[key]), ours):
                 raise OnnxModelError(f"{path}: expects inputs normalised with {key} {self.metadata[key]}, "
@@ -124,10 +133,21 @@ class OnnxModel:
         out = resize_bilinear(self(images).astype(np.float32, copy=False), crop)
         return out if self.output == "probs" else softmax(out)
 
-    def predict_probs(self, images: np.ndarray, *, flip: bool = False,
-                      scales: Sequence[float] = (1.0,)) -> np.ndarray:
+    def _flip_permutation(self, label_set: LabelSet | None, num_classes: int) -> list[int]:
+        label_set = label_set or self.label_set
+        if label_set is None:
+            raise ValueError(f"{self.path} records no label set: flip testing needs its left/right pairs "
+                             f"(give them with --labels)")
+        if label_set.num_classes != num_classes:
+            raise ValueError(f"{self.path} predicts {num_classes} classes, the label set has "
+                             f"{label_set.num_classes}")
+        return label_set.flip_permutation()
+
+    def predict_probs(self, images: np.ndarray, *, flip: bool = False, scales: Sequence[float] = (1.0,),
+                      label_set: LabelSet | None = None) -> np.ndarray:
         """Class probabilities ``N x C x h x w`` at the crop size, averaged over ``flip`` and ``scales``
-        exactly as ``utils.inference.predict_probs`` averages them."""
+        exactly as ``utils.inference.predict_probs`` averages them; a flip swaps the left/right
+        channels of ``label_set`` (default: the model's own)."""
         if images.ndim != 4:
             raise ValueError(f"expected N x 3 x H x W images, got shape {tuple(images.shape)}")
         scales = check_scales(scales)
@@ -140,21 +160,21 @@ class OnnxModel:
                 x = np.concatenate([x, x[..., ::-1]])
             probs = self._probs(x, crop)
             if flip:
-                perm = flip_permutation(probs.shape[1])
+                perm = self._flip_permutation(label_set, probs.shape[1])
                 probs = 0.5 * (probs[:n] + probs[n:, perm][..., ::-1])
             total = probs if total is None else total + probs
         return total / len(scales)
 
-    def predict_labels(self, images: np.ndarray, *, flip: bool = False,
-                       scales: Sequence[float] = (1.0,)) -> np.ndarray:
-        """``N x h x w`` uint8 class ids at the crop size."""
+    def predict_labels(self, images: np.ndarray, *, flip: bool = False, scales: Sequence[float] = (1.0,),
+                       label_set: LabelSet | None = None) -> np.ndarray:
+        """``N x h x w`` uint8 class ids at the crop size (``label_set``: see :meth:`predict_probs`)."""
         if not flip and check_scales(scales) == (1.0,):
             out = self(images)
             if self.output == "labels":
                 return resize_labels(out, images.shape[-2:])
             logits = resize_bilinear(out.astype(np.float32, copy=False), images.shape[-2:])
             return logits.argmax(1).astype(np.uint8)
-        return self.predict_probs(images, flip=flip, scales=scales).argmax(1).astype(np.uint8)
+        return self.predict_probs(images, flip=flip, scales=scales, label_set=label_set).argmax(1).astype(np.uint8)
 
 
 def resize_labels(labels: np.ndarray, size: Sequence[int]) -> np.ndarray:

@@ -7,13 +7,10 @@ comes from. Where the authors' own files disagree, the value they trained and ev
 wins: their train.py parser says 473x473 crops, their run.sh, which produced the published
 model, passes 384x384 (docs/differences.md).
 
-No imports beyond the label set: the shell scripts read this module without loading torch.
+The classes are not here: they are the label set's (utils/labels.py; the Dog set by default).
+No imports: the shell scripts read this module without loading torch.
 """
 from __future__ import annotations
-
-from utils.labels import IGNORE_LABEL, NUM_CLASSES
-
-__all__ = ["IGNORE_LABEL", "NUM_CLASSES"]  # re-exported: part of the recipe, defined with the labels
 
 DATA_DIR = "./dataset/Cartoon_sketches/Dog/"           # <split>_id.txt, <split>_images/, <split>_segmentations/
 INPUT_SIZE = (384, 384)                                 # crop height, width (training and evaluation)

@@ -9,7 +9,8 @@ One home for everything train.py keeps on disk::
 
 and the resume rule: where a run continues, and what happens when its shape changed.
 Every write goes through :func:`utils.checkpoint.save_atomic` (temporary file, then rename), so
-a run killed mid-save leaves the previous file whole.
+a run killed mid-save leaves the previous file whole, and every file records the run's label set
+(:func:`utils.checkpoint.with_label_set`).
 """
 from __future__ import annotations
 
@@ -24,7 +25,15 @@ import torch
 from torch import nn
 
 from utils import distributed as du
-from utils.checkpoint import CheckpointError, extract_state_dict, load_state_dict_strict, read_checkpoint
+from utils.checkpoint import (
+    CheckpointError,
+    extract_state_dict,
+    load_state_dict_strict,
+    read_checkpoint,
+    stored_label_set,
+    with_label_set,
+)
+from utils.labels import LabelSet
 
 LOCK_NAME = ".lock"
 LAST_NAME = "last.pth"
@@ -121,24 +130,27 @@ def lock_for_run(folder: str) -> SnapshotLock | None:
 # ------------------------------------------------------------------------------------------
 
 class Snapshots:
-    """The files of one snapshot folder, written from rank 0 only (every rank holds the same weights)."""
+    """The files of one snapshot folder, written from rank 0 only (every rank holds the same weights),
+    each recording ``label_set``."""
 
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str, label_set: LabelSet) -> None:
         self.folder = folder
+        self.label_set = label_set
         self.last_path = os.path.join(folder, LAST_NAME)
         self.best_path = os.path.join(folder, BEST_NAME)
         self.last_saved: int | None = None  # iteration of the last.pth this run wrote
 
     def save_last(self, state: dict[str, Any]) -> None:
+        state = dict(state, model=with_label_set(state["model"], self.label_set))
         du.save_on_master(state, self.last_path)
         self.last_saved = int(state["iteration"])
 
     def save_best(self, model: nn.Module) -> None:
-        du.save_on_master(model.state_dict(), self.best_path)
+        du.save_on_master(with_label_set(model.state_dict(), self.label_set), self.best_path)
 
     def save_epoch(self, model: nn.Module, epoch: int) -> None:
         # The authors trained under DataParallel: every key of their files starts with `module.`.
-        du.save_on_master({f"module.{k}": v for k, v in model.state_dict().items()},
+        du.save_on_master(with_label_set({f"module.{k}": v for k, v in model.state_dict().items()}, self.label_set),
                           os.path.join(self.folder, epoch_snapshot_name(epoch)))
 
     def where(self) -> str:
@@ -186,12 +198,19 @@ def find_resume(resume: str, folder: str) -> str | None:
     return resume
 
 
-def read_training_state(path: str, model: nn.Module) -> dict[str, Any]:
-    """A training state (last.pth): its weights go into ``model``; the rest is returned."""
+def read_training_state(path: str, model: nn.Module, label_set: LabelSet) -> dict[str, Any]:
+    """A training state (last.pth) of a run with ``label_set``: its weights go into ``model``; the rest is
+    returned. A state of another label set is refused (CheckpointError)."""
     state = read_checkpoint(path)
     if not isinstance(state, dict) or "optimizer" not in state or "iteration" not in state:
         raise CheckpointError(f"{path}: holds weights only, not a training state to resume "
                               f"(pass it as --restore-from, or --resume none)")
+    stored = stored_label_set(state, path)
+    if stored is not None and not stored.same_classes(label_set):
+        raise CheckpointError(f"{path}: the run it continues has {stored.num_classes} classes "
+                              f"({stored.names_text()}), this one {label_set.describe()} "
+                              f"({label_set.names_text()}): --resume none to start anew, or another "
+                              f"--snapshot-dir (to fine-tune from it: --restore-from {path})")
     load_state_dict_strict(model, extract_state_dict(state, path), path)
     return state
 

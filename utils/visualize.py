@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dataset.transforms import denormalize_image
-from utils.labels import PALETTE, colorize
+from utils.labels import LabelSet
 from utils.pipeline import overlay  # noqa: F401 - lives beside the other pictures of parse_images.py
 
 
@@ -58,17 +58,19 @@ def confusion_matrix_figure(mat, names: list[str], *, title: str = "Confusion ma
     return fig
 
 
-def iou_bar_figure(per_class_iou, names: list[str], *, mean_iou: float | None = None,
+def iou_bar_figure(per_class_iou, label_set: LabelSet, *, mean_iou: float | None = None,
                    title: str = "Per-class IoU") -> Figure:
-    """Bar chart of per-class IoU (percent), each bar in its class's palette colour, mean as a line."""
+    """Bar chart of per-class IoU (percent), each bar named and coloured as its class in ``label_set``,
+    mean as a line."""
     values = [float(v) for v in per_class_iou]
+    names = list(label_set.names)
     if len(values) != len(names):
         raise ValueError(f"{len(values)} IoU values for {len(names)} class names")
     if mean_iou is None:
         mean_iou = float(np.mean(values)) if values else 0.0
     fig = _new_figure(1.5 + 0.8 * len(values), 4.0)
     ax = fig.add_subplot()
-    colors = PALETTE[: len(values)].astype(np.float64) / 255.0
+    colors = label_set.colours().astype(np.float64) / 255.0
     bars = ax.bar(range(len(values)), values, color=colors, edgecolor="black", linewidth=0.6)
     ax.bar_label(bars, labels=[f"{v:.1f}" for v in values], fontsize=8, padding=2)
     ax.axhline(mean_iou, color="tab:red", linestyle="--", linewidth=1.0)
@@ -99,8 +101,9 @@ def image_to_rgb(image: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(denormalize_image(image)[:, :, ::-1])
 
 
-def label_to_rgb(label: torch.Tensor | np.ndarray) -> np.ndarray:
-    """``H x W`` ids, or ``C x H x W`` scores (argmax taken) -> ``H x W x 3`` RGB uint8 palette colours."""
+def label_to_rgb(label: torch.Tensor | np.ndarray, label_set: LabelSet) -> np.ndarray:
+    """``H x W`` ids, or ``C x H x W`` scores (argmax taken) -> ``H x W x 3`` RGB uint8 in the label set's
+    colours (255, ignored, white)."""
     if isinstance(label, torch.Tensor):
         label = label.detach()
         if label.ndim == 3:
@@ -111,7 +114,7 @@ def label_to_rgb(label: torch.Tensor | np.ndarray) -> np.ndarray:
         label = label.argmax(0)
     if label.ndim != 2:
         raise ValueError(f"expected an H x W label map or C x H x W scores, got shape {label.shape}")
-    return colorize(label.astype(np.uint8))
+    return label_set.colorize(label.astype(np.uint8))
 
 
 def make_grid(tiles: list[np.ndarray], ncol: int = 4, pad: int = 2, pad_value: int = 255) -> np.ndarray:
@@ -136,6 +139,7 @@ def image_grid(images: torch.Tensor, ncol: int = 4, max_images: int = 8) -> np.n
     return make_grid([image_to_rgb(im) for im in images[:max_images]], ncol=ncol)
 
 
-def label_grid(labels: torch.Tensor | np.ndarray, ncol: int = 4, max_images: int = 8) -> np.ndarray:
+def label_grid(labels: torch.Tensor | np.ndarray, label_set: LabelSet, ncol: int = 4,
+               max_images: int = 8) -> np.ndarray:
     """A batch of label maps (``N x H x W`` ids, 255 white) or scores (``N x C x H x W``) -> RGB grid."""
-    return make_grid([label_to_rgb(lab) for lab in labels[:max_images]], ncol=ncol)
+    return make_grid([label_to_rgb(lab, label_set) for lab in labels[:max_images]], ncol=ncol)
