@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Train DFPnet with the authors' recipe (utils/recipe.py: 384x384 crops, batch 12, LR 1e-3, weight
-# decay 5e-4, 500 epochs, 8 classes, from the ImageNet deep-stem ResNet-101). Each setting can be
-# overridden from the environment; one left unset takes train.py's default, the recipe's. E.g.
+# decay 5e-4, 500 epochs, the Dog set's 8 classes, from the ImageNet deep-stem ResNet-101). Each
+# setting can be overridden from the environment; one left unset takes train.py's default, the
+# recipe's. E.g.
 #   BATCH_SIZE=8 NPROC=4 EXTRA_ARGS="--amp bf16 --workers 8" ./run.sh
-# Settings: DATA_DIR INPUT_SIZE BATCH_SIZE LEARNING_RATE WEIGHT_DECAY EPOCHS NUM_CLASSES RESTORE_FROM
+#   DATA_DIR=./dataset/LIP/ LABELS=lip ./run.sh     # another dataset and label set (docs/labels.md)
+# Settings: DATA_DIR INPUT_SIZE BATCH_SIZE LEARNING_RATE WEIGHT_DECAY EPOCHS LABELS (a preset or a
+# labels.json; default: DATA_DIR/labels.json, else dog) NUM_CLASSES (a check) RESTORE_FROM
 # SNAPSHOT_DIR, GPU (the authors' GPU list, e.g. 0 or 0,1), NPROC (processes on this machine; > 1
 # starts torchrun, BATCH_SIZE is then per process; for several machines call torchrun yourself, see
 # docs/training.md) and EXTRA_ARGS (more train.py flags). A killed run continues where it stopped:
@@ -48,7 +51,7 @@ fi
 
 args=(--data-dir "$DATA_DIR")
 for setting in INPUT_SIZE:--input-size BATCH_SIZE:--batch-size LEARNING_RATE:--learning-rate \
-               WEIGHT_DECAY:--weight-decay EPOCHS:--epochs NUM_CLASSES:--num-classes \
+               WEIGHT_DECAY:--weight-decay EPOCHS:--epochs LABELS:--labels NUM_CLASSES:--num-classes \
                RESTORE_FROM:--restore-from SNAPSHOT_DIR:--snapshot-dir GPU:--gpu; do
   name="${setting%%:*}"
   if [ -n "${!name:-}" ]; then args+=("${setting#*:}" "${!name}"); fi

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Evaluate DFPnet with the authors' settings (utils/recipe.py: val split, 384x384, the epoch-495
-# snapshot, 8 classes). Each setting can be overridden from the environment; one left unset takes
-# evaluate.py's default, the recipe's. E.g.
+# snapshot, the Dog set's 8 classes). Each setting can be overridden from the environment; one left
+# unset takes evaluate.py's default, the recipe's. E.g.
 #   RESTORE_FROM=snapshots/best.pth DEVICE=cuda EXTRA_ARGS="--flip --amp bf16" ./run_evaluate.sh
-# Settings: DATA_DIR DATASET RESTORE_FROM INPUT_SIZE NUM_CLASSES BATCH_SIZE WORKERS DEVICE, AMP (empty:
+# Settings: DATA_DIR DATASET RESTORE_FROM INPUT_SIZE LABELS (default: DATA_DIR/labels.json, else the
+# checkpoint's own set, else dog) NUM_CLASSES (a check) BATCH_SIZE WORKERS DEVICE, AMP (empty:
 # bf16 where native; off: exact float32), SAVE_PATH (pictures; empty: none), METRICS_OUT and EXTRA_ARGS.
 # Without a dataset at DATA_DIR it evaluates the synthetic demo (run ./run.sh first) instead.
 set -euo pipefail
@@ -36,7 +37,7 @@ if [ ! -f "${DATA_DIR%/}/${DATASET}_id.txt" ]; then
 fi
 
 args=(--data-dir "$DATA_DIR" --dataset "$DATASET" --metrics-out "$METRICS_OUT")
-for setting in RESTORE_FROM:--restore-from INPUT_SIZE:--input-size NUM_CLASSES:--num-classes \
+for setting in RESTORE_FROM:--restore-from INPUT_SIZE:--input-size LABELS:--labels NUM_CLASSES:--num-classes \
                BATCH_SIZE:--batch-size WORKERS:--workers DEVICE:--device AMP:--amp SAVE_PATH:--save-path; do
   name="${setting%%:*}"
   if [ -n "${!name:-}" ]; then args+=("${setting#*:}" "${!name}"); fi
