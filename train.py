@@ -405,8 +405,9 @@ def log_training_images(writer, info: StepInfo, n: int, label_set: LabelSet) -> 
                      dataformats="HWC")
     writer.add_image("Labels", label_grid(info.labels.cpu(), label_set, max_images=n), info.iteration,
                      dataformats="HWC")
-    writer.add_image("Preds", label_grid(info.outputs[-1][:n].detach().float().cpu(), label_set, max_images=n),
-                     info.iteration, dataformats="HWC")
+    predictions = info.outputs[-1][:n].detach().float().cpu()
+    writer.add_image("Preds", label_grid(predictions, label_set, max_images=n), info.iteration,
+                     dataformats="HWC")
 
 
 # ------------------------------------------------------------------------------------------
@@ -742,9 +743,9 @@ class Trainer:
                     # purge_step hides what an interrupted run logged after its last save.
                     self.writer = SummaryWriter(logdir=args.snapshot_dir,
                                                 purge_step=self.iteration + 1 if self.iteration else None)
-                    label_set = self.data.label_set
-                    self.writer.add_text("label_set", f"{label_set.describe()}: {', '.join(label_set.names)}; "
-                                                      f"mirror pairs: {label_set.pairs_text()}", self.iteration)
+                    labels = self.data.label_set
+                    self.writer.add_text("label_set", f"{labels.describe()}: {', '.join(labels.names)}; "
+                                                      f"mirror pairs: {labels.pairs_text()}", self.iteration)
                 self.bar = tqdm(total=self.total_iters, initial=self.iteration, unit="it", dynamic_ncols=True,
                                 disable=not (du.is_main_process() and sys.stderr.isatty()))
                 if self.total_iters is None:
@@ -860,8 +861,8 @@ def log_setup(args: argparse.Namespace, data: TrainData, net: Network) -> None:
 
     n_params = sum(p.numel() for p in net.model.parameters()) / 1e6
     label_set = data.label_set
-    log(f"label set: {label_set.describe()}: {label_set.names_text(limit=label_set.num_classes)}; mirror pairs: "
-        f"{label_set.pairs_text()}")
+    log(f"label set: {label_set.describe()}: {label_set.names_text(limit=label_set.num_classes)}; "
+        f"mirror pairs: {label_set.pairs_text()}")
     log(f"DFPnet: {n_params:.2f} M parameters, {net.init_note}")
     # Synchronised layers keep the in-place Function under DDP whatever --inplace-abn says.
     abn_mode = "in place" if net.inplace or args.distributed else "under plain autograd"

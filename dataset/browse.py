@@ -52,6 +52,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def _caption(width: int, text: str) -> np.ndarray:
+    width = max(width, cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0][0] + 8)
     strip = np.full((_CAPTION, width, 3), 255, np.uint8)
     cv2.putText(strip, text, (4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (30, 30, 30), 1, cv2.LINE_AA)
     return strip
@@ -69,7 +70,7 @@ def sample_picture(image_bgr: np.ndarray, label: np.ndarray, label_set: LabelSet
     colour = label_set.colorize(label)[:, :, ::-1]
     gap = np.full((image_bgr.shape[0], _GAP, 3), 255, np.uint8)
     pair = np.concatenate([image_bgr, gap, colour], axis=1)
-    return _stack([pair, _caption(max(pair.shape[1], 300), caption), legend_picture(label_set, ignore=True)])
+    return _stack([pair, _caption(pair.shape[1], caption), legend_picture(label_set, ignore=True)])
 
 
 def seed_sample(seed: int, index: int) -> None:
@@ -101,8 +102,8 @@ def browse(data_dir: str, split: str, out: str, label_set: LabelSet, *, num: int
             mirrored = False
             image, label = dataset.read_image(index), dataset.read_label(index)
             if label.shape != image.shape[:2]:
-                raise ValueError(f"{dataset.label_path(index)}: label is {label.shape[1]}x{label.shape[0]} but "
-                                 f"its picture {image.shape[1]}x{image.shape[0]} (W x H)")
+                raise ValueError(f"{dataset.label_path(index)}: label is {label.shape[1]}x{label.shape[0]} "
+                                 f"but its picture {image.shape[1]}x{image.shape[0]} (W x H)")
             foreign = sorted(set(np.unique(label).tolist()) - set(range(label_set.num_classes)) - {255})
             caption = f"{name}  {image.shape[1]}x{image.shape[0]}" + (
                 f"  ids not in the label set: {foreign}" if foreign else "")

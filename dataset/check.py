@@ -208,9 +208,9 @@ def check_dataset(root: str, splits: tuple[str, ...] | list[str] = DEFAULT_SPLIT
 
     names = label_set.names
     unused = [f"{names[c]} ({c})" for c in range(num_classes) if pixels[c] == 0]
-    warnings = [f"warning: no label of {', '.join(images) or 'the splits'} uses class(es) {', '.join(unused)} "
-                f"of the label set ({label_set.describe()}): a wrong label set, or classes the network will "
-                f"never learn"] if unused and pixels.sum() else []
+    warnings = [f"warning: no label of {', '.join(images) or 'the splits'} uses class(es) "
+                f"{', '.join(unused)} of the label set ({label_set.describe()}): a wrong label set, or "
+                f"classes the network will never learn"] if unused and pixels.sum() else []
     counts = {
         "images": images,
         "pixels": {names[c]: int(pixels[c]) for c in range(num_classes)},

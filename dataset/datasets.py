@@ -162,9 +162,9 @@ class CartoonDataSet(torch.utils.data.Dataset):
         if label.max() >= self.num_classes:
             bad = np.unique(label[(label >= self.num_classes) & (label != self.ignore_label)])
             if bad.size:
-                raise ValueError(f"label {self.label_path(index)} holds ids {bad.tolist()} that the label set "
-                                 f"({self.label_set.describe()}) does not have (0..{self.num_classes - 1}, "
-                                 f"and {self.ignore_label} ignored)")
+                raise ValueError(f"label {self.label_path(index)} holds ids {bad.tolist()} that the label "
+                                 f"set ({self.label_set.describe()}) does not have "
+                                 f"(0..{self.num_classes - 1}, and {self.ignore_label} ignored)")
 
     def _draw_augmentation(self) -> tuple[float, float, bool]:
         """(scale multiplier, rotation in degrees, flip?) in the authors' draw order."""

@@ -27,8 +27,8 @@ RENAMED8 = {"names": ["bg", "head", "torso", "front_left", "front_right", "hind_
                         [200, 30, 200], [30, 200, 200], [120, 60, 10]]}
 
 
-def remapped_dataset(out: str, labels: dict, dog_to_ids: list[int], n_train: int, n_val: int, n_traintest: int,
-                     seed: int = 0, min_size: int = 48, max_size: int = 96) -> str:
+def remapped_dataset(out: str, labels: dict, dog_to_ids: list[int], n_train: int, n_val: int,
+                     n_traintest: int, seed: int = 0, min_size: int = 48, max_size: int = 96) -> str:
     """The synthetic dog dataset with its label ids mapped through ``dog_to_ids`` (255 kept) and
     ``labels`` written as ``<out>/labels.json``; returns ``out``."""
     from dataset.layout import split_paths

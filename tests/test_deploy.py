@@ -3,7 +3,8 @@
 Two sets of weights, each exported once per module: "random" (DFPNet's init with every norm's
 statistics and affine parameters drawn at random, so folding has something to fold) and
 "synthetic" (a few training steps on the synthetic set from there, saved with another label set
-of 8 classes, tests/labelsets.py's RENAMED8, which the export and the --onnx paths must carry). Equality is judged as the deploy target
+of 8 classes, tests/labelsets.py's RENAMED8, which the export and the --onnx paths must carry).
+Equality is judged as the deploy target
 asks: against a float64 PyTorch forward, the relative error ||y - y64|| / ||y64|| of the fused
 network and of onnxruntime may be at most twice PyTorch's own float32 error (or 1e-5), and the
 argmax agrees on >= 99.9% of the pixels; evaluate.py's mean IU moves by at most 0.05.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -116,8 +118,8 @@ def models(data, tmp_path_factory):
             _train_on_synthetic(model, data)
         model.eval()
         checkpoint, onnx_path = folder / f"{name}.pth", folder / f"{name}.onnx"
-        save_atomic(with_label_set(model.state_dict(), RENAMED) if name == "synthetic" else model.state_dict(),
-                    checkpoint)
+        state = model.state_dict()
+        save_atomic(with_label_set(state, RENAMED) if name == "synthetic" else state, checkpoint)
         fused = fuse_for_inference(model)
         if name == "synthetic":  # the command line, end to end
             export.main(export.get_arguments(["--restore-from", str(checkpoint), "--out", str(onnx_path),
@@ -265,7 +267,8 @@ def test_bad_onnx_model_exits_2_with_one_line(script, models, data, tmp_path, ca
     assert not (tmp_path / "m.json").exists()
     code, _, err = run_main(script, ["--onnx", str(models["random"][2]), "--num-classes", "5",
                                      "--no-progress", *where], capsys)
-    assert code == 2 and "--num-classes 5" in err and "8 classes" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "--num-classes 5" in err and "8 classes" in err
+    assert len(err.strip().splitlines()) == 1
     # A label set of other classes than the model's is refused, naming both.
     code, _, err = run_main(script, ["--onnx", str(models["random"][2]), "--labels", "pascal-person-part",
                                      "--no-progress", *where], capsys)
@@ -306,6 +309,8 @@ def test_evaluate_onnx_and_fused_match_evaluate(models, data, tmp_path, capsys):
     assert abs(mean_iou["onnxruntime"] - mean_iou["pytorch"]) <= 0.05
 
 
+DEPLOY_FILES = ["parse_images.py", *(f"utils/{m}.py" for m in ("__init__", "cli", "recipe", "pipeline", "onnx_infer",
+                                                               "transforms", "labels"))]
 _NO_TORCH = """
 import runpy, sys
 class NoTorch:
@@ -324,8 +329,15 @@ def test_parse_images_onnx_runs_without_torch(models, data, tmp_path, capsys):
     inputs = str(data / "val_images")
     common = ["--input-size", ",".join(map(str, SIZE)), "--no-progress"]
 
+    # docs/deploy.md's list of files, copied alone: what a deployment ships.
+    alone = tmp_path / "deployment"
+    (alone / "utils").mkdir(parents=True)
+    for name in DEPLOY_FILES:
+        shutil.copy(os.path.join(ROOT, name), alone / name)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
     def without_torch(*argv: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", _NO_TORCH, *common, *argv], cwd=ROOT,
+        return subprocess.run([sys.executable, "-c", _NO_TORCH, *common, *argv], cwd=alone, env=env,
                               capture_output=True, text=True, timeout=300)
 
     done = without_torch("--onnx", str(onnx_path), "--out", str(tmp_path / "ort"), inputs)
@@ -335,7 +347,7 @@ def test_parse_images_onnx_runs_without_torch(models, data, tmp_path, capsys):
                          "--scales", "0.75,1", "--batch-size", "3", inputs)
     assert done.returncode == 0, done.stderr
     blocked = subprocess.run([sys.executable, "-c", _NO_TORCH.replace("runpy.run_path", "import torch #")],
-                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+                             cwd=alone, env=env, capture_output=True, text=True, timeout=60)
     assert blocked.returncode != 0 and "blocked" in blocked.stderr  # the blocker does block
 
     code, _, err = run_main(parse_images, ["--restore-from", str(checkpoint), "--out", str(tmp_path / "pt"),

@@ -188,7 +188,8 @@ def test_single_scale_equals_the_plain_prediction():
     images = torch.randn(2, 3, 15, 22, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected = model(images)[-1].softmax(1)
-    torch.testing.assert_close(predict_probs(model, images, label_set=DOG, scales=(1.0,)), expected, rtol=0, atol=0)
+    got = predict_probs(model, images, label_set=DOG, scales=(1.0,))
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert torch.equal(predict_labels(model, images, label_set=DOG), expected.argmax(1).to(torch.uint8))
 
 

@@ -46,7 +46,8 @@ def test_the_documented_example_loads(tmp_path):
     assert labels.source == str(tmp_path / "labels.json")
     # The stored form round-trips, pairs by name.
     again = LabelSet.from_dict(labels.to_dict(), "again")
-    assert again.to_dict() == labels.to_dict() and again.to_dict()["flip_pairs"] == [["left_wing", "right_wing"]]
+    assert again.to_dict() == labels.to_dict()
+    assert again.to_dict()["flip_pairs"] == [["left_wing", "right_wing"]]
 
 
 def test_pairs_by_id_and_by_name_are_the_same_and_the_palette_is_optional():
@@ -143,11 +144,13 @@ def test_presets_have_the_published_sizes_and_mirror_every_left_right_pair():
         assert paired == sided, name  # every left/right class is paired, nothing else is
         for a, b in labels.flip_pairs:
             left, right = labels.names[a].lower(), labels.names[b].lower()
-            assert left.startswith("left") and right.startswith("right") and left[4:] == right[5:], (name, a, b)
+            assert left.startswith("left") and right.startswith("right"), (name, a, b)
+            assert left[4:] == right[5:], (name, a, b)
     lip, cihp = preset("lip"), preset("cihp")
     assert [i for i in range(20) if lip.names[i] != cihp.names[i]] == [10]
     assert preset("pascal-person-part").flip_pairs == ()
-    assert DOG.names == ("Background", "head", "body", "left_arm", "right_arm", "left_leg", "right_leg", "tail")
+    assert DOG.names == ("Background", "head", "body", "left_arm", "right_arm", "left_leg", "right_leg",
+                         "tail")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +214,8 @@ SCRIPTS = ["train.py", "evaluate.py", "parse_images.py", "export.py", "dataset.c
 WITH_DATA = [s for s in SCRIPTS if s not in ("parse_images.py", "export.py")]  # (no data folder there)
 
 
-@pytest.mark.parametrize("script,where", [(s, "--labels") for s in SCRIPTS] + [(s, "data folder") for s in WITH_DATA])
+@pytest.mark.parametrize("script,where",
+                         [(s, "--labels") for s in SCRIPTS] + [(s, "data folder") for s in WITH_DATA])
 def test_every_script_refuses_a_bad_set_before_any_work(script, where, tiny_data, tmp_path, capsys):
     import dataset.browse
     import dataset.check
@@ -234,7 +238,8 @@ def test_every_script_refuses_a_bad_set_before_any_work(script, where, tiny_data
             ["--data-dir", str(data), "--restore-from", str(tmp_path / "none.pth"), "--metrics-out",
              str(out / "m.json"), *given])),
         "parse_images.py": lambda: parse_images.main(parse_images.get_arguments(
-            ["--restore-from", str(tmp_path / "none.pth"), "--out", str(out), str(data / "val_images"), *given])),
+            ["--restore-from", str(tmp_path / "none.pth"), "--out", str(out), str(data / "val_images"),
+             *given])),
         "export.py": lambda: export.main(export.get_arguments(
             ["--restore-from", str(tmp_path / "none.pth"), "--out", str(out / "m.onnx"), *given])),
         "dataset.check": lambda: dataset.check.main([str(data), *given]),

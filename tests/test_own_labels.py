@@ -28,7 +28,8 @@ CLASSIFIERS = ("aux_pred.4.", "outc.2.")
 
 @pytest.fixture(scope="module")
 def quad_data(tmp_path_factory) -> str:
-    return remapped_dataset(str(tmp_path_factory.mktemp("quad") / "data"), QUAD6, DOG_TO_QUAD6, 16, 4, 0, seed=1)
+    folder = str(tmp_path_factory.mktemp("quad") / "data")
+    return remapped_dataset(folder, QUAD6, DOG_TO_QUAD6, 16, 4, 0, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +173,8 @@ def test_own_label_set_end_to_end(quad_data, quad, dog_checkpoint, tmp_path, cap
     # Data of another label set, or --labels of other classes: refused in one line naming both.
     other = tmp_path / "other"
     shutil.copytree(quad_data, other)
-    (other / "labels.json").write_text(json.dumps({"names": ["bg", "b", "c", "d", "e", "f"], "flip_pairs": [["f", "c"]]}))
+    (other / "labels.json").write_text(json.dumps({"names": ["bg", "b", "c", "d", "e", "f"],
+                                                   "flip_pairs": [["f", "c"]]}))
     for extra, needle in ((["--data-dir", str(other)], str(other / "labels.json")),
                           (["--data-dir", quad_data, "--labels", "dog"], "the preset 'dog' (--labels dog)")):
         code, out, err = _run(lambda: evaluate.main(evaluate.get_arguments(
@@ -184,7 +186,8 @@ def test_own_label_set_end_to_end(quad_data, quad, dog_checkpoint, tmp_path, cap
     before = os.path.getmtime(os.path.join(snap, "last.pth"))
     code, out, err = _run(lambda: train.run([*train_args, "--labels", "dog"]), capsys)
     assert code == 2 and "last.pth: the run it continues has 6 classes" in err, err
-    assert "8 classes from the preset 'dog'" in err and os.path.getmtime(os.path.join(snap, "last.pth")) == before
+    assert "8 classes from the preset 'dog'" in err
+    assert os.path.getmtime(os.path.join(snap, "last.pth")) == before
 
 
 def test_num_classes_that_disagrees_with_the_set_is_one_line(quad_data, tmp_path, capsys):
@@ -207,15 +210,17 @@ def test_check_names_ids_outside_the_set_and_warns_of_unused_classes(quad_data, 
     assert code == 0 and "OK" in out and "warning" not in out
     assert "left_legs " in out and "right_legs " in out  # label pixels per class, by name
     # LIP's 20 classes: the data uses ids 0..5 of them; the other 14 are named in one warning.
-    code, out, _ = _run(lambda: dataset.check.main([quad_data, "--splits", "train", "val", "--labels", "lip"]),
-                        capsys)
+    code, out, _ = _run(lambda: dataset.check.main([quad_data, "--splits", "train", "val", "--labels",
+                                                    "lip"]), capsys)
     warnings = [line for line in out.splitlines() if line.startswith("warning")]
-    assert code == 0 and len(warnings) == 1 and "Dress (6)" in warnings[0] and "Right-shoe (19)" in warnings[0]
+    assert code == 0 and len(warnings) == 1
+    assert "Dress (6)" in warnings[0] and "Right-shoe (19)" in warnings[0]
     assert "Upper-clothes (5)" not in warnings[0]
     # Four classes: ids 4 and 5 are not in the set; each label holding them is named with the set.
     small = tmp_path / "four.json"
     small.write_text(json.dumps({"names": ["bg", "tail", "legs", "torso"]}))
-    code, out, _ = _run(lambda: dataset.check.main([quad_data, "--splits", "train", "--labels", str(small)]), capsys)
+    code, out, _ = _run(lambda: dataset.check.main([quad_data, "--splits", "train", "--labels", str(small)]),
+                        capsys)
     problems = [line for line in out.splitlines() if "are not in the label set" in line]
     assert code == 1 and problems and all(str(small) in p and "ids 0..3" in p for p in problems)
     assert any("[4, 5]" in p for p in problems) and "NOT USABLE" in out
@@ -226,7 +231,8 @@ def test_browse_pictures_show_the_files_and_the_augmentation_in_the_sets_colours
     import dataset.browse
 
     out = tmp_path / "plain"
-    code, stdout, err = _run(lambda: dataset.browse.main([quad_data, "--split", "val", "--out", str(out)]), capsys)
+    code, stdout, err = _run(lambda: dataset.browse.main([quad_data, "--split", "val", "--out", str(out)]),
+                             capsys)
     assert code == 0, err
     assert sorted(os.listdir(out)) == [f"syn_{k:05d}.png" for k in range(16, 20)]
     paths = CartoonDataSet(quad_data, "val")
@@ -243,7 +249,8 @@ def test_browse_pictures_show_the_files_and_the_augmentation_in_the_sets_colours
 
     out = tmp_path / "augmented"
     code, stdout, err = _run(lambda: dataset.browse.main(
-        [quad_data, "--out", str(out), "--num", "8", "--augment", "--input-size", "40,40", "--seed", "5"]), capsys)
+        [quad_data, "--out", str(out), "--num", "8", "--augment", "--input-size", "40,40", "--seed", "5"]),
+        capsys)
     assert code == 0, err
     files = sorted(os.listdir(out))
     mirrored = [f for f in files if f.endswith("_mirrored.png")]

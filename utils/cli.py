@@ -117,7 +117,8 @@ def non_negative_float(text: str) -> float:
     return _number(text, float, 0.0, False, "a number >= 0")
 
 
-def add_label_arguments(parser: argparse.ArgumentParser, *, data_dir: bool = True, stored: bool = True) -> None:
+def add_label_arguments(parser: argparse.ArgumentParser, *, data_dir: bool = True,
+                        stored: bool = True) -> None:
     """``--labels`` and ``--num-classes``, with where the set comes from when ``--labels`` is not given:
     ``labels.json`` in the data folder (``data_dir``), the checkpoint's or model's own set (``stored``),
     the Dog set."""
@@ -132,7 +133,8 @@ def add_label_arguments(parser: argparse.ArgumentParser, *, data_dir: bool = Tru
                              "must agree with it (a check)")
 
 
-def add_inference_arguments(parser: argparse.ArgumentParser, *, onnx: bool = False, data_dir: bool = False) -> None:
+def add_inference_arguments(parser: argparse.ArgumentParser, *, onnx: bool = False,
+                            data_dir: bool = False) -> None:
     """The prediction flags evaluate.py and parse_images.py share; ``onnx`` adds ``--onnx`` and ``--fuse``."""
     parser.add_argument("--input-size", type=parse_size, default=recipe.INPUT_SIZE, metavar="H,W",
                         help="crop the network sees, height,width (authors' run: 384,384)")
@@ -290,7 +292,8 @@ def network_label_set(args: argparse.Namespace, network: Weights | OnnxModel, gi
     label_set = given or network.label_set or DOG
     try:
         check_num_classes(label_set, args.num_classes)
-        check_same_classes(label_set, None if label_set is network.label_set else network.label_set, count, what)
+        recorded = None if label_set is network.label_set else network.label_set
+        check_same_classes(label_set, recorded, count, what)
     except LabelSetError as exc:
         fail(str(exc), 2)
     return label_set

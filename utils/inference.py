@@ -165,7 +165,8 @@ def run_inference(model: nn.Module | OnnxModel, loader: Iterable, device: torch.
 
 def evaluate_model(model: nn.Module | OnnxModel, dataset, loader: Iterable,
                    device: torch.device | str | None, *,
-                   label_set: LabelSet, amp: str = "off", flip: bool = False, scales: Sequence[float] = (1.0,),
+                   label_set: LabelSet, amp: str = "off", flip: bool = False,
+                   scales: Sequence[float] = (1.0,),
                    truncate_centers: bool = False, progress: bool = True,
                    on_prediction: Callable[[str, np.ndarray, int], None] | None = None,
                    channels_last: bool = False, stats: InferenceStats | None = None) -> ConfusionMatrix:
@@ -182,7 +183,8 @@ def evaluate_model(model: nn.Module | OnnxModel, dataset, loader: Iterable,
     if len(index_of) != len(ids):
         twice = sorted({name for name in ids if ids.count(name) > 1})
         raise ValueError(f"the split lists these ids more than once: {', '.join(twice[:5])}")
-    matrix = ConfusionMatrix(label_set.num_classes, ignore_label=getattr(dataset, "ignore_label", IGNORE_LABEL))
+    ignore_label = getattr(dataset, "ignore_label", IGNORE_LABEL)
+    matrix = ConfusionMatrix(label_set.num_classes, ignore_label=ignore_label)
     seen: set[int] = set()
 
     def score(item: dict, label: np.ndarray | None) -> None:

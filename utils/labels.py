@@ -69,7 +69,7 @@ class LabelSet:
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> LabelSet:
-        """Validate the content of a ``labels.json``; :class:`LabelSetError` names ``source`` and the entry."""
+        """Validate the content of a ``labels.json``; a :class:`LabelSetError` names ``source``, the entry."""
         return _parse(data, source)
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,7 +130,8 @@ class LabelSet:
         return shown + (f", ... ({self.num_classes - limit} more)" if self.num_classes > limit else "")
 
     def __repr__(self) -> str:
-        return f"LabelSet({self.num_classes} classes: {self.names_text()}; {self.pairs_text()}; {self.source})"
+        return (f"LabelSet({self.num_classes} classes: {self.names_text()}; {self.pairs_text()}; "
+                f"{self.source})")
 
 
 # ------------------------------------------------------------------------------------------
@@ -186,7 +187,8 @@ def _parse_pairs(pairs: Any, names: tuple[str, ...], source: str) -> tuple[tuple
     if pairs is None:
         return ()
     if not isinstance(pairs, list):
-        raise _fail(source, "flip_pairs", f"expected a list of [left, right] pairs, got {type(pairs).__name__}")
+        raise _fail(source, "flip_pairs",
+                    f"expected a list of [left, right] pairs, got {type(pairs).__name__}")
     ids = {name: i for i, name in enumerate(names)}
     used: dict[int, int] = {}
     out = []
@@ -198,7 +200,8 @@ def _parse_pairs(pairs: Any, names: tuple[str, ...], source: str) -> tuple[tuple
         for item in pair:
             if _is_int(item):
                 if not 0 <= item < len(names):
-                    raise _fail(source, entry, f"id {item} is out of range: the set has ids 0..{len(names) - 1}")
+                    raise _fail(source, entry,
+                                f"id {item} is out of range: the set has ids 0..{len(names) - 1}")
                 both.append(item)
             elif isinstance(item, str):
                 if item not in ids:
@@ -257,7 +260,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "atr": {"names": ["Background", "Hat", "Hair", "Sunglasses", "Upper-clothes", "Skirt", "Pants", "Dress",
                       "Belt", "Left-shoe", "Right-shoe", "Face", "Left-leg", "Right-leg", "Left-arm",
                       "Right-arm", "Bag", "Scarf"],
-            "flip_pairs": [["Left-shoe", "Right-shoe"], ["Left-leg", "Right-leg"], ["Left-arm", "Right-arm"]]},
+            "flip_pairs": [["Left-shoe", "Right-shoe"], ["Left-leg", "Right-leg"],
+                           ["Left-arm", "Right-arm"]]},
     # Upper/lower arms and legs without sides: a mirror swaps nothing.
     "pascal-person-part": {"names": ["Background", "Head", "Torso", "Upper Arms", "Lower Arms", "Upper Legs",
                                      "Lower Legs"],
@@ -288,12 +292,13 @@ def load_label_file(path: str) -> LabelSet:
     except FileNotFoundError:
         raise LabelSetError(f"{path}: label-set file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise LabelSetError(f"{path}: cannot read the label-set file: {getattr(exc, 'strerror', None) or exc}") \
-            from None
+        why = getattr(exc, "strerror", None) or exc
+        raise LabelSetError(f"{path}: cannot read the label-set file: {why}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise LabelSetError(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+        raise LabelSetError(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") \
+            from None
     return LabelSet.from_dict(data, path)
 
 
@@ -334,9 +339,9 @@ def resolve_label_set(labels: str | None = None, data_dir: str | None = None,
 def check_num_classes(label_set: LabelSet, num_classes: int | None) -> None:
     """``--num-classes`` is derived from the set; given, it must agree with it."""
     if num_classes is not None and num_classes != label_set.num_classes:
-        raise LabelSetError(f"--num-classes {num_classes} disagrees with the label set: {label_set.describe()} "
-                            f"({label_set.names_text()}); drop --num-classes, or give the set of your data "
-                            f"with --labels or a {LABELS_FILE} in the data folder")
+        raise LabelSetError(f"--num-classes {num_classes} disagrees with the label set: "
+                            f"{label_set.describe()} ({label_set.names_text()}); drop --num-classes, or give "
+                            f"the set of your data with --labels or a {LABELS_FILE} in the data folder")
 
 
 def check_same_classes(label_set: LabelSet, other: LabelSet | None, num_classes: int | None,
@@ -344,8 +349,8 @@ def check_same_classes(label_set: LabelSet, other: LabelSet | None, num_classes:
     """``what`` (a checkpoint or a model, trained with ``other`` when it records its set, with
     ``num_classes`` outputs) must predict the classes of ``label_set``."""
     if other is not None and not label_set.same_classes(other):
-        raise LabelSetError(f"{what} was trained with {other.num_classes} classes ({other.names_text()}), but "
-                            f"the label set is {label_set.describe()} ({label_set.names_text()})")
+        raise LabelSetError(f"{what} was trained with {other.num_classes} classes ({other.names_text()}), "
+                            f"but the label set is {label_set.describe()} ({label_set.names_text()})")
     if num_classes is not None and num_classes != label_set.num_classes:
         raise LabelSetError(f"{what} predicts {num_classes} classes, but the label set is "
                             f"{label_set.describe()} ({label_set.names_text()}); give its label set "

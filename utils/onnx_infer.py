@@ -111,8 +111,8 @@ class OnnxModel:
         channels = outputs[0].shape[1] if self.output != "labels" and len(outputs[0].shape) == 4 else None
         self.num_classes = int(count) if count.isdigit() else channels if isinstance(channels, int) else None
         if self.label_set is not None and self.num_classes not in (None, self.label_set.num_classes):
-            raise OnnxModelError(f"{path}: its metadata says {self.num_classes} classes but records a label set "
-                                 f"of {self.label_set.num_classes}")
+            raise OnnxModelError(f"{path}: its metadata says {self.num_classes} classes but records a label "
+                                 f"set of {self.label_set.num_classes}")
         for key, ours in (("mean", MEAN), ("std", STD)):
             if key in self.metadata and not np.allclose(json.loads(self.metadata[key]), ours):
                 raise OnnxModelError(f"{path}: expects inputs normalised with {key} {self.metadata[key]}, "
@@ -174,7 +174,8 @@ class OnnxModel:
                 return resize_labels(out, images.shape[-2:])
             logits = resize_bilinear(out.astype(np.float32, copy=False), images.shape[-2:])
             return logits.argmax(1).astype(np.uint8)
-        return self.predict_probs(images, flip=flip, scales=scales, label_set=label_set).argmax(1).astype(np.uint8)
+        probs = self.predict_probs(images, flip=flip, scales=scales, label_set=label_set)
+        return probs.argmax(1).astype(np.uint8)
 
 
 def resize_labels(labels: np.ndarray, size: Sequence[int]) -> np.ndarray:

@@ -150,7 +150,8 @@ class Snapshots:
 
     def save_epoch(self, model: nn.Module, epoch: int) -> None:
         # The authors trained under DataParallel: every key of their files starts with `module.`.
-        du.save_on_master(with_label_set({f"module.{k}": v for k, v in model.state_dict().items()}, self.label_set),
+        state = {f"module.{k}": v for k, v in model.state_dict().items()}
+        du.save_on_master(with_label_set(state, self.label_set),
                           os.path.join(self.folder, epoch_snapshot_name(epoch)))
 
     def where(self) -> str:
