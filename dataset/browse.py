@@ -10,8 +10,8 @@ so in their caption and file name (``<id>_mirrored.png``), so a look at them tel
 left/right classes of the set trade places as they should, before hours of training.
 
 The label set is ``--labels``, else ``labels.json`` in DATA_DIR, else the Dog set
-(docs/labels.md). Exit status: 0 done; 1 a missing split or an unreadable file (one line naming
-it); 2 bad arguments or a bad label set.
+(docs/labels.md). Exit status: 0 done; 1 a missing split, an unreadable file or an output folder
+that cannot be written (one line naming it); 2 bad arguments or a bad label set.
 """
 from __future__ import annotations
 

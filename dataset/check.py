@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from dataset.layout import split_paths
+from utils.cli import add_label_arguments, die
 from utils.labels import IGNORE_LABEL, LabelSet, LabelSetError, check_num_classes, resolve_label_set
 
 PROG = "python -m dataset.check"
@@ -228,8 +229,6 @@ def check_dataset(root: str, splits: tuple[str, ...] | list[str] = DEFAULT_SPLIT
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    from utils.cli import add_label_arguments
-
     parser = argparse.ArgumentParser(prog=PROG, add_help=add_help,
                                      description="Check a parsing data directory (the Dog dataset's layout) "
                                                  "before training on it.")
@@ -251,8 +250,6 @@ def main(argv: list[str] | None = None) -> int:
         label_set = resolve_label_set(args.labels, args.data_dir)
         check_num_classes(label_set, args.num_classes)
     except LabelSetError as exc:
-        from utils.cli import die
-
         die(PROG, str(exc), 2)
     if not 0 <= args.ignore_label <= 255 or args.ignore_label < label_set.num_classes:
         parser.error(f"argument --ignore-label: {args.ignore_label} is not an id above the label set's "
