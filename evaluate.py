@@ -155,9 +155,6 @@ def main(args: argparse.Namespace) -> None:
     given = given_labels(args, fail, data_dir=args.data_dir)
     network = read_network(args, fail)
     label_set = network_label_set(args, network, given, fail)
-    if args.ignore_label < label_set.num_classes:
-        fail(f"argument --ignore-label: {args.ignore_label} is a class id of the label set "
-             f"({label_set.describe()})", 2)
     check_split(args.data_dir, args.dataset, label_set, args.ignore_label)
     # Fail now, not after the whole evaluation, if the outputs cannot be written.
     metrics_dir = os.path.dirname(os.path.abspath(args.metrics_out)) if args.metrics_out else None
@@ -199,7 +196,7 @@ def main(args: argparse.Namespace) -> None:
     network = args.onnx or args.restore_from
     runtime = "onnxruntime (cpu)" if args.onnx else f"device {device}"
     print(f"Evaluated {stats.images} images of {args.data_dir} split {args.dataset!r} with {network}")
-    print(f"Label set: {label_set.describe()}; mirror pairs: {label_set.pairs_text()}")
+    print(f"Label set: {label_set.summary()}")
     print(f"Settings: input {args.input_size[0]}x{args.input_size[1]}, amp {args.amp}, "
           f"flip {'on' if args.flip else 'off'}, scales {','.join(f'{s:g}' for s in args.scales)}, "
           f"centers {'truncated (authors)' if args.truncate_centers else 'float'}, {runtime}")

@@ -35,6 +35,7 @@ from utils import distributed as du
 from utils import recipe
 from utils.checkpoint import (
     CheckpointError,
+    Weights,
     load_imagenet_backbone,
     load_state_dict_strict,
     read_weights,
@@ -65,7 +66,7 @@ from utils.engine import (
     restore_rng_state,
     train_one_epoch,
 )
-from utils.labels import IGNORE_LABEL, LabelSet, LabelSetError, check_num_classes, resolve_label_set
+from utils.labels import IGNORE_LABEL, LabelSet, LabelSetError, check_flags, resolve_label_set
 from utils.snapshots import (
     SnapshotDirBusy,
     Snapshots,
@@ -256,12 +257,9 @@ def training_splits(data_dir: str, dataset: str) -> list[str]:
 
 def training_label_set(args: argparse.Namespace) -> LabelSet:
     """--labels, else labels.json in --data-dir, else the Dog set; --num-classes and --ignore-label must
-    agree with it. Raises LabelSetError (a bad set, or a disagreeing --num-classes) or UsageError."""
+    agree with it. Raises LabelSetError (a bad set, or a flag that disagrees)."""
     label_set = resolve_label_set(args.labels, args.data_dir)
-    check_num_classes(label_set, args.num_classes)
-    if args.ignore_label < label_set.num_classes:
-        raise UsageError(f"argument --ignore-label: {args.ignore_label} is a class id of the label set "
-                         f"({label_set.describe()})")
+    check_flags(label_set, args.num_classes, args.ignore_label)
     return label_set
 
 
@@ -356,12 +354,12 @@ def initialise_weights(model: torch.nn.Module, restore_from: str, label_set: Lab
     return f"ImageNet backbone from {restore_from} ({loaded} of {total} tensors)"
 
 
-def fine_tune_from(model: torch.nn.Module, weights, label_set: LabelSet) -> str:
+def fine_tune_from(model: torch.nn.Module, weights: Weights, label_set: LabelSet) -> str:
     """A whole DFPnet checkpoint: every weight when it predicts this run's classes; else every layer but
     the classifiers, which keep their fresh initialisation (named in one printed line)."""
     from networks.dfpnet import DFPNet
 
-    count = weights.out_channels(DFPNet.CLASSIFIERS[-1])
+    count = DFPNet.classes_in(weights.state)
     other = weights.label_set
     if (other is None or other.same_classes(label_set)) and count == label_set.num_classes:
         load_state_dict_strict(model, weights.state, weights.path)
@@ -743,9 +741,7 @@ class Trainer:
                     # purge_step hides what an interrupted run logged after its last save.
                     self.writer = SummaryWriter(logdir=args.snapshot_dir,
                                                 purge_step=self.iteration + 1 if self.iteration else None)
-                    labels = self.data.label_set
-                    self.writer.add_text("label_set", f"{labels.describe()}: {', '.join(labels.names)}; "
-                                                      f"mirror pairs: {labels.pairs_text()}", self.iteration)
+                    self.writer.add_text("label_set", self.data.label_set.summary(), self.iteration)
                 self.bar = tqdm(total=self.total_iters, initial=self.iteration, unit="it", dynamic_ncols=True,
                                 disable=not (du.is_main_process() and sys.stderr.isatty()))
                 if self.total_iters is None:
@@ -860,9 +856,7 @@ def log_setup(args: argparse.Namespace, data: TrainData, net: Network) -> None:
     from libs import BACKEND_DESCRIPTION
 
     n_params = sum(p.numel() for p in net.model.parameters()) / 1e6
-    label_set = data.label_set
-    log(f"label set: {label_set.describe()}: {label_set.names_text(limit=label_set.num_classes)}; "
-        f"mirror pairs: {label_set.pairs_text()}")
+    log(f"label set: {data.label_set.summary()}")
     log(f"DFPnet: {n_params:.2f} M parameters, {net.init_note}")
     # Synchronised layers keep the in-place Function under DDP whatever --inplace-abn says.
     abn_mode = "in place" if net.inplace or args.distributed else "under plain autograd"

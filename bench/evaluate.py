@@ -33,7 +33,7 @@ from torch import nn
 from bench.common import environment, finish, format_table, summarize, synchronize
 from utils.cli import add_inference_arguments, default_amp, positive_int, resolve_device
 from utils.inference import evaluate_model, make_eval_loader
-from utils.labels import LabelSetError, check_num_classes, resolve_label_set
+from utils.labels import LabelSetError, check_flags, resolve_label_set
 from utils.pipeline import InferenceStats
 
 DEMO_CHECKPOINT = "./snapshots/demo/best.pth"
@@ -86,7 +86,7 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     try:
         args.device = resolve_device(args.device)
         args.label_set = resolve_label_set(args.labels, args.data_dir)
-        check_num_classes(args.label_set, args.num_classes)
+        check_flags(args.label_set, args.num_classes)
     except (ValueError, LabelSetError) as exc:
         parser.error(str(exc))
     if args.amp is None:

@@ -26,7 +26,7 @@ import numpy as np
 
 from utils import recipe
 from utils.cli import add_label_arguments, die, output_folder_problem, parse_size, positive_int
-from utils.labels import LabelSet, LabelSetError, check_num_classes, resolve_label_set
+from utils.labels import LabelSet, LabelSetError, check_flags, resolve_label_set
 from utils.pipeline import legend_picture
 
 PROG = "python -m dataset.browse"
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         label_set = resolve_label_set(args.labels, args.data_dir)
-        check_num_classes(label_set, args.num_classes)
+        check_flags(label_set, args.num_classes)
     except LabelSetError as exc:
         die(PROG, str(exc), 2)
     problem = output_folder_problem(args.out)
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     mirrored = sum(m for _, m in written)
     what = f", {mirrored} of them mirrored (file names end in _mirrored)" if args.augment else ""
     print(f"wrote {len(written)} pictures of {args.data_dir} split {args.split!r} to {args.out}{what}; "
-          f"label set: {label_set.describe()}; mirror pairs: {label_set.pairs_text()}")
+          f"label set: {label_set.summary()}")
     return 0
 
 

@@ -8,7 +8,7 @@ label, empty (0-byte) or undecodable files, images that are not 3-channel colour
 alpha), labels that are not single-channel 8-bit ids (colour or palette PNGs: OpenCV reads a
 palette PNG as its colours, not its indices), image/label size mismatches and label ids the
 label set does not have (not ``0..num_classes-1`` nor 255). Prints the problems one per line,
-a warning for each class of the set that no label uses, and a summary line (images per split,
+one warning naming the classes of the set that no label uses, and a summary line (images per split,
 label pixels per class, by name) and exits 0 only when the data is usable.
 
 The label set is ``--labels``, else ``labels.json`` in the data folder, else the Dog set
@@ -31,7 +31,7 @@ import numpy as np
 
 from dataset.layout import split_paths
 from utils.cli import add_label_arguments, die
-from utils.labels import IGNORE_LABEL, LabelSet, LabelSetError, check_num_classes, resolve_label_set
+from utils.labels import IGNORE_LABEL, LabelSet, LabelSetError, check_flags, resolve_label_set
 
 PROG = "python -m dataset.check"
 DEFAULT_SPLITS = ("train", "val", "trainTest")
@@ -246,17 +246,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
+    if not 0 <= args.ignore_label <= 255:
+        parser.error(f"argument --ignore-label: expected 0..255 (labels are 8-bit PNGs), "
+                     f"got {args.ignore_label}")
     try:
         label_set = resolve_label_set(args.labels, args.data_dir)
-        check_num_classes(label_set, args.num_classes)
+        check_flags(label_set, args.num_classes, args.ignore_label)
     except LabelSetError as exc:
         die(PROG, str(exc), 2)
-    if not 0 <= args.ignore_label <= 255 or args.ignore_label < label_set.num_classes:
-        parser.error(f"argument --ignore-label: {args.ignore_label} is not an id above the label set's "
-                     f"0..{label_set.num_classes - 1} and at most 255")
     start = time.perf_counter()
-    print(f"label set: {label_set.describe()}: {label_set.names_text(limit=label_set.num_classes)}; "
-          f"mirror pairs: {label_set.pairs_text()}")
+    print(f"label set: {label_set.summary()}")
     report = check_dataset(args.data_dir, args.splits, label_set=label_set,
                            ignore_label=args.ignore_label, max_problems=args.max_problems,
                            workers=args.workers)

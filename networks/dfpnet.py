@@ -101,6 +101,12 @@ class DFPNet(DeepStemResNet):
     # The layers whose shape is the class count: what fine-tuning to another label set re-initialises.
     CLASSIFIERS = ("aux_pred.4", "outc.2")
 
+    @classmethod
+    def classes_in(cls, state: dict[str, torch.Tensor]) -> int | None:
+        """The class count a state_dict of DFPNet was built for (its last classifier's outputs)."""
+        weight = state.get(f"{cls.CLASSIFIERS[-1]}.weight")
+        return int(weight.shape[0]) if weight is not None else None
+
     def __init__(self, num_classes: int, norm_layer: NormLayer | None = None) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")

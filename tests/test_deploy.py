@@ -309,8 +309,8 @@ def test_evaluate_onnx_and_fused_match_evaluate(models, data, tmp_path, capsys):
     assert abs(mean_iou["onnxruntime"] - mean_iou["pytorch"]) <= 0.05
 
 
-DEPLOY_FILES = ["parse_images.py", *(f"utils/{m}.py" for m in ("__init__", "cli", "recipe", "pipeline", "onnx_infer",
-                                                               "transforms", "labels"))]
+DEPLOY_MODULES = ("__init__", "cli", "recipe", "pipeline", "onnx_infer", "transforms", "labels")
+DEPLOY_FILES = ["parse_images.py", *(f"utils/{m}.py" for m in DEPLOY_MODULES)]
 _NO_TORCH = """
 import runpy, sys
 class NoTorch:

@@ -15,7 +15,7 @@ from utils.labels import (
     PRESETS,
     LabelSet,
     LabelSetError,
-    check_num_classes,
+    check_flags,
     check_same_classes,
     load_label_file,
     load_label_set,
@@ -173,10 +173,10 @@ def test_resolution_order(tmp_path):
 def test_num_classes_and_other_sets_are_checked_naming_both(tmp_path):
     path = write_json(tmp_path / "labels.json", ISSUE_EXAMPLE)
     labels = load_label_file(path)
-    check_num_classes(labels, None)
-    check_num_classes(labels, 4)
+    check_flags(labels, None)
+    check_flags(labels, 4)
     with pytest.raises(LabelSetError) as err:
-        check_num_classes(labels, 6)
+        check_flags(labels, 6)
     assert "--num-classes 6" in str(err.value) and "4 classes from " + path in str(err.value)
     with pytest.raises(LabelSetError) as err:
         check_same_classes(labels, DOG, None, "the checkpoint best.pth")

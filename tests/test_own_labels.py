@@ -164,7 +164,9 @@ def test_own_label_set_end_to_end(quad_data, quad, dog_checkpoint, tmp_path, cap
         ["--restore-from", best, "--out", str(parsed), "--flip", *common,
          os.path.join(quad_data, "val_images")])), capsys)
     assert code == 0, err
-    for path in glob.glob(str(parsed / "*_label.png")):
+    parsed_labels = glob.glob(str(parsed / "*_label.png"))
+    assert len(parsed_labels) == 4
+    for path in parsed_labels:
         label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
         colour = cv2.imread(path.replace("_label.png", "_color.png"))[:, :, ::-1]
         assert label.max() < 6

@@ -165,11 +165,6 @@ class Weights:
     state: dict[str, torch.Tensor]
     label_set: LabelSet | None
 
-    def out_channels(self, module: str) -> int | None:
-        """Output channels of the convolution ``module`` (a classifier: the class count), if present."""
-        weight = self.state.get(f"{module}.weight")
-        return int(weight.shape[0]) if weight is not None and weight.ndim == 4 else None
-
 
 def read_weights(path: str | os.PathLike) -> Weights:
     """:func:`read_checkpoint` + :func:`extract_state_dict` + :func:`stored_label_set` of one file."""

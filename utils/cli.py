@@ -20,7 +20,7 @@ from utils.labels import (
     PRESETS,
     LabelSet,
     LabelSetError,
-    check_num_classes,
+    check_flags,
     check_same_classes,
     given_label_set,
 )
@@ -281,17 +281,17 @@ def given_labels(args: argparse.Namespace, fail: Fail, *, data_dir: str | None =
 def network_label_set(args: argparse.Namespace, network: Weights | OnnxModel, given: LabelSet | None,
                       fail: Fail) -> LabelSet:
     """The label set to predict with: ``given`` (see :func:`given_labels`), else the set the network
-    records, else the Dog set; it must be the network's classes, and ``--num-classes`` (if given) its
-    size. A problem ends the program through ``fail(one line, 2)``."""
+    records, else the Dog set; it must be the network's classes, and agree with ``--num-classes`` and
+    ``--ignore-label`` where given. A problem ends the program through ``fail(one line, 2)``."""
     if hasattr(network, "state"):  # a checkpoint
         from networks.dfpnet import DFPNet
 
-        what, count = f"the checkpoint {network.path}", network.out_channels(DFPNet.CLASSIFIERS[-1])
+        what, count = f"the checkpoint {network.path}", DFPNet.classes_in(network.state)
     else:
         what, count = f"the ONNX model {network.path}", network.num_classes
     label_set = given or network.label_set or DOG
     try:
-        check_num_classes(label_set, args.num_classes)
+        check_flags(label_set, args.num_classes, getattr(args, "ignore_label", None))
         recorded = None if label_set is network.label_set else network.label_set
         check_same_classes(label_set, recorded, count, what)
     except LabelSetError as exc:

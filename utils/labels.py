@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -78,9 +78,6 @@ class LabelSet:
                 "flip_pairs": [[self.names[a], self.names[b]] for a, b in self.flip_pairs],
                 "palette": [list(c) for c in self.palette]}
 
-    def with_source(self, source: str) -> LabelSet:
-        return replace(self, source=source)
-
     def same_classes(self, other: LabelSet) -> bool:
         """The same ids meaning the same classes (names, in order); pairs and colours may differ."""
         return self.names == other.names
@@ -124,6 +121,10 @@ class LabelSet:
         if not self.flip_pairs:
             return "no left/right pairs"
         return ", ".join(f"{self.names[a]}<->{self.names[b]}" for a, b in self.flip_pairs)
+
+    def summary(self) -> str:
+        """Where the set comes from, every name, the pairs: the line scripts print and log."""
+        return f"{self.describe()}: {', '.join(self.names)}; mirror pairs: {self.pairs_text()}"
 
     def names_text(self, limit: int = 6) -> str:
         shown = ", ".join(self.names[:limit])
@@ -302,15 +303,15 @@ def load_label_file(path: str) -> LabelSet:
     return LabelSet.from_dict(data, path)
 
 
-def load_label_set(spec: str, how: str = "--labels") -> LabelSet:
+def load_label_set(spec: str) -> LabelSet:
     """``--labels``: a preset name, a ``labels.json`` path, or a folder holding ``labels.json``."""
     if spec in PRESETS and not os.path.exists(spec):
-        return preset(spec, f"{how} {spec}")
+        return preset(spec, f"--labels {spec}")
     if os.path.isdir(spec):
         return load_label_file(os.path.join(spec, LABELS_FILE))
     if os.path.isfile(spec) or spec.endswith(".json") or os.sep in spec:
         return load_label_file(spec)
-    raise LabelSetError(f"{how} {spec}: neither a preset ({', '.join(PRESETS)}) nor a labels.json file")
+    raise LabelSetError(f"--labels {spec}: neither a preset ({', '.join(PRESETS)}) nor a labels.json file")
 
 
 def data_label_file(data_dir: str | None) -> str | None:
@@ -336,12 +337,16 @@ def resolve_label_set(labels: str | None = None, data_dir: str | None = None,
     return given_label_set(labels, data_dir) or stored or DOG
 
 
-def check_num_classes(label_set: LabelSet, num_classes: int | None) -> None:
-    """``--num-classes`` is derived from the set; given, it must agree with it."""
+def check_flags(label_set: LabelSet, num_classes: int | None = None, ignore_label: int | None = None) -> None:
+    """The flags that depend on the set: ``--num-classes`` (derived from it; given, it must agree) and
+    ``--ignore-label`` (not one of its ids)."""
     if num_classes is not None and num_classes != label_set.num_classes:
         raise LabelSetError(f"--num-classes {num_classes} disagrees with the label set: "
                             f"{label_set.describe()} ({label_set.names_text()}); drop --num-classes, or give "
                             f"the set of your data with --labels or a {LABELS_FILE} in the data folder")
+    if ignore_label is not None and ignore_label < label_set.num_classes:
+        raise LabelSetError(f"--ignore-label {ignore_label} is a class id of the label set "
+                            f"({label_set.describe()}: ids 0..{label_set.num_classes - 1})")
 
 
 def check_same_classes(label_set: LabelSet, other: LabelSet | None, num_classes: int | None,
@@ -358,15 +363,14 @@ def check_same_classes(label_set: LabelSet, other: LabelSet | None, num_classes:
 
 
 def stored_form(label_set: LabelSet) -> str:
-    """The set as one JSON string (checkpoint and ONNX metadata)."""
+    """The set as one JSON string, for ONNX metadata (whose values are strings)."""
     return json.dumps(label_set.to_dict(), separators=(",", ":"))
 
 
-def from_stored_form(text: Any, where: str) -> LabelSet:
-    """The inverse of :func:`stored_form` (also accepts the dict); ``where`` names the file it came from."""
-    if isinstance(text, str):
-        try:
-            text = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise LabelSetError(f"{where}: its stored label set is not valid JSON: {exc.msg}") from None
-    return LabelSet.from_dict(text, where)
+def from_stored_form(text: str, where: str) -> LabelSet:
+    """The inverse of :func:`stored_form`; ``where`` names the file it came from."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LabelSetError(f"{where}: its stored label set is not valid JSON: {exc.msg}") from None
+    return LabelSet.from_dict(data, where)
