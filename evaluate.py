@@ -21,26 +21,21 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import sys
 
 import cv2
 
+from dataset.check import check_dataset
+from dataset.datasets import CartoonDataSet, default_transform, is_training_split
+from inference.model import network_label_set, read_network, setup_device, setup_model
+from inference.pipeline import InferenceStats, save_legend, save_prediction
+from inference.predict import evaluate_model, make_eval_loader
+from inference.visualize import confusion_matrix_figure, iou_bar_figure, save_figure
 from utils import recipe
-from utils.cli import (
-    add_inference_arguments,
-    die,
-    given_labels,
-    network_label_set,
-    output_folder_problem,
-    read_network,
-    setup_device,
-    setup_model,
-)
-from utils.inference import evaluate_model, make_eval_loader
+from utils.cli import add_inference_arguments, die, given_labels, output_folder_problem
+from utils.files import write_json_atomic
 from utils.labels import IGNORE_LABEL, LabelSet
-from utils.pipeline import InferenceStats, save_legend, save_prediction
 
 PROG = "evaluate.py"
 
@@ -103,7 +98,6 @@ def find_split(data_dir: str, split: str) -> None:
         have = sorted(f[:-len("_id.txt")] for f in os.listdir(data_dir) if f.endswith("_id.txt"))
         fail(f"{id_file}: not found: {data_dir} has no split {split!r} "
              f"(splits there: {', '.join(have) if have else 'none'})")
-    from dataset.datasets import is_training_split
 
     if is_training_split(split):
         fail(f"--dataset {split}: training splits are loaded with random augmentation; "
@@ -113,7 +107,6 @@ def find_split(data_dir: str, split: str) -> None:
 def check_split(data_dir: str, split: str, label_set: LabelSet, ignore_label: int) -> None:
     """Stop before any work if the checker finds a problem in the split (ids outside the label set
     included)."""
-    from dataset.check import check_dataset
 
     report = check_dataset(data_dir, [split], label_set=label_set, ignore_label=ignore_label)
     if not report.ok:
@@ -129,22 +122,6 @@ def check_split(data_dir: str, split: str, label_set: LabelSet, ignore_label: in
         sys.exit(1)
     for line in report.warnings:
         print(f"{PROG}: {line}", file=sys.stderr)
-
-
-def write_json_atomic(obj: dict, path: str) -> None:
-    """Temporary file beside ``path`` then ``os.replace``: readers never see a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")  # open() honours the umask
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def main(args: argparse.Namespace) -> None:
@@ -163,8 +140,6 @@ def main(args: argparse.Namespace) -> None:
         if problem:
             fail(problem)
 
-    from dataset.datasets import CartoonDataSet
-    from dataset.transforms import default_transform
 
     try:
         dataset = CartoonDataSet(args.data_dir, args.dataset, crop_size=args.input_size,
@@ -205,7 +180,6 @@ def main(args: argparse.Namespace) -> None:
           f"(network {100.0 * stats.network_share:.0f}% of the time)")
 
     if args.save_path:
-        from utils.visualize import confusion_matrix_figure, iou_bar_figure, save_figure
 
         save_figure(confusion_matrix_figure(matrix.mat, names),
                     os.path.join(args.save_path, "confusion_matrix.png"))

@@ -36,21 +36,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from inference.model import load_model, network_label_set, read_network
+from inference.onnx_infer import OUTPUTS, OnnxModel, OnnxModelError
 from utils import recipe
-from utils.checkpoint import atomic_file
+from utils.checkpoint import CheckpointError
 from utils.cli import (
     add_label_arguments,
     die,
     first_line,
     given_labels,
-    network_label_set,
     output_folder_problem,
     parse_size,
     positive_int,
-    read_network,
 )
+from utils.files import atomic_file
 from utils.labels import LabelSet, stored_form
-from utils.onnx_infer import OUTPUTS, OnnxModel, OnnxModelError
 from utils.transforms import MEAN, STD
 
 PROG = "export.py"
@@ -109,7 +109,7 @@ fail = functools.partial(die, PROG)
 
 def metadata(args: argparse.Namespace, label_set: LabelSet) -> dict[str, str]:
     """What a deployment needs beside the weights, as ONNX metadata_props (string values). ``label_set``
-    is the whole set (utils.onnx_infer reads it back); names, pairs and palette are also given on
+    is the whole set (inference.onnx_infer reads it back); names, pairs and palette are also given on
     their own for other tools."""
     return {
         "model": "DFPnet (part parsing)",
@@ -132,7 +132,7 @@ def metadata(args: argparse.Namespace, label_set: LabelSet) -> dict[str, str]:
 def export_onnx(module: nn.Module, example: torch.Tensor, path: str, *, opset: int, dynamic: bool,
                 props: dict[str, str]) -> None:
     """Export ``module`` with torch.export + onnxscript (``dynamo=True``) and add ``props`` as metadata."""
-    import onnx
+    import onnx  # only to write the metadata; the rest of the module never needs it
 
     dims = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
     # The exporter narrates every step on stdout, logs that torchvision's ops are absent and warns
@@ -158,8 +158,6 @@ def relative_error(got: np.ndarray, want: np.ndarray) -> float:
 
 
 def main(args: argparse.Namespace) -> None:
-    from utils.checkpoint import CheckpointError
-    from utils.cli import load_model
 
     given = given_labels(args, fail)
     problem = output_folder_problem(os.path.dirname(os.path.abspath(args.out)))

@@ -26,17 +26,8 @@ import sys
 import cv2
 from tqdm import tqdm
 
-from utils import recipe
-from utils.cli import (
-    add_inference_arguments,
-    die,
-    given_labels,
-    network_label_set,
-    read_network,
-    setup_device,
-    setup_model,
-)
-from utils.pipeline import (
+from inference.model import network_label_set, read_network, setup_device, setup_model
+from inference.pipeline import (
     ImageFiles,
     InferenceStats,
     batches,
@@ -45,6 +36,8 @@ from utils.pipeline import (
     save_legend,
     save_prediction,
 )
+from utils import recipe
+from utils.cli import add_inference_arguments, die, given_labels
 
 PROG = "parse_images.py"
 
@@ -99,9 +92,10 @@ def main(args: argparse.Namespace) -> int:
             run_loop(batches(images, args.batch_size), predict, save, total=len(images),
                      progress=not args.no_progress, desc="parsing", stats=stats)
         else:
+            # torch only here: the --onnx path above runs where torch is not installed.
             from torch.utils.data import DataLoader
 
-            from utils.inference import run_inference
+            from inference.predict import run_inference
 
             loader = DataLoader(images, batch_size=args.batch_size, num_workers=args.workers,
                                 pin_memory=device.type == "cuda")

@@ -17,6 +17,8 @@ import sys
 import time
 from typing import Callable, Iterable, Sequence
 
+import cv2
+import numpy as np
 import torch
 
 # --------------------------------------------------------------------------------------------
@@ -158,8 +160,6 @@ def device_name(device: torch.device | str) -> str:
 
 def environment(device: torch.device | str) -> dict:
     """What a reader needs to compare two result files: device, versions, threads, load, date, command."""
-    import cv2
-    import numpy as np
     info = {
         "device": device_name(device),
         "cpu_model": cpu_model(),
@@ -179,7 +179,7 @@ def environment(device: torch.device | str) -> dict:
     if torch.device(device).type == "cuda":
         info["cuda"] = torch.version.cuda
     try:
-        from libs import BACKEND
+        from libs import BACKEND  # libs/ may fail to import (a broken inplace-abn build): reported, not fatal
         info["abn_backend"] = str(BACKEND)
     except Exception as exc:  # noqa: BLE001 - libs/ is optional for the data bench
         info["abn_backend"] = f"unavailable ({type(exc).__name__})"

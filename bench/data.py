@@ -23,6 +23,8 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from bench.common import environment, finish, format_table, summarize
+from dataset.datasets import CartoonDataSet, default_transform
+from dataset.synthetic import generate_dataset
 from utils import recipe
 from utils.cli import parse_size, positive_int
 
@@ -83,15 +85,12 @@ def time_loader(dataset, workers: int, batch_size: int, batches: int) -> dict:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from dataset.datasets import CartoonDataSet
-    from dataset.transforms import default_transform
 
     info = environment("cpu")
     runs: dict[int, list[dict]] = {w: [] for w in args.workers}
     with tempfile.TemporaryDirectory(prefix="dfpnet-bench-") as tmp:
         data_dir = args.data_dir
         if data_dir is None:
-            from dataset.synthetic import generate_dataset
 
             data_dir = tmp
             generate_dataset(tmp, n_train=args.images, n_val=0, n_traintest=0, seed=0)

@@ -18,7 +18,7 @@ Configurations (``--configs``, comma-separated, in the order they alternate):
 * ``onnxruntime``: the export.py model (fused, final map only) in an onnxruntime CPU session,
   float32, its default threads (one per physical core) and graph optimisations;
 * ``default-bf16``, ``fused-bf16``: the same under bf16 autocast, added by default where the CPU
-  runs bf16 natively (``utils.cli.default_amp``), since evaluate.py then defaults to bf16.
+  runs bf16 natively (``utils.device.default_amp``), since evaluate.py then defaults to bf16.
 
 Each configuration's final map is compared with the authors' (relative error of the logits,
 argmax agreement), so a speed-up that changed the numbers would show. Ratios are against
@@ -35,11 +35,19 @@ import tempfile
 from collections.abc import Callable
 
 import numpy as np
+import onnxruntime
 import torch
 from torch import nn
 
+import export
 from bench.common import alternate, environment, finish, format_table, summarize
-from utils.cli import default_amp, parse_size, positive_int
+from inference.onnx_infer import OnnxModel
+from libs import ABN
+from networks.dfpnet import DFPNet
+from networks.fuse import fuse_for_inference
+from utils.checkpoint import load_model_weights
+from utils.cli import parse_size, positive_int
+from utils.device import autocast, default_amp
 from utils.labels import DOG
 
 # The switches that make PyTorch (ATen, oneDNN, MKL) use a lower instruction set than the CPU has.
@@ -82,9 +90,6 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_networks(args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
     """(authors' network with libs.ABN, project network with InPlace-ABN), same weights, eval mode."""
-    from libs import ABN
-    from networks.dfpnet import DFPNet
-    from utils.checkpoint import load_model_weights
 
     torch.manual_seed(0)
     project = DFPNet(DOG.num_classes)
@@ -97,7 +102,6 @@ def build_networks(args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
 
 def torch_runner(model: nn.Module, x: torch.Tensor, *, channels_last: bool,
                  amp: str) -> Callable[[], np.ndarray]:
-    from utils.inference import autocast
 
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -111,8 +115,6 @@ def torch_runner(model: nn.Module, x: torch.Tensor, *, channels_last: bool,
 
 def export_for_bench(project: nn.Module, args: argparse.Namespace, folder: str) -> str:
     """The project network through export.py's own export path, at the benchmark's input size."""
-    import export
-    from networks.fuse import fuse_for_inference
 
     path = os.path.join(folder, "dfpnet.onnx")
     namespace = export.get_arguments(["--input-size", ",".join(map(str, args.input_size)), "--out", path,
@@ -142,12 +144,10 @@ def main(args: argparse.Namespace) -> dict:
                 runs[name] = torch_runner(project, x, channels_last=True,
                                           amp="bf16" if "bf16" in name else "off")
             elif name.startswith("fused"):
-                from networks.fuse import fuse_for_inference
 
                 runs[name] = torch_runner(fuse_for_inference(project), x, channels_last=True,
                                           amp="bf16" if "bf16" in name else "off")
             else:
-                from utils.onnx_infer import OnnxModel
 
                 log("exporting the network for onnxruntime ...")
                 session = OnnxModel(export_for_bench(project, args, tmp), threads=args.threads)
@@ -179,7 +179,6 @@ def main(args: argparse.Namespace) -> dict:
                    "versions": {k: info[k] for k in ("python", "torch", "numpy", "opencv", "abn_backend")},
                    "command": info["command"], "environment": info})
     try:
-        import onnxruntime
         result["versions"]["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         pass

@@ -1,4 +1,4 @@
-"""Benchmark evaluation: images/s of ``utils.inference.evaluate_model`` and the share of time spent
+"""Benchmark evaluation: images/s of ``inference.predict.evaluate_model`` and the share of time spent
 outside the network; ``--compare-amp`` checks that bf16 keeps a checkpoint's mean IU.
 
     python -m bench.evaluate --device cpu --input-size 384,384 --images 16 --amp bf16 --channels-last \
@@ -31,10 +31,15 @@ import torch
 from torch import nn
 
 from bench.common import environment, finish, format_table, summarize, synchronize
-from utils.cli import add_inference_arguments, default_amp, positive_int, resolve_device
-from utils.inference import evaluate_model, make_eval_loader
+from dataset.datasets import CartoonDataSet, default_transform
+from dataset.synthetic import generate_dataset
+from inference.pipeline import InferenceStats
+from inference.predict import evaluate_model, make_eval_loader
+from networks.dfpnet import DFPNet
+from utils.checkpoint import load_model_weights
+from utils.cli import add_inference_arguments, positive_int
+from utils.device import autocast, default_amp, resolve_device
 from utils.labels import LabelSetError, check_flags, resolve_label_set
-from utils.pipeline import InferenceStats
 
 DEMO_CHECKPOINT = "./snapshots/demo/best.pth"
 DEMO_DATA = "./dataset/synthetic"
@@ -103,8 +108,6 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_model(args: argparse.Namespace) -> nn.Module:
     """DFPNet (project default norm layer) with the checkpoint's or random weights, in eval mode."""
-    from networks.dfpnet import DFPNet
-    from utils.checkpoint import load_model_weights
 
     torch.manual_seed(0)
     model = DFPNet(args.label_set.num_classes)
@@ -134,7 +137,6 @@ def run_pass(model: TimedModel, dataset, args: argparse.Namespace, amp: str) -> 
 
 def warm_up(model: TimedModel, args: argparse.Namespace, amp: str) -> None:
     """One forward at the crop size: oneDNN/cuDNN pick their kernels outside the timed passes."""
-    from utils.inference import autocast
 
     x = torch.zeros(args.batch_size, 3, *args.input_size, device=args.device)
     if args.channels_last:
@@ -172,14 +174,11 @@ def evaluate_amp_modes(model: TimedModel, dataset, args: argparse.Namespace, mod
 def main(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
-    from dataset.datasets import CartoonDataSet
-    from dataset.transforms import default_transform
 
     info = environment(args.device)
     with tempfile.TemporaryDirectory(prefix="dfpnet-bench-") as tmp:
         data_dir = args.data_dir
         if data_dir is None:
-            from dataset.synthetic import generate_dataset
 
             data_dir = tmp
             generate_dataset(tmp, n_train=0, n_val=args.images if args.dataset == "val" else 0,

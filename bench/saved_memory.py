@@ -20,9 +20,9 @@ from torch import nn  # noqa: E402
 
 from libs import ABN, InPlaceABNSync  # noqa: E402
 from networks.dfpnet import DFPNet  # noqa: E402
+from training.loss import parsing_loss  # noqa: E402
 from utils import recipe  # noqa: E402
 from utils.labels import DOG  # noqa: E402
-from utils.loss import parsing_loss  # noqa: E402
 
 
 class BatchNormAct(nn.Sequential):

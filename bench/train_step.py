@@ -3,8 +3,8 @@
     python -m bench.train_step --device cpu --batch-size 2 --input-size 384,384 --iters 5 \
         --configs default,baseline --json outputs/bench/train_step_cpu.json
 
-One step = ``utils.engine.train_step``, the step train.py runs: forward under autocast, the
-five-output ``utils.loss.parsing_loss``, backward, finite-loss check, SGD step with the recipe's
+One step = ``training.step.train_step``, the step train.py runs: forward under autocast, the
+five-output ``training.loss.parsing_loss``, backward, finite-loss check, SGD step with the recipe's
 momentum 0.9 and weight decay 5e-4 (docs/reference.md section 6), on a fixed random batch.
 
 Configurations (``--configs``, comma-separated, in the order they alternate):
@@ -12,7 +12,7 @@ Configurations (``--configs``, comma-separated, in the order they alternate):
 * ``default``: what train.py runs by default: InPlace-ABN (``DFPNet``'s default norm layer, libs'
   backend choice; in place on the CPU, under plain autograd on CUDA: ``--inplace-abn auto``;
   ``inplace-on`` and ``inplace-off`` force either), bf16 autocast where the device runs it
-  natively (``utils.cli.default_amp``), channels-last, eager (torch.compile makes CPU
+  natively (``utils.device.default_amp``), channels-last, eager (torch.compile makes CPU
   training slower and costs minutes; on CUDA it is the separate ``compiled`` config until
   measured). On the CPU, precision, layout and in-place mode are ``utils.cpu_defaults``'s
   choice for this CPU class (AVX2 only: float32, NCHW, in place);
@@ -53,8 +53,12 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
 
+import libs
 from bench.common import (
     alternate,
     environment,
@@ -67,9 +71,14 @@ from bench.common import (
     synchronize,
     write_json,
 )
+from networks.dfpnet import DFPNet
+from training.loss import parsing_loss
+from training.model import default_inplace_abn
+from training.step import train_step
 from utils import recipe
 from utils.cli import parse_size, positive_int
-from utils.cpu_defaults import keep_freed_memory
+from utils.cpu_defaults import cpu_defaults, keep_freed_memory
+from utils.device import default_amp
 from utils.labels import DOG, IGNORE_LABEL
 
 
@@ -124,8 +133,6 @@ _FIXED = ("authors", "iabn-fp32-cl", "plain-fp32", "plain-fp32-cl", "iabn-fp32-c
 def configs_for(device: torch.device) -> dict[str, Config]:
     """CONFIGS with the default's precision and in-place choice resolved as train.py resolves them
     for ``device`` (bf16 where the CPU or GPU runs it natively, else float32; in place on the CPU)."""
-    from utils.cli import default_amp
-    from utils.engine import default_inplace_abn
 
     amp, inplace = default_amp(device), default_inplace_abn(device)
     configs = {name: (replace(config, amp=amp)
@@ -136,7 +143,6 @@ def configs_for(device: torch.device) -> dict[str, Config]:
     if device.type == "cpu":
         # The per-CPU-class defaults train.py takes from utils.cpu_defaults (float32 and NCHW on
         # AVX2-only CPUs, where bf16 is emulated).
-        from utils.cpu_defaults import cpu_defaults
 
         chosen = cpu_defaults()
         for name in ("default", "compiled"):
@@ -222,7 +228,6 @@ def authors_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: tor
                  labels: torch.Tensor) -> torch.Tensor:
     """The authors' training step: the sum over outputs of the stock cross-entropy of each output
     resized (bilinear, align_corners=True) to the labels, then backward and SGD."""
-    import torch.nn.functional as F
 
     optimizer.zero_grad(set_to_none=True)
     outputs = model(images)
@@ -235,8 +240,6 @@ def authors_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: tor
 
 def build_model(config: Config, device: torch.device, seed: int = 0) -> nn.Module:
     """DFPNet with the configuration's norm layer and memory format, same weights for every config."""
-    import libs
-    from networks.dfpnet import DFPNet
 
     torch.manual_seed(seed)
     norm_layer = {"inplace": None, "abn": libs.ABN, "bn": AuthorsNorm}[config.norm]
@@ -265,7 +268,7 @@ def make_batch(batch_size: int, size: tuple[int, int], device: torch.device, see
 
 class TrainStep:
     """One configuration's model, optimizer and batch; calling it runs one training step of
-    ``utils.engine.train_step``, the step train.py runs (autocast forward, the five-output
+    ``training.step.train_step``, the step train.py runs (autocast forward, the five-output
     ``parsing_loss``, backward, finite-loss check, SGD step)."""
 
     def __init__(self, config: Config, device: torch.device, images: torch.Tensor, labels: torch.Tensor):
@@ -282,7 +285,6 @@ class TrainStep:
         self.last_loss = float("nan")
 
     def __call__(self) -> None:
-        from utils.engine import train_step
 
         if self.config.norm == "bn":
             self.last_loss = float(authors_step(self.forward, self.optimizer, self.images, self.labels))
@@ -343,9 +345,7 @@ def count_flops(step: TrainStep) -> tuple[float, float]:
     The batch is the step's own: training batch norm needs more than one value per channel,
     which ASPP's pooled 1 x 1 branch only has with two images or more.
     """
-    from torch.utils.flop_counter import FlopCounterMode
 
-    from utils.loss import parsing_loss
 
     n = step.images.shape[0]
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -360,7 +360,6 @@ def count_flops(step: TrainStep) -> tuple[float, float]:
 
 
 def print_profile(step: TrainStep, steps: int = 2) -> str:
-    from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if step.device.type == "cuda" else [])
     with profile(activities=activities) as prof:

@@ -24,10 +24,11 @@ import zlib
 import cv2
 import numpy as np
 
+from dataset.datasets import CartoonDataSet
 from utils import recipe
 from utils.cli import add_label_arguments, die, output_folder_problem, parse_size, positive_int
 from utils.labels import LabelSet, LabelSetError, check_flags, resolve_label_set
-from utils.pipeline import legend_picture
+from utils.pictures import legend_picture
 
 PROG = "python -m dataset.browse"
 _GAP, _CAPTION = 6, 22
@@ -84,7 +85,6 @@ def browse(data_dir: str, split: str, out: str, label_set: LabelSet, *, num: int
            input_size: tuple[int, int] = recipe.INPUT_SIZE, seed: int = 0) -> list[tuple[str, bool]]:
     """Write the pictures; returns ``(path, mirrored)`` per sample. Raises OSError / ValueError naming
     a file that is missing or cannot be read or written."""
-    from dataset.datasets import CartoonDataSet
 
     dataset = CartoonDataSet(data_dir, split, crop_size=input_size, label_set=label_set)
     dataset.is_train = augment  # the augmented path reads labels and draws, whatever the split

@@ -24,7 +24,46 @@ import torch.utils.data
 from dataset.layout import IMAGE_EXT, LABEL_EXT, read_id_list, split_paths
 from utils import recipe
 from utils.labels import IGNORE_LABEL, LabelSet, resolve_label_set
-from utils.transforms import box_to_center_scale, get_affine_transform, warp_to_crop
+from utils.transforms import (
+    MEAN,
+    STD,
+    box_to_center_scale,
+    get_affine_transform,
+    normalize_array,
+    warp_to_crop,
+)
+
+# The numbers and the arithmetic of the normalisation live in ``utils.transforms`` (no torch), so that
+# the onnxruntime path normalises with the very same code; here they become tensors.
+
+def normalize_image(image: np.ndarray) -> torch.Tensor:
+    """H x W x 3 uint8 BGR array -> 3 x H x W float32 tensor, ``(x / 255 - MEAN) / STD`` per channel."""
+    return torch.from_numpy(normalize_array(image))
+
+
+class ToTensorNormalized:
+    """The default sample transform of :class:`dataset.datasets.CartoonDataSet`.
+
+    Called as ``transform(image, label=None, edge=None)`` and returns the triple
+    ``(image, label, edge)``: the image normalised by :func:`normalize_image`, label and edge
+    as int64 tensors (what ``cross_entropy`` wants); a ``None`` stays ``None``. A custom
+    transform passed to the dataset must follow the same protocol.
+    """
+
+    def __call__(self, image: np.ndarray, label: np.ndarray | None = None,
+                 edge: np.ndarray | None = None):
+        image_t = normalize_image(image)
+        label_t = None if label is None else torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64))
+        edge_t = None if edge is None else torch.from_numpy(np.ascontiguousarray(edge, dtype=np.int64))
+        return image_t, label_t, edge_t
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mean={MEAN}, std={STD}, channels=BGR)"
+
+
+def default_transform() -> ToTensorNormalized:
+    """The transform every script uses: BGR uint8 -> normalised float tensor, labels -> int64."""
+    return ToTensorNormalized()
 
 
 def is_training_split(split: str) -> bool:
@@ -67,7 +106,7 @@ class CartoonDataSet(torch.utils.data.Dataset):
         flip_prob: probability of a horizontal mirror (the label set's left/right pairs swapped).
         ignore_label: label of pixels outside the image after the warp (and of unlabelled pixels).
         transform: ``None`` returns numpy arrays (uint8 BGR image, int64 label, uint8 edge);
-            :func:`dataset.transforms.default_transform` returns tensors. Any callable
+            :func:`default_transform` returns tensors. Any callable
             ``(image, label=None, edge=None) -> (image, label, edge)`` works.
         label_set: the classes (label ids beyond them are an error) and the left/right pairs a
             mirror swaps; default ``<root>/labels.json`` if there is one, else the Dog set.

@@ -20,7 +20,7 @@ from networks.backbone import DeepStemResNet, NormLayer
 
 def resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
     """Bilinear with ``align_corners=True``: every resize in DFPnet, and in its test-time scales
-    (``utils.inference``). Always an op, even to the same size, so an export keeps it for any size."""
+    (``inference.predict``). Always an op, even to the same size, so an export keeps it for any size."""
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
 
 
@@ -168,8 +168,3 @@ class DFPNet(DeepStemResNet):
         fused = self.double3x3(torch.cat([hd2, hd3, hd4, hd5, self.c1(x1)], 1))
         final = self.outc(resize(self.reduce(fused), size))
         return aux + [final]
-
-
-def Res_Deeplab(num_classes: int) -> DFPNet:  # noqa: N802 - the authors' entry point name
-    """The authors' constructor name, kept so their scripts' habits still work."""
-    return DFPNet(num_classes)

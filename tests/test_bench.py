@@ -63,7 +63,7 @@ def test_train_step_json(tmp_path):
         assert entry["images_per_s"] == pytest.approx(2 / entry["step_s"])
         assert entry["peak_mem_mb"] >= entry["model_mem_mb"]
         assert math.isfinite(entry["loss"])
-    from utils.cli import default_amp  # the default config's precision: train.py's choice for the device
+    from utils.device import default_amp  # the default config's precision: train.py's choice for the device
 
     default, baseline = out["default"], out["baseline"]
     assert default["amp"] == default_amp(torch.device("cpu"))

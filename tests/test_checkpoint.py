@@ -9,8 +9,14 @@ import torch
 from torch import nn
 
 from networks.dfpnet import DFPNet
-from utils.checkpoint import (CheckpointError, extract_state_dict, load_imagenet_backbone, load_model_weights,
-                              read_checkpoint, save_atomic)
+from utils.checkpoint import (
+    CheckpointError,
+    extract_state_dict,
+    load_imagenet_backbone,
+    load_model_weights,
+    read_checkpoint,
+    save_atomic,
+)
 
 
 @pytest.fixture(scope="module")

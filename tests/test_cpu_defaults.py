@@ -59,20 +59,18 @@ def test_every_rule_is_well_formed():
 @pytest.mark.parametrize("capability,bf16,amp,channels_last", [
     ("AVX512", True, "bf16", True), ("AVX2", False, "off", True), ("DEFAULT", False, "off", False)])
 def test_train_and_evaluation_defaults_follow_the_cpu_class(monkeypatch, capability, bf16, amp, channels_last):
-    import train
-    from utils.cli import default_amp
-    from utils.engine import default_inplace_abn
+    from training.config import get_args_parser, setup
+    from training.model import default_inplace_abn
+    from utils.device import default_amp
 
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     monkeypatch.setattr(cd, "native_bf16", lambda: bf16)
-    args = train.get_args_parser().parse_args(["--device", "cpu"])
-    device = train.setup_device(args)
-    assert (args.amp, args.channels_last) == (amp, channels_last)
-    assert default_amp(device) == amp and default_inplace_abn(device) is True
+    cfg = setup(get_args_parser().parse_args(["--device", "cpu"]))
+    assert (cfg.amp, cfg.channels_last) == (amp, channels_last)
+    assert default_amp(cfg.device) == amp and default_inplace_abn(cfg.device) is True
     # What the user asks for wins over the class's choice.
-    args = train.get_args_parser().parse_args(["--device", "cpu", "--amp", "off", "--no-channels-last"])
-    train.setup_device(args)
-    assert (args.amp, args.channels_last) == ("off", False)
+    cfg = setup(get_args_parser().parse_args(["--device", "cpu", "--amp", "off", "--no-channels-last"]))
+    assert (cfg.amp, cfg.channels_last) == ("off", False)
 
 
 _FAULTS = """
@@ -108,11 +106,8 @@ def test_keep_freed_memory_reuses_blocks_without_page_faults():
 
 
 def test_train_resolves_the_malloc_choice():
-    import train
+    from training.config import get_args_parser, setup
 
-    args = train.get_args_parser().parse_args(["--device", "cpu", "--malloc", "system"])
-    train.setup_device(args)
-    assert args.malloc_reuse is False
-    args = train.get_args_parser().parse_args(["--device", "cpu"])
-    train.setup_device(args)
-    assert args.malloc_reuse is sys.platform.startswith("linux")
+    assert setup(get_args_parser().parse_args(["--device", "cpu", "--malloc", "system"])).malloc_reuse is False
+    cfg = setup(get_args_parser().parse_args(["--device", "cpu"]))
+    assert cfg.malloc_reuse is sys.platform.startswith("linux")

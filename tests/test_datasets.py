@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from dataset.datasets import CartoonDataSet, is_training_split, label_edges
-from dataset.transforms import MEAN, STD, default_transform, denormalize_image, normalize_image
+from dataset.datasets import (
+    CartoonDataSet,
+    default_transform,
+    is_training_split,
+    label_edges,
+    normalize_image,
+)
+from inference.visualize import denormalize_image
+from utils.transforms import MEAN, STD
 
 
 # --------------------------------------------------------------------------- helpers

@@ -48,10 +48,9 @@ def _batches() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _train_and_evaluate(rank: int, world: int, out_dir: str, data_dir: str) -> None:
-    from dataset.datasets import CartoonDataSet
-    from dataset.transforms import default_transform
-    from utils.engine import train_step
-    from utils.inference import evaluate_model, make_eval_loader
+    from dataset.datasets import CartoonDataSet, default_transform
+    from inference.predict import evaluate_model, make_eval_loader
+    from training.step import train_step
 
     model = _model().double()
     trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model

@@ -1,4 +1,4 @@
-"""Deploy: networks/fuse.py, export.py and the onnxruntime path (utils/onnx_infer.py, --onnx).
+"""Deploy: networks/fuse.py, export.py and the onnxruntime path (inference/onnx_infer.py, --onnx).
 
 Two sets of weights, each exported once per module: "random" (DFPNet's init with every norm's
 statistics and affine parameters drawn at random, so folding has something to fold) and
@@ -29,15 +29,15 @@ import torch.nn.functional as F
 import evaluate
 import export
 import parse_images
+from inference.onnx_infer import OnnxModel, resize_bilinear
+from inference.pipeline import ImageFiles, batches, list_images
+from inference.predict import evaluate_model, make_eval_loader, predict_probs
 from libs.abn import _ActivatedBatchNorm
 from networks.dfpnet import DFPNet
 from networks.fuse import AffineActivation, fuse_for_inference
 from tests.labelsets import RENAMED8
 from utils.checkpoint import save_atomic, with_label_set
-from utils.inference import evaluate_model, make_eval_loader, predict_probs
 from utils.labels import DOG, LabelSet
-from utils.onnx_infer import OnnxModel, resize_bilinear
-from utils.pipeline import ImageFiles, batches, list_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = (64, 64)
@@ -85,9 +85,8 @@ def _randomise_norms(model: torch.nn.Module, seed: int) -> None:
 
 
 def _train_on_synthetic(model: DFPNet, data, steps: int = 2) -> None:
-    from dataset.datasets import CartoonDataSet
-    from dataset.transforms import default_transform
-    from utils.loss import parsing_loss
+    from dataset.datasets import CartoonDataSet, default_transform
+    from training.loss import parsing_loss
 
     train = CartoonDataSet(str(data), "train", crop_size=SIZE, transform=default_transform())
     loader = torch.utils.data.DataLoader(train, batch_size=2, shuffle=False)
@@ -189,7 +188,7 @@ def test_fuse_leaves_no_norm_and_the_original_untouched(models):
 
 @pytest.mark.slow
 def test_onnx_flip_and_scales_average_like_pytorch(models, crops):
-    """utils.onnx_infer's numpy flip/scale averaging against utils.inference's, on the same model."""
+    """inference.onnx_infer's numpy flip/scale averaging against inference.predict's, on the same model."""
     _, _, onnx_path, fused = models["synthetic"]
     session = OnnxModel(str(onnx_path))
     for flip, scales in ((True, (0.75, 1.0)),):
@@ -282,8 +281,7 @@ def test_bad_onnx_model_exits_2_with_one_line(script, models, data, tmp_path, ca
 @pytest.mark.slow
 def test_evaluate_onnx_and_fused_match_evaluate(models, data, tmp_path, capsys):
     """evaluate.py --onnx against the evaluation of the unfused and the fused network (same loop)."""
-    from dataset.datasets import CartoonDataSet
-    from dataset.transforms import default_transform
+    from dataset.datasets import CartoonDataSet, default_transform
 
     model, _, onnx_path, fused = models["synthetic"]
     metrics = tmp_path / "onnx.json"
@@ -309,8 +307,9 @@ def test_evaluate_onnx_and_fused_match_evaluate(models, data, tmp_path, capsys):
     assert abs(mean_iou["onnxruntime"] - mean_iou["pytorch"]) <= 0.05
 
 
-DEPLOY_MODULES = ("__init__", "cli", "recipe", "pipeline", "onnx_infer", "transforms", "labels")
-DEPLOY_FILES = ["parse_images.py", *(f"utils/{m}.py" for m in DEPLOY_MODULES)]
+DEPLOY_FILES = ["parse_images.py",
+                *(f"utils/{m}.py" for m in ("__init__", "cli", "recipe", "labels", "transforms", "pictures")),
+                *(f"inference/{m}.py" for m in ("__init__", "model", "pipeline", "onnx_infer"))]
 _NO_TORCH = """
 import runpy, sys
 class NoTorch:
@@ -332,6 +331,7 @@ def test_parse_images_onnx_runs_without_torch(models, data, tmp_path, capsys):
     # docs/deploy.md's list of files, copied alone: what a deployment ships.
     alone = tmp_path / "deployment"
     (alone / "utils").mkdir(parents=True)
+    (alone / "inference").mkdir()
     for name in DEPLOY_FILES:
         shutil.copy(os.path.join(ROOT, name), alone / name)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

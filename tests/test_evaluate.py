@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import evaluate
-from utils.cli import default_amp
+from utils.device import default_amp
 from utils.labels import DOG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -192,8 +192,8 @@ def test_evaluate_end_to_end(data, dfpnet_checkpoint, tmp_path):
 
 @pytest.mark.slow
 def test_every_checkpoint_format_loads_the_same_weights(dfpnet_checkpoint, tmp_path):
+    from inference.model import load_model
     from utils.checkpoint import read_weights, save_atomic
-    from utils.cli import load_model
     state = torch.load(dfpnet_checkpoint, map_location="cpu", weights_only=True)
     formats = {
         "authors": {f"module.{k}": v for k, v in state.items()},  # saved from DataParallel

@@ -1,4 +1,4 @@
-"""utils.inference with tiny fake networks: geometry back to the image, flip and multi-scale testing,
+"""inference.predict with tiny fake networks: geometry back to the image, flip and multi-scale testing,
 the evaluation loop (order, ground truth, errors) and the letterbox of parse_images."""
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.inference import evaluate_model, make_eval_loader, predict_labels, predict_probs
+from inference.pipeline import ImageFiles, InferenceStats, letterbox, save_prediction
+from inference.predict import evaluate_model, make_eval_loader, predict_labels, predict_probs
 from utils.labels import DOG, LabelSet
-from utils.pipeline import ImageFiles, InferenceStats, letterbox, save_prediction
 from utils.transforms import box_to_center_scale, crop_to_image, get_affine_transform, warp_to_crop
 
 # Written out by hand (not taken from utils.labels): mirroring swaps left/right arms (3, 4) and legs (5, 6).
@@ -141,7 +141,7 @@ def test_truncated_centers_shift_the_warp_back():
 # ---------------------------------------------------------------------------------------------
 
 def _expected_flip(model, images):
-    """The mirrored-and-swapped average, computed independently of utils.inference."""
+    """The mirrored-and-swapped average, computed independently of inference.predict."""
     with torch.no_grad():
         p = model(images)[-1].softmax(1)
         q = model(images.flip(-1))[-1].softmax(1).flip(-1)[:, MIRROR]
@@ -301,9 +301,8 @@ def test_make_eval_loader_covers_every_image_once():
 # ---------------------------------------------------------------------------------------------
 
 def test_image_files_letterbox_exactly_like_the_loader(tmp_path):
-    from dataset.datasets import CartoonDataSet
+    from dataset.datasets import CartoonDataSet, default_transform
     from dataset.synthetic import generate_dataset
-    from dataset.transforms import default_transform
 
     generate_dataset(str(tmp_path), 0, 2, 0, seed=0, min_size=30, max_size=70)
     val = CartoonDataSet(str(tmp_path), "val", crop_size=(48, 40), transform=default_transform())

@@ -1,4 +1,4 @@
-"""utils/loss.py: the five-output loss against the authors' CriterionAll written with stock ops."""
+"""training/loss.py: the five-output loss against the authors' CriterionAll written with stock ops."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.graph import saved_tensors_hooks
 
-from utils.loss import cross_entropy, parsing_loss
+from training.loss import cross_entropy, parsing_loss
 
 
 def authors_loss(outputs, labels, ignore_label=255):

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from utils.distributed import EpochShuffleSampler, derive_seed
-from utils.engine import SeededSamples, capture_rng_state, poly_lr, restore_rng_state
+from training.data import SeededSamples
+from training.distributed import EpochShuffleSampler, derive_seed
+from training.schedule import poly_lr
+from training.snapshots import capture_rng_state, restore_rng_state
 
 
 def test_poly_lr_values():

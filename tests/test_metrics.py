@@ -1,4 +1,4 @@
-"""ConfusionMatrix against hand-computed numbers and a brute-force reference; utils.visualize's pictures."""
+"""ConfusionMatrix against hand-computed numbers and a brute-force reference; inference.visualize's pictures."""
 from __future__ import annotations
 
 import os
@@ -8,19 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from dataset.transforms import normalize_image
-from utils.labels import DOG, LabelSet
-from utils.metrics import ConfusionMatrix
-from utils.visualize import (
+from dataset.datasets import normalize_image
+from inference.metrics import ConfusionMatrix
+from inference.visualize import (
     confusion_matrix_figure,
     image_grid,
     image_to_rgb,
     iou_bar_figure,
     label_grid,
     make_grid,
-    overlay,
     save_figure,
 )
+from utils.labels import DOG, LabelSet
+from utils.pictures import overlay
 
 
 def brute_force(gt: np.ndarray, pred: np.ndarray, n: int, ignore: int = 255) -> dict:
@@ -129,7 +129,7 @@ def test_reduce_sums_over_processes(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# utils.visualize
+# inference.visualize
 # ---------------------------------------------------------------------------------------------
 
 def test_confusion_matrix_figure_is_row_normalised(tmp_path):

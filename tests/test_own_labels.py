@@ -20,6 +20,7 @@ import train
 from dataset.datasets import CartoonDataSet
 from networks.dfpnet import DFPNet
 from tests.labelsets import DOG_TO_QUAD6, QUAD6, RENAMED8, remapped_dataset
+from training.model import fine_tune_from
 from utils.checkpoint import read_checkpoint, read_weights, save_atomic, stored_label_set, with_label_set
 from utils.labels import DOG, LabelSet, load_label_file
 
@@ -94,7 +95,7 @@ def test_fine_tuning_loads_every_layer_but_the_classifiers_of_another_set(dog_ch
     model = DFPNet(label_set.num_classes)
     fresh = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(CLASSIFIERS)}
     weights = read_weights(dog_checkpoint)
-    note = train.fine_tune_from(model, weights, label_set)
+    note = fine_tune_from(model, weights, label_set)
     out = capsys.readouterr().out
     for key, value in model.state_dict().items():
         if key.endswith("num_batches_tracked"):

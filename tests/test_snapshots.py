@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from utils.engine import StopSignals
-from utils.snapshots import LOCK_NAME, SnapshotDirBusy, SnapshotLock
+from training.signals import StopSignals
+from training.snapshots import LOCK_NAME, SnapshotDirBusy, SnapshotLock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,7 +39,7 @@ def test_a_folder_the_lock_created_for_nothing_is_removed(tmp_path):
 
 def test_a_lock_left_by_a_killed_process_blocks_nobody(tmp_path):
     folder = str(tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from utils.snapshots import SnapshotLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from training.snapshots import SnapshotLock; "
                                f"SnapshotLock({folder!r}).acquire(); print('held', flush=True); time.sleep(60)"],
                               cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import train
-from utils.engine import poly_lr
+from training.schedule import poly_lr
 from utils.labels import DOG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -322,10 +322,13 @@ def test_dataset_problem_is_reported_with_its_file(data_dir, tmp_path, capsys):
 def test_trainval_without_its_own_lists_trains_on_train_plus_val(data_dir):
     from torch.utils.data import ConcatDataset
 
-    args = train.get_args_parser().parse_args(["--data-dir", data_dir, "--input-size", "64,64"])
-    assert train.training_splits(data_dir, "trainval") == ["train", "val"]
-    assert train.training_splits(data_dir, "train") == ["train"]
-    dataset = train.build_train_dataset(args, ["train", "val"], DOG)
+    from training.config import get_args_parser, setup
+    from training.data import build_train_dataset, training_splits
+
+    cfg = setup(get_args_parser().parse_args(["--data-dir", data_dir, "--input-size", "64,64", "--device", "cpu"]))
+    assert training_splits(data_dir, "trainval") == ["train", "val"]
+    assert training_splits(data_dir, "train") == ["train"]
+    dataset = build_train_dataset(cfg, ["train", "val"], DOG)
     assert isinstance(dataset, ConcatDataset) and len(dataset) == 16 + 4
     image, label, _edge, _meta = dataset[len(dataset) - 1]  # a val image, augmented like training data
     assert image.shape == (3, 64, 64) and label.shape == (64, 64)
@@ -353,7 +356,9 @@ def test_out_of_memory_prints_a_hint(data_dir, tmp_path, capsys, monkeypatch):
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(train, "train_one_epoch", out_of_memory)
+    import training.trainer
+
+    monkeypatch.setattr(training.trainer, "train_one_epoch", out_of_memory)
     code, err = _run_inprocess(["--data-dir", data_dir, "--snapshot-dir", str(tmp_path / "s"),
                                 "--input-size", "64,64", "--batch-size", "4", "--restore-from", "none",
                                 "--workers", "0"], capsys)
@@ -366,17 +371,17 @@ def test_out_of_memory_prints_a_hint(data_dir, tmp_path, capsys, monkeypatch):
 # ------------------------------------------------------------------------------------------
 
 def test_plan_epochs_fits_steps_evaluations_and_saves_into_the_budget():
-    args = train.get_args_parser().parse_args(["--time-budget", "1", "--eval-every", "5"])
+    from training.schedule import plan_epochs
+
+    rules = {"eval_every": 5, "snapshot_every": 99}
     # 10 steps of 1 s per epoch, 3 done; a 2 s save per epoch, 4 s per evaluation (+ 1 s best.pth),
     # snapshots (1 s) after epoch 0 and the last.
-    epochs, seconds = train.plan_epochs(200.0, args, iters_per_epoch=10, done=3, step_s=1.0, eval_s=4.0,
-                                        save_s=2.0)
+    epochs, seconds = plan_epochs(200.0, iters_per_epoch=10, done=3, step_s=1.0, eval_s=4.0, save_s=2.0, **rules)
     # 15 epochs: 147 steps + 30 (saves) + 3 evaluations x 5 + 2 snapshots x 1 = 194 s; 16 would be 211 s.
     assert (epochs, seconds) == (15, 194.0)
-    assert train.plan_epochs(1.0, args, iters_per_epoch=10, done=3, step_s=1.0, eval_s=4.0, save_s=2.0)[0] == 1
+    assert plan_epochs(1.0, iters_per_epoch=10, done=3, step_s=1.0, eval_s=4.0, save_s=2.0, **rules)[0] == 1
     # Without evaluation splits the same time holds more epochs.
-    assert train.plan_epochs(200.0, args, iters_per_epoch=10, done=3, step_s=1.0, eval_s=0.0,
-                             save_s=2.0)[0] == 16
+    assert plan_epochs(200.0, iters_per_epoch=10, done=3, step_s=1.0, eval_s=0.0, save_s=2.0, **rules)[0] == 16
 
 
 def test_time_budget_and_epochs_exclude_each_other(capsys):

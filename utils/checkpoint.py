@@ -1,9 +1,9 @@
 """The one module that reads and writes weights.
 
 Everything goes through ``torch.load(..., weights_only=True)``: a ``.pth`` from the web is
-untrusted, and a pickle that carries code is refused, never executed. Writes are atomic
-(temporary file in the same folder, then ``os.replace``), so a run killed mid-save leaves the
-previous file intact.
+untrusted, and a pickle that carries code is refused, never executed. Writes go through
+``utils.files.atomic_file`` (temporary file in the same folder, fsync, rename), so a run killed
+mid-save leaves the previous file intact.
 
 Checkpoints carry the label set they were trained with in their state_dict's ``_metadata``
 (under ``"dfpnet.label_set"``, the ``labels.json`` form), where PyTorch keeps its own per-module
@@ -12,13 +12,11 @@ authors' format included), and ``weights_only=True`` loads it.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import pickle
-import tempfile
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ import torch
 from torch import nn
 
 from utils.cli import first_line
+from utils.files import atomic_file
 from utils.labels import LabelSet, LabelSetError
 
 log = logging.getLogger("dfpnet")
@@ -203,28 +202,7 @@ def load_imagenet_backbone(model: nn.Module, path: str | os.PathLike,
     return len(usable), len(own)
 
 
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[str]:
-    """Yields a temporary path beside ``path`` to write; renamed over ``path`` only if the block ends
-    without an exception, removed otherwise. Readers see the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs should read like any file
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over it."""
-    with atomic_file(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    """``torch.save`` through :func:`utils.files.atomic_file` (temporary file, fsync, rename)."""
+    with atomic_file(path) as tmp:
+        torch.save(obj, tmp)

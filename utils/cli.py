@@ -1,9 +1,8 @@
-"""Command-line pieces shared by evaluate.py, parse_images.py, train.py and bench/.
+"""Command-line pieces every script shares: argparse number and list types, the label-set flags,
+the prediction flags, and the one-line error exit.
 
-argparse number and list types, the prediction flags, and the set-up both prediction scripts do
-before their loop (device, precision, network). torch is imported only inside the functions that
-need a device or a PyTorch model: ``parse_images.py --onnx`` parses its arguments with this module
-where torch is not installed.
+No torch here: ``parse_images.py --onnx`` parses its arguments with this module where torch is
+not installed.
 """
 from __future__ import annotations
 
@@ -12,27 +11,36 @@ import math
 import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 from utils import recipe
-from utils.labels import (
-    DOG,
-    PRESETS,
-    LabelSet,
-    LabelSetError,
-    check_flags,
-    check_same_classes,
-    given_label_set,
-)
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
-
-    from utils.checkpoint import Weights
-    from utils.onnx_infer import OnnxModel
+from utils.labels import PRESETS, LabelSet, LabelSetError, given_label_set
 
 AMP_MODES = ("off", "bf16", "fp16")
+# What the scripts call to end with one line: ``fail(message, exit_code)``.
+Fail = Callable[..., NoReturn]
+
+
+def show_default(value: object) -> str:
+    """A flag's default as a person would type it: ``384,384`` for a size, ``on``/``off`` for a switch."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (tuple, list)):
+        return ("," if all(isinstance(v, (int, float)) for v in value) else " ").join(map(str, value)) or "none"
+    return str(value)
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` states every flag's default: appended as ``(default: X)`` unless the help text already
+    says it (flags whose default depends on the machine or on other flags say so in words)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        return f"{text} (default: {show_default(action.default).replace('%', '%%')})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,8 +137,8 @@ def add_label_arguments(parser: argparse.ArgumentParser, *, data_dir: bool = Tru
                              f"preset ({', '.join(PRESETS)}) or a labels.json (or a folder holding one); "
                              f"default: {', else '.join(fallbacks)}")
     parser.add_argument("--num-classes", type=positive_int, default=None,
-                        help="number of classes, background included: derived from the label set; given, it "
-                             "must agree with it (a check)")
+                        help="number of classes, background included (default: the label set's count); given, "
+                             "it must agree with the label set (a check)")
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser, *, onnx: bool = False,
@@ -167,108 +175,6 @@ def add_inference_arguments(parser: argparse.ArgumentParser, *, onnx: bool = Fal
                                  "--channels-last and --fuse do not apply)")
 
 
-def default_amp(device: torch.device) -> str:
-    """bf16 where it is native: GPUs with bf16 and CPUs with AVX512-BF16/AMX; float32 elsewhere."""
-    import torch
-
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "off"
-    from utils.cpu_defaults import cpu_defaults
-
-    return cpu_defaults().amp
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA if available, else CPU; anything else is checked so a typo fails clearly."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available in this PyTorch/on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    return device
-
-
-def load_model(weights: Weights, num_classes: int, device: torch.device, *,
-               channels_last: bool = False, fuse: bool = False) -> nn.Module:
-    """DFPNet with ``num_classes`` outputs and the checkpoint's ``weights``, on ``device``, in eval mode.
-
-    ``fuse`` returns ``networks.fuse.fuse_for_inference`` of it (InPlace-ABN folded into the
-    convolutions; inference only). Raises ``utils.checkpoint.CheckpointError`` (one line naming
-    the file and the keys) when the weights do not fit.
-    """
-    import torch
-
-    from networks.dfpnet import DFPNet
-    from utils.checkpoint import load_state_dict_strict
-
-    model = DFPNet(num_classes=num_classes)
-    load_state_dict_strict(model, weights.state, weights.path)
-    model.eval()
-    if fuse:
-        from networks.fuse import fuse_for_inference
-
-        model = fuse_for_inference(model)
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    return model
-
-
-# --------------------------------------------------------------------------------------------
-# The set-up evaluate.py and parse_images.py share: a device first (cheap, fails early), the
-# network later (after each script's own checks of its inputs).
-# --------------------------------------------------------------------------------------------
-
-Fail = Callable[..., NoReturn]
-
-
-def setup_device(args: argparse.Namespace, fail: Fail) -> torch.device | None:
-    """The device of ``--device`` and the precision of ``--amp`` (default: native bf16, else off).
-
-    With ``--onnx`` onnxruntime runs on the CPU in float32: no torch device (None), amp "off".
-    A bad ``--device`` ends the program through ``fail(message, 2)``.
-    """
-    if getattr(args, "onnx", None):
-        args.amp = "off"
-        return None
-    try:
-        device = resolve_device(args.device)
-    except ValueError as exc:
-        fail(str(exc), 2)
-    if args.amp is None:
-        args.amp = default_amp(device)
-    return device
-
-
-def read_network(args: argparse.Namespace, fail: Fail) -> Weights | OnnxModel:
-    """The network ``args`` name, read but not built: ``--onnx`` as a ``utils.onnx_infer.OnnxModel``,
-    else the checkpoint of ``--restore-from`` as ``utils.checkpoint.Weights`` (read once, on the CPU).
-
-    An unusable file ends the program through ``fail(one line naming it, 2)``.
-    """
-    if getattr(args, "onnx", None):
-        from utils.onnx_infer import OnnxModel, OnnxModelError
-
-        try:
-            return OnnxModel(args.onnx)
-        except OnnxModelError as exc:
-            fail(str(exc), 2)
-    from utils.checkpoint import CheckpointError, read_weights
-
-    try:
-        return read_weights(args.restore_from)
-    except CheckpointError as exc:
-        fail(str(exc), 2)
-
-
 def given_labels(args: argparse.Namespace, fail: Fail, *, data_dir: str | None = None) -> LabelSet | None:
     """``--labels``, else ``labels.json`` in ``data_dir`` (None when neither), read before anything
     else, so that a bad set ends the program (``fail(one line, 2)``) before any work."""
@@ -276,47 +182,3 @@ def given_labels(args: argparse.Namespace, fail: Fail, *, data_dir: str | None =
         return given_label_set(args.labels, data_dir)
     except LabelSetError as exc:
         fail(str(exc), 2)
-
-
-def network_label_set(args: argparse.Namespace, network: Weights | OnnxModel, given: LabelSet | None,
-                      fail: Fail) -> LabelSet:
-    """The label set to predict with: ``given`` (see :func:`given_labels`), else the set the network
-    records, else the Dog set; it must be the network's classes, and agree with ``--num-classes`` and
-    ``--ignore-label`` where given. A problem ends the program through ``fail(one line, 2)``."""
-    if hasattr(network, "state"):  # a checkpoint
-        from networks.dfpnet import DFPNet
-
-        what, count = f"the checkpoint {network.path}", DFPNet.classes_in(network.state)
-    else:
-        what, count = f"the ONNX model {network.path}", network.num_classes
-    label_set = given or network.label_set or DOG
-    try:
-        check_flags(label_set, args.num_classes, getattr(args, "ignore_label", None))
-        recorded = None if label_set is network.label_set else network.label_set
-        check_same_classes(label_set, recorded, count, what)
-    except LabelSetError as exc:
-        fail(str(exc), 2)
-    return label_set
-
-
-def setup_model(args: argparse.Namespace, network: Weights | OnnxModel, label_set: LabelSet,
-                device: torch.device | None, fail: Fail) -> nn.Module | OnnxModel:
-    """The network of :func:`read_network`, ready to predict: an ``OnnxModel`` as it is, a checkpoint as
-    an eval-mode DFPNet for ``label_set`` on ``device`` (folded with ``--fuse``).
-
-    Weights that do not fit end the program through ``fail(one line naming the file, 2)``.
-    """
-    if not hasattr(network, "state"):
-        return network
-    import torch
-
-    from utils.checkpoint import CheckpointError
-
-    try:
-        model = load_model(network, label_set.num_classes, device, channels_last=args.channels_last,
-                           fuse=getattr(args, "fuse", False))
-    except CheckpointError as exc:
-        fail(str(exc), 2)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # one fixed crop size: let cuDNN pick its kernels once
-    return model

@@ -13,7 +13,7 @@ step on the two CPU classes"):
   (a measurement made outside this repository, with the command in bench/RESULTS.md section 11).
 
 The choice is made from what torch reports about the CPU (`torch.backends.cpu.get_cpu_capability`
-and oneDNN's native-bf16 test; `utils.cli.default_amp` asks this module on the CPU), so it costs
+and oneDNN's native-bf16 test; `utils.device.default_amp` asks this module on the CPU), so it costs
 nothing at start-up and gives the same answer on every run of one machine. A start-up
 micro-measurement was considered and left out: on a shared 2-core machine its noise is as large
 as the differences it would measure, and a cached wrong answer would stay wrong.
@@ -22,6 +22,8 @@ Torch-light: imports torch only, so train.py / evaluate.py can call it before bu
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from dataclasses import dataclass
 
 import torch
@@ -115,8 +117,6 @@ def keep_freed_memory() -> bool:
 
     Returns False where there is no glibc (macOS, musl), which changes nothing.
     """
-    import ctypes
-    import ctypes.util
 
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

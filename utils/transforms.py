@@ -1,5 +1,5 @@
 """Geometry and input normalisation shared by the loader (image -> crop), evaluation (crop -> image)
-and the PyTorch-free onnxruntime path (``utils/onnx_infer.py``); nothing here imports torch.
+and the PyTorch-free onnxruntime path (``inference/onnx_infer.py``); nothing here imports torch.
 
 The box -> (center, scale) rule and ``get_affine_transform`` follow the authors' code
 (Microsoft pose-estimation style, as in CE2P): three point pairs, the source width

@@ -1,14 +1,14 @@
 """DFPnet through onnxruntime, without PyTorch: a model written by export.py, and the test-time
-flip and scales of ``utils.inference`` in numpy.
+flip and scales of ``inference.predict`` in numpy.
 
 Imports only numpy, onnxruntime and the project's torch-free modules (``utils.labels``,
 ``utils.transforms``), so ``parse_images.py --onnx`` runs where PyTorch is not installed; the
-letterbox, normalisation, warp back and pictures around it are those of ``utils.pipeline``.
+letterbox, normalisation, warp back and pictures around it are those of ``inference.pipeline``.
 
     model = OnnxModel("dfpnet.onnx")        # model.label_set: the set export.py recorded
     labels = model.predict_labels(images)   # N x 3 x h x w float32 crops -> N x h x w uint8
 
-The arithmetic follows ``utils.inference.predict_probs`` step by step: the final map resized to the
+The arithmetic follows ``inference.predict.predict_probs`` step by step: the final map resized to the
 crop (bilinear, ``align_corners=True``; a no-op for DFPnet, whose final map is at the input size),
 softmax, the mirrored prediction flipped back with left/right channels swapped, the scales averaged;
 a single plain pass takes the argmax of the logits.
@@ -21,9 +21,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from inference.pipeline import check_scales, scaled_size
 from utils.cli import first_line
 from utils.labels import LabelSet, LabelSetError, from_stored_form
-from utils.pipeline import check_scales, scaled_size
 from utils.transforms import MEAN, STD
 
 OUTPUTS = ("logits", "probs", "labels")
@@ -73,7 +73,7 @@ class OnnxModel:
 
     def __init__(self, path: str, *, threads: int | None = None) -> None:
         try:
-            import onnxruntime as ort
+            import onnxruntime as ort  # only here: evaluate.py and parse_images.py load it with --onnx alone
         except ImportError:
             raise OnnxModelError(f"{path}: onnxruntime is not installed "
                                  f"(pip install -r requirements.txt)") from None
@@ -146,7 +146,7 @@ class OnnxModel:
     def predict_probs(self, images: np.ndarray, *, flip: bool = False, scales: Sequence[float] = (1.0,),
                       label_set: LabelSet | None = None) -> np.ndarray:
         """Class probabilities ``N x C x h x w`` at the crop size, averaged over ``flip`` and ``scales``
-        exactly as ``utils.inference.predict_probs`` averages them; a flip swaps the left/right
+        exactly as ``inference.predict.predict_probs`` averages them; a flip swaps the left/right
         channels of ``label_set`` (default: the model's own)."""
         if images.ndim != 4:
             raise ValueError(f"expected N x 3 x H x W images, got shape {tuple(images.shape)}")

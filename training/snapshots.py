@@ -7,7 +7,10 @@ One home for everything train.py keeps on disk::
     <snapshot-dir>/best.pth               weights with the best val mean IU so far
     <snapshot-dir>/DFPnet_epoch_<e>.pth   the authors' format (DataParallel keys, ``module.`` prefix)
 
-and the resume rule: where a run continues, and what happens when its shape changed.
+and resuming, all of it here: which file a run continues from (``find_resume``), reading it
+(``read_training_state``), where it continues (``resume_position``: the resume rule when the run's
+shape changed) and putting back the optimizer, the random states and the best score
+(``restore_training_state``).
 Every write goes through :func:`utils.checkpoint.save_atomic` (temporary file, then rename), so
 a run killed mid-save leaves the previous file whole, and every file records the run's label set
 (:func:`utils.checkpoint.with_label_set`).
@@ -17,19 +20,22 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import random
 import socket
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from utils import distributed as du
+from training import distributed as du
 from utils.checkpoint import (
     CheckpointError,
     extract_state_dict,
     load_state_dict_strict,
     read_checkpoint,
+    save_atomic,
     stored_label_set,
     with_label_set,
 )
@@ -140,18 +146,23 @@ class Snapshots:
         self.best_path = os.path.join(folder, BEST_NAME)
         self.last_saved: int | None = None  # iteration of the last.pth this run wrote
 
+    @staticmethod
+    def _save(obj: Any, path: str) -> None:
+        if du.is_main_process():
+            save_atomic(obj, path)
+
     def save_last(self, state: dict[str, Any]) -> None:
         state = dict(state, model=with_label_set(state["model"], self.label_set))
-        du.save_on_master(state, self.last_path)
+        self._save(state, self.last_path)
         self.last_saved = int(state["iteration"])
 
     def save_best(self, model: nn.Module) -> None:
-        du.save_on_master(with_label_set(model.state_dict(), self.label_set), self.best_path)
+        self._save(with_label_set(model.state_dict(), self.label_set), self.best_path)
 
     def save_epoch(self, model: nn.Module, epoch: int) -> None:
         # The authors trained under DataParallel: every key of their files starts with `module.`.
         state = {f"module.{k}": v for k, v in model.state_dict().items()}
-        du.save_on_master(with_label_set(state, self.label_set),
+        self._save(with_label_set(state, self.label_set),
                           os.path.join(self.folder, epoch_snapshot_name(epoch)))
 
     def where(self) -> str:
@@ -236,3 +247,63 @@ def resume_position(state: dict[str, Any], path: str, iters_per_epoch: int, tota
         warn(f"{path}: the run had {saved.get('total_iters')} iterations in all, this one has {total_iters} "
              f"(other --epochs): the LR schedule is stretched from here on")
     return iteration
+
+
+def restore_training_state(state: dict[str, Any], path: str, *, optimizer: torch.optim.Optimizer,
+                           scaler: Any, device: torch.device, seed: int, rank: int, world_size: int,
+                           iters_per_epoch: int, total_iters: int | None) -> tuple[int, dict[str, Any]]:
+    """Put a training state read by :func:`read_training_state` back (its weights already are): the
+    optimizer, the loss scaler and this process's random states. Returns the iteration to continue
+    from (:func:`resume_position`) and the best score so far."""
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    iteration = resume_position(state, path, iters_per_epoch, total_iters, du.warn)
+    rng = state.get("rng") or []
+    if len(rng) == world_size:
+        restore_rng_state(rng[rank], device)
+    else:
+        du.warn(f"{path} holds the random states of {len(rng)} process(es), this run has {world_size}: "
+                f"dropout draws differ from the interrupted run's")
+        torch.manual_seed(du.derive_seed(seed, "dropout", rank, iteration))
+    return iteration, dict(state.get("best") or {})
+
+
+def planned_epochs(state: dict[str, Any]) -> int | None:
+    """The number of epochs a --time-budget run fixed, as its training state recorded (None if none)."""
+    saved = state.get("schedule", {})
+    if not saved.get("total_iters"):
+        return None
+    return int(saved.get("epochs") or saved["total_iters"] // saved["iters_per_epoch"])
+
+
+# ------------------------------------------------------------------------------------------
+# Random generator states (saved in last.pth)
+# ------------------------------------------------------------------------------------------
+
+def capture_rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """This process's Python, numpy, torch CPU and (for a CUDA device) CUDA generator states.
+
+    Stored with plain types and tensors only, so ``torch.load(weights_only=True)`` reads them.
+    """
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if device is not None and device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)

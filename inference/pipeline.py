@@ -1,11 +1,11 @@
 """Everything around the network at test time that needs no PyTorch: shared by the PyTorch loop
-(``utils.inference``) and the onnxruntime one (``utils.onnx_infer``), so both see the same pixels.
+(``inference.predict``) and the onnxruntime one (``inference.onnx_infer``), so both see the same pixels.
 
 - images in: ``list_images``, ``letterbox`` (the val loader's geometry) and ``ImageFiles``;
 - the loop: ``run_loop`` hands batches to a ``predict`` function (numpy uint8 label maps out),
   warps each map back to its image's original size in one background thread, in order, while
   the next batch is predicted, and hands it to the caller;
-- pictures out: ``save_prediction``, ``overlay`` and ``legend_picture``, in the label set's colours.
+- pictures out: ``save_prediction`` and ``save_legend`` (drawn by ``utils.pictures``).
 
 Only numpy, OpenCV, tqdm and the project's torch-free modules are imported here.
 """
@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from utils.labels import IGNORE_COLOUR, IGNORE_LABEL, LabelSet
+from utils.labels import LabelSet
+from utils.pictures import legend_picture, overlay
 from utils.transforms import (
     box_to_center_scale,
     crop_to_image,
@@ -209,25 +210,6 @@ def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
 # Pictures out
 # --------------------------------------------------------------------------------------------
 
-def overlay(image_bgr: np.ndarray, label: np.ndarray, label_set: LabelSet, alpha: float = 0.5) -> np.ndarray:
-    """Blend the label set's colours over a BGR uint8 image where the label is a foreground class.
-
-    Background (0) and ignored (255) pixels keep the image, so the subject stands out.
-    """
-    image_bgr = np.asarray(image_bgr)
-    label = np.asarray(label)
-    if image_bgr.ndim == 2:
-        image_bgr = np.repeat(image_bgr[:, :, None], 3, axis=2)
-    if image_bgr.shape[:2] != label.shape:
-        raise ValueError(f"image {image_bgr.shape[:2]} and label {label.shape} differ in size")
-    color_bgr = label_set.colorize(label)[:, :, ::-1].astype(np.float32)
-    blended = (1.0 - alpha) * image_bgr.astype(np.float32) + alpha * color_bgr
-    foreground = (label != 0) & (label != IGNORE_LABEL)
-    out = image_bgr.copy()
-    out[foreground] = np.clip(np.rint(blended[foreground]), 0, 255).astype(np.uint8)
-    return out
-
-
 def save_prediction(out_dir: str, stem: str, label: np.ndarray, image_bgr: np.ndarray | None = None, *,
                     label_set: LabelSet, alpha: float = 0.5) -> list[str]:
     """Write ``<stem>_label.png`` (class ids), ``<stem>_color.png`` (the label set's colours) and, given
@@ -245,32 +227,6 @@ def save_prediction(out_dir: str, stem: str, label: np.ndarray, image_bgr: np.nd
 
 
 LEGEND_FILE = "legend.png"
-_ROW, _SWATCH, _FONT, _SCALE = 18, 12, cv2.FONT_HERSHEY_SIMPLEX, 0.4
-
-
-def legend_picture(label_set: LabelSet, *, ignore: bool = False, rows_per_column: int = 20) -> np.ndarray:
-    """A BGR picture naming each class's colour (``<id> <name>``, with its mirror class if it has one),
-    and the ignore label's white with ``ignore``."""
-    mirror = {a: b for a, b in label_set.flip_pairs} | {b: a for a, b in label_set.flip_pairs}
-    entries = [(tuple(int(v) for v in colour[::-1]),
-                f"{i} {name}" + (f"  (mirror: {label_set.names[mirror[i]]})" if i in mirror else ""))
-               for i, (name, colour) in enumerate(zip(label_set.names, label_set.colours()))]
-    if ignore:
-        entries.append((IGNORE_COLOUR, f"{IGNORE_LABEL} ignored"))
-    columns = [entries[k:k + rows_per_column] for k in range(0, len(entries), rows_per_column)]
-    widths = [max(cv2.getTextSize(text, _FONT, _SCALE, 1)[0][0] for _, text in column) + _SWATCH + 18
-              for column in columns]
-    picture = np.full((6 + _ROW * len(columns[0]), sum(widths) + 6, 3), 255, np.uint8)
-    x = 6
-    for column, width in zip(columns, widths):
-        for row, (colour, text) in enumerate(column):
-            y = 4 + row * _ROW
-            cv2.rectangle(picture, (x, y), (x + _SWATCH, y + _SWATCH), colour, -1)
-            cv2.rectangle(picture, (x, y), (x + _SWATCH, y + _SWATCH), (120, 120, 120), 1)
-            cv2.putText(picture, text, (x + _SWATCH + 6, y + _SWATCH - 1), _FONT, _SCALE, (30, 30, 30), 1,
-                        cv2.LINE_AA)
-        x += width
-    return picture
 
 
 def save_legend(out_dir: str, label_set: LabelSet) -> str:

@@ -6,14 +6,30 @@ helper here degrades to the obvious single-process answer.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
-from typing import Any, Iterator
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
+
+from training import PROG
+
+
+def log(*parts: object) -> None:
+    """print() on rank 0 only (every rank computes the same numbers)."""
+    if is_main_process():
+        print(*parts, flush=True)
+
+
+def warn(message: str) -> None:
+    """``train.py: warning: ...`` on stderr, once (from the process torchrun launched as rank 0)."""
+    if launched_rank() == 0:
+        print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
 
 
 def is_dist_avail_and_initialized() -> bool:
@@ -37,47 +53,41 @@ def launched_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def save_on_master(obj: Any, path: str | os.PathLike) -> None:
-    """Atomic ``torch.save`` from rank 0 only (every rank holds the same weights under DDP)."""
-    if is_main_process():
-        from utils.checkpoint import save_atomic
-        save_atomic(obj, path)
+@dataclass(frozen=True)
+class Processes:
+    """Where this process stands among torchrun's (one process without torchrun)."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
 
 
-def barrier() -> None:
-    if is_dist_avail_and_initialized():
-        dist.barrier()
-
-
-def init_distributed_mode(args: argparse.Namespace) -> None:
-    """Read torchrun's environment into ``args`` and start the process group.
-
-    Sets ``args.distributed``, ``args.rank``, ``args.world_size``, ``args.local_rank`` and
-    ``args.dist_backend``. ``args.device`` must already be a resolved ``torch.device``: NCCL
-    for CUDA, gloo for the CPU (NCCL cannot reduce CPU tensors). Under torchrun each process
-    drives the GPU of its local rank, which ``resolve_training_device`` in train.py has picked.
-    """
+def launched_processes() -> Processes:
+    """torchrun's RANK, WORLD_SIZE and LOCAL_RANK, readable before the process group starts."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        args.rank = int(os.environ["RANK"])
-        args.world_size = int(os.environ["WORLD_SIZE"])
-        args.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    else:
-        args.rank, args.world_size, args.local_rank = 0, 1, 0
-    args.distributed = args.world_size > 1
-    args.dist_backend = None
-    if not args.distributed:
+        return Processes(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
+                         int(os.environ.get("LOCAL_RANK", "0")))
+    return Processes()
+
+
+def init_distributed_mode(processes: Processes, device: torch.device) -> None:
+    """Start the process group of ``processes`` when there are several: NCCL for CUDA, gloo for the
+    CPU (NCCL cannot reduce CPU tensors). Under torchrun each process drives the GPU of its local
+    rank, which ``training.config.resolve_training_device`` has picked."""
+    if not processes.distributed:
         return
-    if args.device.type == "cuda":
-        torch.cuda.set_device(args.device)
-        args.dist_backend = "nccl"
-    else:
-        args.dist_backend = "gloo"
-    kwargs = {"device_id": args.device} if args.device.type == "cuda" else {}
-    dist.init_process_group(backend=args.dist_backend, init_method="env://",
-                            world_size=args.world_size, rank=args.rank, **kwargs)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    dist.init_process_group(backend=backend, init_method="env://", world_size=processes.world_size,
+                            rank=processes.rank, **kwargs)
     dist.barrier()
-    if args.rank == 0:
-        print(f"distributed: {args.world_size} processes, backend {args.dist_backend}", flush=True)
+    if processes.rank == 0:
+        print(f"distributed: {processes.world_size} processes, backend {backend}", flush=True)
 
 
 def cleanup_distributed() -> None:
@@ -123,7 +133,7 @@ class EpochShuffleSampler(Sampler):
     ``r, r + world_size, ...``. ``set_epoch(epoch, skip_batches)`` selects the epoch and skips
     its first batches: that is how a run resumed mid-epoch sees exactly the batches an
     uninterrupted run would have seen next. It yields ``(epoch, index)`` pairs so the dataset
-    wrapper (:class:`utils.engine.SeededSamples`) can seed each sample's augmentation.
+    wrapper (:class:`training.data.SeededSamples`) can seed each sample's augmentation.
     """
 
     def __init__(self, dataset_size: int, batch_size: int, *, seed: int = 0,

@@ -3,8 +3,8 @@
 Figures are plain ``matplotlib.figure.Figure`` objects drawn on the Agg canvas: no pyplot, no
 global backend switch, nothing that needs a display. evaluate.py saves them with
 ``save_figure``; train.py logs the very same figures with ``SummaryWriter.add_figure``.
-Image helpers return RGB uint8 arrays (TensorBoard's ``dataformats="HWC"``) except ``overlay``,
-which works in OpenCV's BGR like the images it is drawn on.
+Image helpers return RGB uint8 arrays (TensorBoard's ``dataformats="HWC"``); the BGR overlay of
+parse_images.py is ``utils.pictures.overlay``.
 """
 from __future__ import annotations
 
@@ -15,9 +15,16 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from dataset.transforms import denormalize_image
 from utils.labels import LabelSet
-from utils.pipeline import overlay  # noqa: F401 - lives beside the other pictures of parse_images.py
+from utils.transforms import MEAN, STD
+
+
+def denormalize_image(tensor: torch.Tensor) -> np.ndarray:
+    """Inverse of :func:`normalize_image` for pictures: 3 x H x W float -> H x W x 3 uint8 BGR."""
+    mean = torch.tensor(MEAN, dtype=torch.float32, device=tensor.device).view(3, 1, 1)
+    std = torch.tensor(STD, dtype=torch.float32, device=tensor.device).view(3, 1, 1)
+    image = (tensor.detach().float() * std + mean).mul_(255.0).round_().clamp_(0, 255)
+    return image.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
 def _new_figure(width_in: float, height_in: float) -> Figure:

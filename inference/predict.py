@@ -8,11 +8,10 @@ the original image size (nearest, border 0).
 
 Only uint8 label maps leave the device, and the CPU work after the network (warp back, ground
 truth, confusion matrix, saving pictures) runs in one background thread, in order, while the
-device computes the next batch (``utils.pipeline.run_loop``, shared with the onnxruntime path).
+device computes the next batch (``inference.pipeline.run_loop``, shared with the onnxruntime path).
 """
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -22,30 +21,20 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from inference.metrics import ConfusionMatrix
+from inference.pipeline import InferenceStats, check_scales, run_loop, scaled_size
 from networks.dfpnet import resize
-from utils.cli import AMP_MODES
+from utils.device import autocast
 from utils.labels import IGNORE_LABEL, LabelSet
-from utils.metrics import ConfusionMatrix
-from utils.pipeline import InferenceStats, check_scales, run_loop, scaled_size
 
 if TYPE_CHECKING:
-    from utils.onnx_infer import OnnxModel
+    from inference.onnx_infer import OnnxModel
 
-_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # --------------------------------------------------------------------------------------------
 # Prediction of one batch
 # --------------------------------------------------------------------------------------------
-
-def autocast(device_type: str, amp: str = "off") -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for ``amp`` in {"bf16", "fp16"} on ``device_type``; a no-op for "off"."""
-    if amp not in AMP_MODES:
-        raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
-    if amp == "off":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device_type, dtype=_AMP_DTYPES[amp])
-
 
 def final_map(outputs, num_classes: int) -> torch.Tensor:
     """The final prediction of DFPnet's output list (``outputs[-1]``; the authors nest it as ``[[...]]``)."""
@@ -132,7 +121,7 @@ def run_inference(model: nn.Module | OnnxModel, loader: Iterable, device: torch.
     meta carries a non-empty ``"error"`` (an unreadable file) is handed over with ``label=None``.
     ``handle`` runs in one background thread, in loader order; its exceptions stop the loop and
     are raised here. A PyTorch model is put in eval mode and given back in the mode it came in;
-    a ``utils.onnx_infer.OnnxModel`` runs on the CPU (``device``, ``amp`` and ``channels_last`` unused).
+    a ``inference.onnx_infer.OnnxModel`` runs on the CPU (``device``, ``amp`` and ``channels_last`` unused).
     ``label_set`` gives the classes to expect and the pairs a flip swaps.
     """
     total = len(loader.sampler) if hasattr(loader, "sampler") and hasattr(loader.sampler, "__len__") else None

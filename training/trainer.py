@@ -1,0 +1,298 @@
+"""The training loop: epochs of steps, the evaluation and snapshot cadence, TensorBoard, saves, stop
+signals, --time-budget planning, and the run's last line."""
+from __future__ import annotations
+
+import datetime
+import signal
+import sys
+import time
+
+import torch
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
+
+from libs import BACKEND_DESCRIPTION
+from training import PROG
+from training import distributed as du
+from training.config import TrainConfig
+from training.data import TrainData
+from training.evaluation import evaluate, log_training_images
+from training.model import Network
+from training.schedule import evaluation_due, plan_epochs, poly_lr, snapshot_due
+from training.signals import StopSignals
+from training.snapshots import (
+    Snapshots,
+    capture_rng_state,
+    planned_epochs,
+    restore_training_state,
+    training_state,
+)
+from training.step import NonFiniteLossError, StepInfo, train_one_epoch
+from utils import recipe
+from utils.cpu_defaults import cpu_defaults
+from utils.device import autocast
+
+
+class Trainer:
+    """The training loop and what it changes as it goes: the position, the planned epochs, the best
+    result, the saves."""
+
+    def __init__(self, cfg: TrainConfig, data: TrainData, net: Network, snapshots: Snapshots) -> None:
+        self.cfg, self.data, self.net, self.snapshots = cfg, data, net, snapshots
+        self.device = cfg.device
+        self.iters_per_epoch = data.iters_per_epoch
+        self.epochs = cfg.epochs  # None until --time-budget has fixed it (plan_schedule)
+        self.total_iters: int | None = self.epochs * self.iters_per_epoch if self.epochs else None
+        self.started = time.perf_counter()
+        self.step_seconds: list[float] = []
+        self.iteration = cfg.start_epoch * self.iters_per_epoch  # steps done over the whole run
+        self.best: dict = {"mean_iou": -1.0, "epoch": -1, "split": None}
+        self.signals = StopSignals(PROG)
+        self.stop_signal = 0  # the signal every process agreed to stop on
+        self.writer = None
+        self.bar = None
+
+    # ---- state
+    def restore(self, state: dict | None, path: str | None) -> None:
+        """Continue from a training state (training.snapshots.restore_training_state), or start."""
+        cfg = self.cfg
+        if state is None:
+            torch.manual_seed(du.derive_seed(cfg.random_seed, "dropout", cfg.rank))
+            return
+        if cfg.time_budget is not None and planned_epochs(state):  # the schedule the budget fixed
+            self.epochs = planned_epochs(state)
+            self.total_iters = self.epochs * self.iters_per_epoch
+        self.iteration, best = restore_training_state(
+            state, path, optimizer=self.net.optimizer, scaler=self.net.scaler, device=self.device,
+            seed=cfg.random_seed, rank=cfg.rank, world_size=cfg.world_size,
+            iters_per_epoch=self.iters_per_epoch, total_iters=self.total_iters)
+        self.best = best or self.best
+
+    def save_last(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()  # best effort: a kill still loses what tensorboardX's queue holds
+        cfg = self.cfg
+        rng = du.all_gather_objects(capture_rng_state(self.device))  # every process's, for an exact resume
+        schedule = {"base_lr": cfg.learning_rate, "power": cfg.power, "total_iters": self.total_iters,
+                    "iters_per_epoch": self.iters_per_epoch, "epochs": self.epochs}
+        state = training_state(self.net.model, self.net.optimizer, self.net.scaler,
+                               epoch=self.iteration // self.iters_per_epoch, iteration=self.iteration,
+                               schedule=schedule, rng=rng, best=self.best, args=cfg.record())
+        with self.signals.saving():
+            self.snapshots.save_last(state)
+
+    # ---- callbacks of train_one_epoch
+    def lr_at(self, iteration: int) -> float:
+        if self.total_iters is None:  # the timing steps of --time-budget: poly's start
+            return self.cfg.learning_rate
+        return poly_lr(self.cfg.learning_rate, iteration, self.total_iters, self.cfg.power)
+
+    def on_step(self, info: StepInfo) -> None:
+        cfg, it = self.cfg, info.iteration
+        self.iteration = it
+        self.step_seconds.append(info.seconds)
+        rate = info.images.shape[0] * cfg.world_size / max(info.seconds, 1e-9)
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{info.loss:.3f}", lr=f"{info.lr:.2e}", img_s=f"{rate:.1f}", refresh=False)
+        if self.writer is not None and it % cfg.log_every == 0:
+            self.writer.add_scalar("loss", info.loss, it)
+            self.writer.add_scalar("learning_rate", info.lr, it)
+            self.writer.add_scalar("images_per_second", rate, it)
+        if self.writer is not None and it % cfg.image_every == 0:
+            log_training_images(self.writer, info, cfg.save_num_images, self.data.label_set)
+        # The epoch's last step is saved at the epoch end, after its evaluation.
+        if cfg.save_every and it % cfg.save_every == 0 and it % self.iters_per_epoch != 0:
+            self.save_last()
+
+    def should_stop(self) -> bool:
+        """Did any process get a stop signal? Asked by every process at the same points."""
+        self.stop_signal = du.max_over_processes(self.signals.signum, self.device)
+        return self.stop_signal > 0
+
+    # ---- epochs
+    def train_epoch(self, epoch: int, stop_at: int | None = None) -> bool:
+        """One epoch (or what is left of it), its evaluation and saves; False if it was cut short
+        (--max-iters, a stop signal, or ``stop_at`` steps done in all)."""
+        cfg, data = self.cfg, self.data
+        epoch_start = time.perf_counter()
+        data.sampler.set_epoch(epoch, self.iteration - epoch * self.iters_per_epoch)
+        data.generator.manual_seed(du.derive_seed(cfg.random_seed, "loader", epoch, cfg.rank))
+        self.bar.set_description(f"epoch {epoch + 1}/{self.epochs or '?'}")
+        stats = train_one_epoch(self.net.train_model, self.net.optimizer, data.loader, self.device,
+                                iteration=self.iteration, lr_at=self.lr_at, amp=cfg.amp, scaler=self.net.scaler,
+                                channels_last=cfg.channels_last, ignore_label=cfg.ignore_label,
+                                stop_at=min(filter(None, (cfg.max_iters, stop_at)), default=None),
+                                on_step=self.on_step, should_stop=self.should_stop)
+        if self.iteration < (epoch + 1) * self.iters_per_epoch:  # --max-iters or a stop signal
+            return False
+        line = (f"epoch {epoch + 1}/{self.epochs}  iter {self.iteration}/{self.total_iters}  "
+                f"loss {stats.mean_loss:.4f}  lr {stats.last_lr:.3e}  {stats.images_per_second:.2f} img/s  "
+                f"{datetime.timedelta(seconds=round(time.perf_counter() - epoch_start))}")
+        if data.eval_sets and evaluation_due(epoch, self.epochs, cfg.eval_every):
+            results = evaluate(self.net.model, data.eval_sets, cfg, self.writer, epoch, data.label_set)
+            line += "  " + "  ".join(f"{split} mIoU {r['mean_iou']:.2f}" for split, r in results.items())
+            first = next(iter(results))  # val, unless it is missing
+            if results[first]["mean_iou"] > self.best["mean_iou"]:
+                self.best = {"mean_iou": results[first]["mean_iou"], "epoch": epoch, "split": first}
+                self.snapshots.save_best(self.net.model)
+                line += "  (best)"
+        if snapshot_due(epoch, self.epochs, cfg.snapshot_every):
+            self.snapshots.save_epoch(self.net.model, epoch)
+        self.save_last()
+        if du.is_main_process():
+            (self.bar.write if not self.bar.disable else print)(line)
+            sys.stdout.flush()
+        return True
+
+    def fit(self) -> int:
+        """Train to the end of the schedule, --max-iters or a stop signal; the exit status."""
+        if self.total_iters is not None and self.iteration >= self.total_iters:
+            du.log(f"nothing to do: the training state is at iteration {self.iteration} of {self.total_iters}, "
+                   f"the run is complete (--resume none starts anew)")
+            return 0
+        run_start = time.perf_counter()
+        try:
+            # From the first line on, a stop signal is a clean stop (the last step is saved).
+            with self.signals:
+                if self.iteration:
+                    du.log(f"starting at epoch {self.iteration // self.iters_per_epoch}, iteration "
+                           f"{self.iteration} (lr {self.lr_at(self.iteration):.3e})")
+                if du.is_main_process():
+                    # purge_step hides what an interrupted run logged after its last save.
+                    self.writer = SummaryWriter(logdir=self.cfg.snapshot_dir,
+                                                purge_step=self.iteration + 1 if self.iteration else None)
+                    self.writer.add_text("label_set", self.data.label_set.summary(), self.iteration)
+                self.bar = tqdm(total=self.total_iters, initial=self.iteration, unit="it", dynamic_ncols=True,
+                                disable=not (du.is_main_process() and sys.stderr.isatty()))
+                if self.total_iters is None:
+                    self.plan_schedule()
+                self.run_epochs()
+                if self.stop_signal:  # this step is done: save it before going
+                    if self.snapshots.last_saved != self.iteration:
+                        self.save_last()
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:  # a stop signal, or a second one that abandoned the step
+            return self.stopped_by_signal()
+        except NonFiniteLossError as exc:
+            return self.stopped_by_nan(exc)
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        self.bar.close()
+        self.report(datetime.timedelta(seconds=round(time.perf_counter() - run_start)))
+        return 0
+
+    def run_epochs(self) -> None:
+        for epoch in range(self.iteration // self.iters_per_epoch, self.epochs or 0):
+            if self.cfg.max_iters is not None and self.iteration >= self.cfg.max_iters:
+                break
+            if self.should_stop() or not self.train_epoch(epoch):
+                break
+
+    def stopped_by_signal(self) -> int:
+        if self.bar is not None:
+            self.bar.close()
+        signum = self.signals.signum or signal.SIGINT
+        if du.launched_rank() == 0:  # every rank stopped at the same step; one says so
+            print(f"{PROG}: interrupted by {signal.Signals(signum).name}; {self.snapshots.where()}: run the "
+                  f"same command again to continue from there", file=sys.stderr, flush=True)
+        return 128 + signum
+
+    def stopped_by_nan(self, exc: NonFiniteLossError) -> int:
+        if self.bar is not None:
+            self.bar.close()
+        where = (f"{self.snapshots.last_path} (saved after iteration {self.snapshots.last_saved}) is the "
+                 f"last good state" if self.snapshots.last_saved is not None
+                 else "no training state was saved by this run")
+        hint = "lower --learning-rate" + (" or try --amp off" if self.cfg.amp != "off" else "")
+        print(f"{PROG}: error: {exc}; stopped before updating the weights. {where}; {hint}.",
+              file=sys.stderr, flush=True)
+        return 1
+
+    def plan_schedule(self) -> None:
+        """--time-budget: time the first steps of epoch 0, then fix the number of epochs.
+
+        The timed steps are real training steps (at the base LR, where poly starts); the first
+        two are warm-up and not counted. The plan counts every step, evaluation (one forward pass
+        per image, timed here) and save (the first last.pth, timed here) the run will make, and
+        keeps the largest number of epochs that ends within the budget, at least one.
+        """
+        cfg, ipe = self.cfg, self.iters_per_epoch
+        epoch = self.iteration // ipe
+        # Within the epoch where it can: its end (evaluation, snapshots) wants the plan made.
+        timing_steps = max(1, min(recipe.TIMING_STEPS, ipe - self.iteration % ipe - 1))
+        self.epochs = epoch + 2  # provisional: the epoch being timed is not the last
+        self.train_epoch(epoch, stop_at=self.iteration + timing_steps)
+        if self.stop_signal or not self.step_seconds:
+            self.epochs = None  # stopped while timing: nothing is planned, nothing more runs
+            return
+        counted = self.step_seconds[2:] or self.step_seconds[-1:]
+        step_s = sorted(counted)[len(counted) // 2]
+        eval_s = self.time_evaluation()
+        self.epochs, self.total_iters = epoch + 1, (epoch + 1) * ipe  # provisional, for the timed save
+        tick = time.perf_counter()
+        self.save_last()
+        save_s = time.perf_counter() - tick
+        left = cfg.time_budget * 60 - (time.perf_counter() - self.started)
+        epochs, planned = plan_epochs(left, iters_per_epoch=ipe, done=self.iteration, step_s=step_s,
+                                      eval_s=eval_s if self.data.eval_sets else 0.0, save_s=save_s,
+                                      eval_every=cfg.eval_every, snapshot_every=cfg.snapshot_every)
+        self.epochs, self.total_iters = epochs, epochs * ipe
+        self.save_last()  # the fixed schedule, for --resume
+        self.bar.reset(total=self.total_iters)
+        self.bar.update(self.iteration)
+        du.log(f"--time-budget {cfg.time_budget:g} min: {step_s:.2f} s per step (median of {len(counted)} "
+               f"timed), ~{eval_s:.0f} s per evaluation, {save_s:.1f} s per save, {left:.0f} s left: {epochs} "
+               f"epochs = {self.total_iters} iterations (poly LR over them), planned to end in {planned:.0f} s")
+
+    def time_evaluation(self) -> float:
+        """Seconds one evaluation of every split takes, from two timed forward passes of one image."""
+        cfg = self.cfg
+        images = sum(len(dataset) for dataset, _ in self.data.eval_sets.values()) / cfg.world_size
+        if not images:
+            return 0.0
+        x = torch.zeros(1, 3, *cfg.eval_size, device=self.device)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        model = self.net.model
+        model.eval()
+        with torch.no_grad(), autocast(self.device.type, cfg.amp):
+            model(x)
+            tick = time.perf_counter()
+            model(x)
+            forward_s = time.perf_counter() - tick
+        model.train()
+        return images * forward_s * 1.2  # + the warp back, the scoring and the pictures (a guess)
+
+    def report(self, elapsed: datetime.timedelta) -> None:
+        if self.iteration < self.total_iters:  # --max-iters
+            if self.snapshots.last_saved != self.iteration:
+                self.save_last()
+            du.log(f"stopped at iteration {self.iteration} of {self.total_iters} (--max-iters) after {elapsed}; "
+                   f"{self.snapshots.last_path} saved: run again (--resume is the default) to continue")
+        elif self.best["epoch"] >= 0:
+            du.log(f"done in {elapsed}: best {self.best['split']} mean IU {self.best['mean_iou']:.2f} after "
+                   f"epoch {self.best['epoch'] + 1} ({self.snapshots.best_path})")
+        else:
+            du.log(f"done in {elapsed}")
+
+    def log_setup(self) -> None:
+        """What the run is about to do, in a few lines."""
+        cfg, data, net = self.cfg, self.data, self.net
+        n_params = sum(p.numel() for p in net.model.parameters()) / 1e6
+        du.log(f"label set: {data.label_set.summary()}")
+        du.log(f"DFPnet: {n_params:.2f} M parameters, {net.init_note}")
+        # Synchronised layers keep the in-place Function under DDP whatever --inplace-abn says.
+        abn_mode = "in place" if net.inplace or cfg.distributed else "under plain autograd"
+        du.log(f"device {cfg.device} x {cfg.world_size} process(es), amp {cfg.amp}, channels-last "
+               f"{cfg.channels_last}, compile {cfg.compile}, InPlace-ABN {abn_mode}, {BACKEND_DESCRIPTION}")
+        if cfg.device.type == "cpu":
+            reuse = ("glibc malloc keeps freed memory for reuse (--malloc system to turn off)"
+                     if cfg.malloc_reuse else "system malloc")
+            du.log(f"{cpu_defaults().describe()}; {reuse}")
+        ipe = data.iters_per_epoch
+        length = (f"{self.epochs} epochs = {ipe * self.epochs} iterations" if self.epochs
+                  else f"epochs to fit --time-budget {cfg.time_budget:g} min")
+        du.log(f"training {'+'.join(data.splits)}: {len(data.dataset)} images, batch {cfg.batch_size} x "
+               f"{cfg.world_size}, {ipe} iterations/epoch x {length}; "
+               f"evaluating {', '.join(data.eval_sets) or 'nothing'}")

@@ -1,0 +1,50 @@
+"""The device a script runs on and the precision it runs in: facts every script shares.
+
+``resolve_device`` (--device), ``default_amp`` (--amp's default: bf16 where native) and
+``autocast`` (the network under --amp). Training and prediction both use them.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from utils.cli import AMP_MODES
+from utils.cpu_defaults import cpu_defaults
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def default_amp(device: torch.device) -> str:
+    """bf16 where it is native: GPUs with bf16 and CPUs with AVX512-BF16/AMX; float32 elsewhere."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "off"
+    return cpu_defaults().amp
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA if available, else CPU; anything else is checked so a typo fails clearly."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available in this PyTorch/on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return device
+
+
+
+def autocast(device_type: str, amp: str = "off") -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``amp`` in {"bf16", "fp16"} on ``device_type``; a no-op for "off"."""
+    if amp not in AMP_MODES:
+        raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=_AMP_DTYPES[amp])
+
+
