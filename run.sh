@@ -24,7 +24,7 @@ EXTRA_ARGS="${EXTRA_ARGS:-}"
 extra=($EXTRA_ARGS)
 
 if [ ! -d "$DATA_DIR" ]; then
-  DEMO_DATA=./dataset/synthetic
+  DEMO_DATA="$("$PYTHON" -m utils.recipe DEMO_DATA_DIR)"
   DEMO_SNAPSHOTS=./snapshots/demo
   cat <<EOF
 No dataset at ${DATA_DIR}.

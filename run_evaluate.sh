@@ -17,7 +17,7 @@ METRICS_OUT="${METRICS_OUT:-./outputs/eval/metrics.json}"
 EXTRA_ARGS="${EXTRA_ARGS:-}"                         # e.g. "--flip --scales 0.75,1.0,1.25 --truncate-centers"
 
 if [ ! -f "${DATA_DIR%/}/${DATASET}_id.txt" ]; then
-  DEMO_DATA=./dataset/synthetic/
+  DEMO_DATA="$("$PYTHON" -m utils.recipe DEMO_DATA_DIR)"
   DEMO_SNAPSHOT=./snapshots/demo/best.pth
   echo "No dataset at ${DATA_DIR} (no ${DATASET}_id.txt there): evaluating the synthetic demo instead" \
        "(${DEMO_DATA}, ${DEMO_SNAPSHOT}, 128x128)."

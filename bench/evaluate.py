@@ -16,7 +16,7 @@ workers and the loop's post-processing thread). Without ``--data-dir`` a synthet
 ``--compare-amp`` evaluates one checkpoint with ``--amp off`` and ``--amp bf16`` and reports both
 mean IUs; the target in bench/RESULTS.md is a difference within 0.1 point. Defaults there: the
 demo checkpoint ``./snapshots/demo/best.pth`` (written by ``run.sh demo``) on
-``./dataset/synthetic``'s val split.
+the synthetic demo set's val split (``utils.recipe.DEMO_DATA_DIR``).
 """
 from __future__ import annotations
 
@@ -36,13 +36,14 @@ from dataset.synthetic import generate_dataset
 from inference.pipeline import InferenceStats
 from inference.predict import evaluate_model, make_eval_loader
 from networks.dfpnet import DFPNet
+from utils import recipe
 from utils.checkpoint import load_model_weights
 from utils.cli import add_inference_arguments, positive_int
 from utils.device import autocast, default_amp, resolve_device
 from utils.labels import LabelSetError, check_flags, resolve_label_set
 
 DEMO_CHECKPOINT = "./snapshots/demo/best.pth"
-DEMO_DATA = "./dataset/synthetic"
+DEMO_DATA = recipe.DEMO_DATA_DIR
 # The target: "a bf16 model evaluated on a fixed checkpoint gives a mean IU within 0.1 point of float32".
 AMP_TOLERANCE = 0.1
 

@@ -17,7 +17,7 @@ with the same layout, label ids and left/right convention:
 
 CLI::
 
-    python -m dataset.synthetic --out dataset/synthetic --train 120 --val 30 --trainTest 20 --seed 0
+    python -m dataset.synthetic --out dataset/Cartoon_sketches/Synthetic --train 120 --val 30 --trainTest 20 --seed 0
     python -m dataset.synthetic --contact-sheet dataset/synthetic_samples.png
 """
 from __future__ import annotations

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import evaluate
+from utils import recipe
 from utils.device import default_amp
 from utils.labels import DOG
 
@@ -320,10 +321,10 @@ def test_run_evaluate_sh_demo(script_copy):
     assert proc.returncode == 0, proc.stderr
     assert "nothing_here" in proc.stdout and "synthetic demo" in proc.stdout
     generate, run = log.read_text().splitlines()
-    assert generate == ("-m dataset.synthetic --out ./dataset/synthetic/ --train 96 --val 24 --trainTest 12 "
+    assert generate == (f"-m dataset.synthetic --out {recipe.DEMO_DATA_DIR} --train 96 --val 24 --trainTest 12 "
                         "--seed 0")
     call = run.split()
-    for flag, value in [("--data-dir", "./dataset/synthetic/"),
+    for flag, value in [("--data-dir", recipe.DEMO_DATA_DIR),
                         ("--restore-from", "./snapshots/demo/best.pth"), ("--input-size", "128,128"),
                         ("--save-path", "./outputs/eval_demo/"),
                         ("--metrics-out", "./outputs/eval_demo/metrics.json")]:

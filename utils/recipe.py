@@ -26,6 +26,8 @@ IMAGENET_WEIGHTS = "./Trained_Models/resnet101-imagenet.pth"  # the backbone's i
 SNAPSHOT_DIR = "./snapshots"
 EVAL_SPLIT = "val"
 EVAL_CHECKPOINT = "./snapshots/DFPnet_epoch_495.pth"    # the authors' released model
+# Ours: where run.sh generates the synthetic demo set (data beside the Dog folder, not beside the code).
+DEMO_DATA_DIR = "./dataset/Cartoon_sketches/Synthetic/"
 
 # The training run's cadence. The authors' (their train.py, docs/reference.md section 6):
 LOG_EVERY = 100                                         # TensorBoard loss / learning_rate every N iterations
