@@ -124,6 +124,59 @@ def check_split(data_dir: str, split: str, label_set: LabelSet, ignore_label: in
         print(f"{PROG}: {line}", file=sys.stderr)
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Fail now, not after the whole evaluation, if the outputs cannot be written."""
+    metrics_dir = os.path.dirname(os.path.abspath(args.metrics_out)) if args.metrics_out else None
+    for folder in filter(None, [args.save_path, metrics_dir]):
+        problem = output_folder_problem(folder)
+        if problem:
+            fail(problem)
+
+
+def print_report(args: argparse.Namespace, matrix, stats: InferenceStats, label_set: LabelSet,
+                 runtime: str) -> None:
+    print(f"Evaluated {stats.images} images of {args.data_dir} split {args.dataset!r} with "
+          f"{args.onnx or args.restore_from}")
+    print(f"Label set: {label_set.summary()}")
+    print(f"Settings: input {args.input_size[0]}x{args.input_size[1]}, amp {args.amp}, "
+          f"flip {'on' if args.flip else 'off'}, scales {','.join(f'{s:g}' for s in args.scales)}, "
+          f"centers {'truncated (authors)' if args.truncate_centers else 'float'}, {runtime}")
+    print(matrix.table(list(label_set.names)))
+    print(f"{stats.images} images in {stats.seconds:.2f} s: {stats.images_per_second:.2f} images/s "
+          f"(network {100.0 * stats.network_share:.0f}% of the time)")
+
+
+def save_figures(folder: str, matrix, metrics: dict, label_set: LabelSet) -> None:
+    """The confusion matrix, the per-class IoU bars and the colour legend, beside the pictures."""
+    save_figure(confusion_matrix_figure(matrix.mat, list(label_set.names)),
+                os.path.join(folder, "confusion_matrix.png"))
+    save_figure(iou_bar_figure(list(metrics["per_class_iou"].values()), label_set, mean_iou=metrics["mean_iou"]),
+                os.path.join(folder, "per_class_iou.png"))
+    save_legend(folder, label_set)
+
+
+def metrics_record(args: argparse.Namespace, metrics: dict, stats: InferenceStats, label_set: LabelSet,
+                   device) -> dict:
+    """The scores with everything needed to reproduce them: what --metrics-out holds."""
+    return dict(metrics, **{
+        "num_images": stats.images,
+        "checkpoint": args.onnx or args.restore_from,
+        "dataset": args.dataset,
+        "data_dir": args.data_dir,
+        "input_size": list(args.input_size),
+        "flip": args.flip,
+        "scales": list(args.scales),
+        "truncate_centers": args.truncate_centers,
+        "amp": args.amp,
+        "channels_last": args.channels_last and not args.onnx,
+        "fused": args.fuse and not args.onnx,
+        "runtime": "onnxruntime" if args.onnx else "pytorch",
+        "device": "cpu" if args.onnx else str(device),
+        "images_per_second": stats.images_per_second,
+        "label_set": dict(label_set.to_dict(), source=label_set.source),
+    })
+
+
 def main(args: argparse.Namespace) -> None:
     if args.gpu is not None:  # before anything touches CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
@@ -133,14 +186,7 @@ def main(args: argparse.Namespace) -> None:
     network = read_network(args, fail)
     label_set = network_label_set(args, network, given, fail)
     check_split(args.data_dir, args.dataset, label_set, args.ignore_label)
-    # Fail now, not after the whole evaluation, if the outputs cannot be written.
-    metrics_dir = os.path.dirname(os.path.abspath(args.metrics_out)) if args.metrics_out else None
-    for folder in filter(None, [args.save_path, metrics_dir]):
-        problem = output_folder_problem(folder)
-        if problem:
-            fail(problem)
-
-
+    check_outputs(args)
     try:
         dataset = CartoonDataSet(args.data_dir, args.dataset, crop_size=args.input_size,
                                  ignore_label=args.ignore_label, transform=default_transform(),
@@ -150,7 +196,6 @@ def main(args: argparse.Namespace) -> None:
     model = setup_model(args, network, label_set, device, fail)
     loader = make_eval_loader(dataset, batch_size=args.batch_size, workers=args.workers,
                               pin_memory=device is not None and device.type == "cuda")
-    names = list(label_set.names)
 
     def save_pictures(name: str, label, index: int) -> None:
         image = cv2.imread(dataset.image_path(index), cv2.IMREAD_COLOR)
@@ -167,47 +212,14 @@ def main(args: argparse.Namespace) -> None:
     if stats.images == 0:
         fail(f"{args.data_dir}: split {args.dataset!r} has no images")
 
-    metrics = matrix.to_dict(names)
-    network = args.onnx or args.restore_from
-    runtime = "onnxruntime (cpu)" if args.onnx else f"device {device}"
-    print(f"Evaluated {stats.images} images of {args.data_dir} split {args.dataset!r} with {network}")
-    print(f"Label set: {label_set.summary()}")
-    print(f"Settings: input {args.input_size[0]}x{args.input_size[1]}, amp {args.amp}, "
-          f"flip {'on' if args.flip else 'off'}, scales {','.join(f'{s:g}' for s in args.scales)}, "
-          f"centers {'truncated (authors)' if args.truncate_centers else 'float'}, {runtime}")
-    print(matrix.table(names))
-    print(f"{stats.images} images in {stats.seconds:.2f} s: {stats.images_per_second:.2f} images/s "
-          f"(network {100.0 * stats.network_share:.0f}% of the time)")
-
+    print_report(args, matrix, stats, label_set, "onnxruntime (cpu)" if args.onnx else f"device {device}")
+    metrics = matrix.to_dict(list(label_set.names))
     if args.save_path:
-
-        save_figure(confusion_matrix_figure(matrix.mat, names),
-                    os.path.join(args.save_path, "confusion_matrix.png"))
-        save_figure(iou_bar_figure(list(metrics["per_class_iou"].values()), label_set,
-                                   mean_iou=metrics["mean_iou"]),
-                    os.path.join(args.save_path, "per_class_iou.png"))
-        save_legend(args.save_path, label_set)
+        save_figures(args.save_path, matrix, metrics, label_set)
         print(f"Pictures in {args.save_path}")
     if args.metrics_out:
-        metrics.update({
-            "num_images": stats.images,
-            "checkpoint": network,
-            "dataset": args.dataset,
-            "data_dir": args.data_dir,
-            "input_size": list(args.input_size),
-            "flip": args.flip,
-            "scales": list(args.scales),
-            "truncate_centers": args.truncate_centers,
-            "amp": args.amp,
-            "channels_last": args.channels_last and not args.onnx,
-            "fused": args.fuse and not args.onnx,
-            "runtime": "onnxruntime" if args.onnx else "pytorch",
-            "device": "cpu" if args.onnx else str(device),
-            "images_per_second": stats.images_per_second,
-            "label_set": dict(label_set.to_dict(), source=label_set.source),
-        })
         try:
-            write_json_atomic(metrics, args.metrics_out)
+            write_json_atomic(metrics_record(args, metrics, stats, label_set, device), args.metrics_out)
         except OSError as exc:
             fail(f"{args.metrics_out}: could not write the metrics: {exc.strerror or exc}")
         print(f"Metrics in {args.metrics_out}")

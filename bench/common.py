@@ -117,16 +117,6 @@ def peak_rss_mb() -> float:
     return kb / 1024.0
 
 
-def reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux ``clear_refs`` 5); False where the kernel refuses."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 # --------------------------------------------------------------------------------------------
 # The machine
 # --------------------------------------------------------------------------------------------

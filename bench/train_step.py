@@ -50,6 +50,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -383,6 +384,75 @@ COLUMNS = [("config", "config", ""), ("label", "setup", ""), ("step_s", "step s 
            ("system_s_per_step", "kernel CPU s/step", ".2f")]
 
 
+@dataclass
+class Measured:
+    """What the timing rounds produced, per configuration name."""
+    samples: dict[str, list[float]]       # step seconds
+    counters: dict[str, list[dict]]       # per-step page faults and CPU times
+    losses: dict[str, float]
+    memory: dict[str, dict]               # peak and per-step memory (fresh processes)
+    steps: dict[str, TrainStep]           # the in-process steps (alternated timing only)
+
+
+def measure_isolated(args: argparse.Namespace, log: Callable[[str], None]) -> Measured:
+    """Each configuration in fresh processes, ``args.rounds`` times (memory from the same runs)."""
+    out = Measured({n: [] for n in args.configs}, {n: [] for n in args.configs}, {}, {}, {})
+    for i in range(args.rounds):
+        for name in args.configs:
+            run = run_worker(name, args, args.warmup, args.iters)
+            out.samples[name] += run.pop("step_samples")
+            out.counters[name] += run.pop("counters")
+            out.losses[name] = run["loss"]
+            if name not in out.memory or run["peak_mem_mb"] > out.memory[name]["peak_mem_mb"]:
+                out.memory[name] = run
+            times = ", ".join(f"{t:.3f}" for t in out.samples[name][-args.iters:])
+            log(f"round {i + 1}/{args.rounds} {name}: steps {times} s, peak {run['peak_mem_mb']:.0f} MiB")
+    return out
+
+
+def measure_alternated(args: argparse.Namespace, configs: dict[str, Config], device: torch.device,
+                       log: Callable[[str], None]) -> Measured:
+    """Memory first, in fresh processes while this one holds nothing big; then every configuration's
+    steps alternated in this process, so that they share the machine's load."""
+    memory: dict[str, dict] = {}
+    if not args.no_memory:
+        for name in args.configs:
+            t0 = time.perf_counter()
+            memory[name] = run_worker(name, args, 0, args.memory_steps)
+            del memory[name]["step_samples"], memory[name]["counters"]
+            log(f"memory {name}: peak {memory[name]['peak_mem_mb']:.0f} MiB ({time.perf_counter() - t0:.0f} s)")
+    images, labels = make_batch(args.batch_size, args.input_size, device)
+    steps = {name: TrainStep(configs[name], device, images, labels) for name in args.configs}
+    counters: dict[str, list[dict]] = {name: [] for name in args.configs}
+    samples = alternate(steps, args.iters, args.warmup, device, log=log, counters=counters)
+    return Measured(samples, counters, {name: step.last_loss for name, step in steps.items()}, memory, steps)
+
+
+def config_entry(name: str, config: Config, measured: Measured, args: argparse.Namespace, flops: float | None,
+                 rates: dict[str, float]) -> dict:
+    """One configuration's row: step time quartiles, throughput, counters, memory, FLOP rate."""
+    stats = summarize(measured.samples[name])
+    entry = {"config": name, "label": config.label, **asdict(config),
+             "step_s": stats["median"], "step_s_q1": stats["q1"], "step_s_q3": stats["q3"],
+             "step_s_min": stats["min"], "step_s_max": stats["max"], "step_samples": measured.samples[name],
+             "images_per_s": args.batch_size / stats["median"], "loss": measured.losses[name]}
+    for key in ("minor_faults", "user_s", "system_s"):  # per step, median over the measured steps
+        entry[f"{key}_per_step"] = summarize([c[key] for c in measured.counters[name]])["median"]
+    entry.update(measured.memory.get(name, {}))
+    if flops:
+        entry["achieved_tflops"] = 3.0 * flops * args.batch_size / stats["median"] / 1e12
+        entry["matmul_share"] = entry["achieved_tflops"] / rates["bf16" if config.amp == "bf16" else "fp32"]
+    return entry
+
+
+def default_over_baseline(result: dict, with_memory: bool) -> dict[str, float]:
+    ratios = {"step_time": result["default"]["step_s"] / result["baseline"]["step_s"]}
+    if with_memory:
+        ratios["peak_mem"] = result["default"]["peak_mem_mb"] / result["baseline"]["peak_mem_mb"]
+        ratios["step_mem"] = result["default"]["step_mem_mb"] / result["baseline"]["step_mem_mb"]
+    return ratios
+
+
 def main(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -393,48 +463,21 @@ def main(args: argparse.Namespace) -> dict:
         print(json.dumps(worker(args.worker, args)))
         return {}
 
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
     info = environment(device)
     log(f"{info['device']}: batch {args.batch_size}, {args.input_size[0]}x{args.input_size[1]}, "
         f"configs {', '.join(args.configs)}{', isolated processes' if args.isolate else ''}")
     configs = configs_for(device)
-    memory: dict[str, dict] = {}
-    samples: dict[str, list[float]] = {name: [] for name in args.configs}
-    counters: dict[str, list[dict]] = {name: [] for name in args.configs}
-    losses: dict[str, float] = {}
-    steps: dict[str, TrainStep] = {}
-    if args.isolate:
-        for i in range(args.rounds):
-            for name in args.configs:
-                out = run_worker(name, args, args.warmup, args.iters)
-                samples[name] += out.pop("step_samples")
-                counters[name] += out.pop("counters")
-                losses[name] = out["loss"]
-                if name not in memory or out["peak_mem_mb"] > memory[name]["peak_mem_mb"]:
-                    memory[name] = out
-                times = ", ".join(f"{t:.3f}" for t in samples[name][-args.iters:])
-                log(f"round {i + 1}/{args.rounds} {name}: steps {times} s, peak {out['peak_mem_mb']:.0f} MiB")
-    else:
-        # Memory first, in fresh processes, while this one holds nothing big.
-        if not args.no_memory:
-            for name in args.configs:
-                t0 = time.perf_counter()
-                memory[name] = run_worker(name, args, 0, args.memory_steps)
-                del memory[name]["step_samples"], memory[name]["counters"]
-                log(f"memory {name}: peak {memory[name]['peak_mem_mb']:.0f} MiB "
-                    f"({time.perf_counter() - t0:.0f} s)")
-        images, labels = make_batch(args.batch_size, args.input_size, device)
-        steps = {name: TrainStep(configs[name], device, images, labels) for name in args.configs}
-        samples = alternate(steps, args.iters, args.warmup, device, log=log, counters=counters)
-        losses = {name: step.last_loss for name, step in steps.items()}
+    measured = measure_isolated(args, log) if args.isolate else measure_alternated(args, configs, device, log)
 
     def step_of(name: str) -> TrainStep:  # for the FLOP count and the profile; built here if isolated
-        if name not in steps:
-            batch = make_batch(args.batch_size, args.input_size, device)
-            steps[name] = TrainStep(configs[name], device, *batch)
-        return steps[name]
+        if name not in measured.steps:
+            measured.steps[name] = TrainStep(configs[name], device, *make_batch(args.batch_size, args.input_size,
+                                                                                device))
+        return measured.steps[name]
 
-    result: dict = {}
     flops = train_flops = None
     rates: dict[str, float] = {}
     if not args.no_flops:
@@ -445,24 +488,9 @@ def main(args: argparse.Namespace) -> dict:
         dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
         rates = {key: matmul_tflops(device, dtypes[key]) for key in sorted(used)}
 
-    rows = []
-    for name in args.configs:
-        config = configs[name]
-        stats = summarize(samples[name])
-        entry = {"config": name, "label": config.label, **asdict(config),
-                 "step_s": stats["median"], "step_s_q1": stats["q1"], "step_s_q3": stats["q3"],
-                 "step_s_min": stats["min"], "step_s_max": stats["max"], "step_samples": samples[name],
-                 "images_per_s": args.batch_size / stats["median"], "loss": losses[name]}
-        for key in ("minor_faults", "user_s", "system_s"):  # per step, median over the measured steps
-            entry[f"{key}_per_step"] = summarize([c[key] for c in counters[name]])["median"]
-        entry.update(memory.get(name, {}))
-        if flops:
-            entry["achieved_tflops"] = 3.0 * flops * args.batch_size / stats["median"] / 1e12
-            ceiling = rates["bf16" if config.amp == "bf16" else "fp32"]
-            entry["matmul_share"] = entry["achieved_tflops"] / ceiling
-        result[name] = entry
-        rows.append({**entry, "step_iqr": f"{stats['q1']:.3f}-{stats['q3']:.3f}"})
-
+    result: dict = {name: config_entry(name, configs[name], measured, args, flops, rates) for name in args.configs}
+    rows = [{**result[name], "step_iqr": f"{result[name]['step_s_q1']:.3f}-{result[name]['step_s_q3']:.3f}"}
+            for name in args.configs]
     result.update({
         "configs": args.configs,
         "device": info["device"],
@@ -480,11 +508,7 @@ def main(args: argparse.Namespace) -> dict:
         "environment": info,
     })
     if "default" in result and "baseline" in result:
-        ratios = {"step_time": result["default"]["step_s"] / result["baseline"]["step_s"]}
-        if memory:
-            ratios["peak_mem"] = result["default"]["peak_mem_mb"] / result["baseline"]["peak_mem_mb"]
-            ratios["step_mem"] = result["default"]["step_mem_mb"] / result["baseline"]["step_mem_mb"]
-        result["ratios"] = ratios
+        result["ratios"] = default_over_baseline(result, bool(measured.memory))
 
     print(format_table(rows, [c for c in COLUMNS if any(c[0] in r for r in rows)]))
     if flops:

@@ -17,7 +17,8 @@ with the same layout, label ids and left/right convention:
 
 CLI::
 
-    python -m dataset.synthetic --out dataset/Cartoon_sketches/Synthetic --train 120 --val 30 --trainTest 20 --seed 0
+    python -m dataset.synthetic --out dataset/Cartoon_sketches/Synthetic \
+        --train 120 --val 30 --trainTest 20 --seed 0
     python -m dataset.synthetic --contact-sheet dataset/synthetic_samples.png
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -107,21 +109,12 @@ class _Part:
 
 
 # --------------------------------------------------------------------------- the dog
-def _dog_parts(rng: np.random.Generator, fur: np.ndarray) -> list[_Part]:
-    """Parts of a right-facing dog, body length 1, back to front (the drawing order)."""
-    def shade(factor: float) -> tuple:
-        return tuple(float(c) for c in np.clip(fur * factor, 0, 255))
+Shade = Callable[[float], tuple]
 
-    far = 0.72  # far-side legs and ear are in shadow
-    rx, ry = 0.5, rng.uniform(0.19, 0.3)
-    tilt = rng.uniform(-8, 8)
 
-    def on_body(u: float, v: float) -> np.ndarray:
-        return _rotate(np.array([[u * rx, v * ry]]), tilt)[0]
-
-    parts: list[_Part] = []
-
-    # Legs: hips inside the body so the near legs visibly start on it and the far ones hide there.
+def _leg_drawer(rng: np.random.Generator) -> tuple[Callable[[np.ndarray, float, bool], list[np.ndarray]],
+                                                    dict[str, float], np.ndarray]:
+    """The pose: a function drawing one leg from its hip, each leg's swing angle, and the far legs' offset."""
     pose = rng.choice(["stand", "walk", "run"])
     if pose == "stand":
         swing = {k: rng.uniform(-8, 8) for k in ("nf", "ff", "nh", "fh")}
@@ -149,40 +142,25 @@ def _dog_parts(rng: np.random.Generator, fur: np.ndarray) -> list[_Part]:
         shapes.append(_ellipse(toe, leg_w * 0.75, leg_w * 0.42, n=16))
         return shapes
 
-    front_hip, hind_hip = on_body(0.58, 0.35), on_body(-0.56, 0.35)
-    far_offset = np.array([far_shift, -far_lift])
-    parts.append(_Part(RIGHT_LEG, shade(far), leg(hind_hip + far_offset, swing["fh"], True)))
-    parts.append(_Part(RIGHT_ARM, shade(far), leg(front_hip + far_offset, swing["ff"], False)))
+    return leg, swing, np.array([far_shift, -far_lift])
 
-    # Tail behind the body, leaving from the rump backwards, up or down, a little curled.
+
+def _tail(rng: np.random.Generator, base: np.ndarray, shade: Shade) -> _Part:
+    """Behind the body, leaving from the rump backwards, up or down, a little curled."""
     tail_len = rng.uniform(0.3, 0.55)
     tail_w = rng.uniform(0.06, 0.1)
     heading = rng.uniform(-30, 75)   # 0: straight back, 90: straight up
     curl = rng.uniform(-40, 40)
-    base = on_body(-0.9, -0.45)
     pts, widths = [base], [tail_w]
     for i in range(1, 5):
         a = np.deg2rad(heading + curl * i / 4)
         pts.append(pts[-1] + np.array([-np.cos(a), -np.sin(a)]) * tail_len / 4)
         widths.append(tail_w * (1.0 - 0.15 * i))
-    parts.append(_Part(TAIL, shade(rng.uniform(0.9, 1.1)), _limb(pts, widths)))
+    return _Part(TAIL, shade(rng.uniform(0.9, 1.1)), _limb(pts, widths))
 
-    # Body (torso and neck share the "body" id).
-    head_r = rng.uniform(0.19, 0.27)
-    head_c = on_body(0.8, -0.55) + np.array([rng.uniform(0.08, 0.22), -rng.uniform(0.22, 0.4)])
-    neck = _segment(on_body(0.62, -0.25), head_c + np.array([-0.02, head_r * 0.3]), ry * 1.2, head_r * 1.1)
-    parts.append(_Part(BODY, shade(1.0), [_ellipse((0, 0), rx, ry, tilt, n=40), neck]))
-    if rng.random() < 0.45:
-        spot = tuple(float(c) for c in FUR_COLOURS[rng.integers(len(FUR_COLOURS))])
-        spots = [_ellipse(on_body(rng.uniform(-0.7, 0.5), rng.uniform(-0.8, 0.3)),
-                          rng.uniform(0.06, 0.16), rng.uniform(0.05, 0.12), rng.uniform(0, 180), n=20)
-                 for _ in range(rng.integers(1, 4))]
-        parts.append(_Part(-1, spot, spots, outline=False, mask_label=BODY))
 
-    parts.append(_Part(LEFT_LEG, shade(1.0), leg(hind_hip, swing["nh"], True)))
-    parts.append(_Part(LEFT_ARM, shade(1.0), leg(front_hip, swing["nf"], False)))
-
-    # Head: ears are head too. The far ear goes behind the skull, the near one over it.
+def _head(rng: np.random.Generator, head_c: np.ndarray, head_r: float, shade: Shade, far: float) -> list[_Part]:
+    """Skull, snout, nose and eye; the ears are head too: the far one behind the skull, the near one over it."""
     head_tilt = rng.uniform(-20, 20)
 
     def at_head(x: float, y: float) -> np.ndarray:
@@ -198,7 +176,7 @@ def _dog_parts(rng: np.random.Generator, fur: np.ndarray) -> list[_Part]:
         return [_ellipse(at_head(-0.45 + dx, 0.15), head_r * 0.32, head_r * 0.4 * ear_len + head_r * 0.2,
                          head_tilt + rng.uniform(5, 30), n=20)]
 
-    parts.append(_Part(HEAD, shade(far * 0.95), ear(0.35)))
+    parts = [_Part(HEAD, shade(far * 0.95), ear(0.35))]
     snout_c = at_head(rng.uniform(0.8, 1.0), rng.uniform(0.2, 0.4))
     snout_rx, snout_ry = head_r * rng.uniform(0.5, 0.75), head_r * rng.uniform(0.32, 0.45)
     skull = _ellipse(head_c, head_r * rng.uniform(1.0, 1.15), head_r, head_tilt)
@@ -215,6 +193,45 @@ def _dog_parts(rng: np.random.Generator, fur: np.ndarray) -> list[_Part]:
                                                         head_r * 0.08, head_r * 0.1, 0, 12)],
                        outline=False, mask_label=HEAD))
     return parts
+
+
+def _dog_parts(rng: np.random.Generator, fur: np.ndarray) -> list[_Part]:
+    """Parts of a right-facing dog, body length 1, back to front (the drawing order).
+
+    The random numbers are drawn in a fixed order (pose, tail, body, head), so a seed always gives
+    the same dog."""
+    def shade(factor: float) -> tuple:
+        return tuple(float(c) for c in np.clip(fur * factor, 0, 255))
+
+    far = 0.72  # far-side legs and ear are in shadow
+    rx, ry = 0.5, rng.uniform(0.19, 0.3)
+    tilt = rng.uniform(-8, 8)
+
+    def on_body(u: float, v: float) -> np.ndarray:
+        return _rotate(np.array([[u * rx, v * ry]]), tilt)[0]
+
+    # Legs: hips inside the body so the near legs visibly start on it and the far ones hide there.
+    leg, swing, far_offset = _leg_drawer(rng)
+    front_hip, hind_hip = on_body(0.58, 0.35), on_body(-0.56, 0.35)
+    parts = [_Part(RIGHT_LEG, shade(far), leg(hind_hip + far_offset, swing["fh"], True)),
+             _Part(RIGHT_ARM, shade(far), leg(front_hip + far_offset, swing["ff"], False)),
+             _tail(rng, on_body(-0.9, -0.45), shade)]
+
+    # Body (torso and neck share the "body" id).
+    head_r = rng.uniform(0.19, 0.27)
+    head_c = on_body(0.8, -0.55) + np.array([rng.uniform(0.08, 0.22), -rng.uniform(0.22, 0.4)])
+    neck = _segment(on_body(0.62, -0.25), head_c + np.array([-0.02, head_r * 0.3]), ry * 1.2, head_r * 1.1)
+    parts.append(_Part(BODY, shade(1.0), [_ellipse((0, 0), rx, ry, tilt, n=40), neck]))
+    if rng.random() < 0.45:
+        spot = tuple(float(c) for c in FUR_COLOURS[rng.integers(len(FUR_COLOURS))])
+        spots = [_ellipse(on_body(rng.uniform(-0.7, 0.5), rng.uniform(-0.8, 0.3)),
+                          rng.uniform(0.06, 0.16), rng.uniform(0.05, 0.12), rng.uniform(0, 180), n=20)
+                 for _ in range(rng.integers(1, 4))]
+        parts.append(_Part(-1, spot, spots, outline=False, mask_label=BODY))
+
+    parts.append(_Part(LEFT_LEG, shade(1.0), leg(hind_hip, swing["nh"], True)))
+    parts.append(_Part(LEFT_ARM, shade(1.0), leg(front_hip, swing["nf"], False)))
+    return parts + _head(rng, head_c, head_r, shade, far)
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:

@@ -44,9 +44,6 @@ class ConfusionMatrix:
         self.ignore_label = int(ignore_label)
         self.mat = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
 
-    def reset(self) -> None:
-        self.mat[...] = 0
-
     def update(self, gt, pred) -> None:
         """Add one label map (or a batch of them) to the matrix.
 

@@ -40,7 +40,13 @@ class UsageError(Exception):
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, add_help=add_help, formatter_class=DefaultsHelpFormatter,
                                      description="Train DFPnet (cartoon dog parsing), the authors' recipe.")
-    # The authors' flags, with their defaults.
+    _add_authors_flags(parser)
+    _add_our_flags(parser)
+    return parser
+
+
+def _add_authors_flags(parser: argparse.ArgumentParser) -> None:
+    """The authors' train.py flags, with their defaults (the recipe's)."""
     parser.add_argument("--data-dir", default=recipe.DATA_DIR,
                         help="dataset root holding <split>_id.txt, <split>_images/, <split>_segmentations/")
     parser.add_argument("--dataset", default="train",
@@ -83,7 +89,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              f"--time-budget allows)")
     parser.add_argument("--save-num-images", type=positive_int, default=recipe.SAVE_NUM_IMAGES,
                         help="images per TensorBoard training grid (input, label, prediction)")
-    # Ours.
+
+
+def _add_our_flags(parser: argparse.ArgumentParser) -> None:
+    """What the authors' script did not have: resuming, devices, precision, cadences, budgets."""
     parser.add_argument("--resume", nargs="?", const="auto", default="auto", metavar="PATH|auto|none",
                         help="continue a run from a training state: auto (default) = <snapshot-dir>/last.pth "
                              "if it exists; a path; none = start anew (overwriting last.pth later)")
@@ -136,7 +145,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--max-iters", type=positive_int, default=None,
                         help="stop once the run has made N steps in all (demos, tests); the LR schedule "
                              "still spans --epochs, so --resume continues it")
-    return parser
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
