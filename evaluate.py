@@ -33,15 +33,15 @@ from inference.pipeline import InferenceStats, save_legend, save_prediction
 from inference.predict import evaluate_model, make_eval_loader
 from inference.visualize import confusion_matrix_figure, iou_bar_figure, save_figure
 from utils import recipe
-from utils.cli import add_inference_arguments, die, given_labels, output_folder_problem
+from utils.cli import DefaultsHelpFormatter, add_inference_arguments, die, given_labels, output_folder_problem
 from utils.files import write_json_atomic
 from utils.labels import IGNORE_LABEL, LabelSet
 
 PROG = "evaluate.py"
 
 
-def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=PROG, description="Evaluate a DFPnet checkpoint: mean IU, pixel "
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(formatter_class=DefaultsHelpFormatter, prog=PROG, description="Evaluate a DFPnet checkpoint: mean IU, pixel "
                                      "accuracy and mean accuracy on a val-type split, at the original image "
                                      "size.")
     parser.add_argument("--data-dir", default=recipe.DATA_DIR,
@@ -69,6 +69,11 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--metrics-out", default=None, metavar="FILE.json",
                         help="write the metrics, confusion matrix and settings as JSON (only on success)")
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    return parser
+
+
+def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = get_args_parser()
     args = parser.parse_args(argv)
     if not 0 <= args.ignore_label <= 255:
         parser.error(f"argument --ignore-label: expected 0..255 (labels are 8-bit PNGs), "

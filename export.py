@@ -41,6 +41,7 @@ from inference.onnx_infer import OUTPUTS, OnnxModel, OnnxModelError
 from utils import recipe
 from utils.checkpoint import CheckpointError
 from utils.cli import (
+    DefaultsHelpFormatter,
     add_label_arguments,
     die,
     first_line,
@@ -81,8 +82,8 @@ class FinalMap(nn.Module):
         return logits
 
 
-def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=PROG, description="Export a DFPnet checkpoint to ONNX (final map "
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(formatter_class=DefaultsHelpFormatter, prog=PROG, description="Export a DFPnet checkpoint to ONNX (final map "
                                      "only, InPlace-ABN folded into the convolutions) for onnxruntime.")
     parser.add_argument("--restore-from", default=recipe.EVAL_CHECKPOINT,
                         help="checkpoint: the authors' .pth, our DFPnet_epoch_<e>.pth / best.pth, or a "
@@ -101,6 +102,11 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="fix batch 1 and the --input-size instead of dynamic batch, H and W")
     parser.add_argument("--no-check", action="store_true",
                         help="skip the onnxruntime-vs-PyTorch check of the written model")
+    return parser
+
+
+def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = get_args_parser()
     return parser.parse_args(argv)
 
 

@@ -37,13 +37,13 @@ from inference.pipeline import (
     save_prediction,
 )
 from utils import recipe
-from utils.cli import add_inference_arguments, die, given_labels
+from utils.cli import DefaultsHelpFormatter, add_inference_arguments, die, given_labels
 
 PROG = "parse_images.py"
 
 
-def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=PROG, description="Predict the part labels of arbitrary images and "
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(formatter_class=DefaultsHelpFormatter, prog=PROG, description="Predict the part labels of arbitrary images and "
                                      "write label, colour and overlay pictures at their original size.")
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
                         help="image files, or folders whose image files (not sub-folders) are all parsed")
@@ -54,6 +54,11 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="folder for the output pictures (created)")
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     add_inference_arguments(parser, onnx=True)
+    return parser
+
+
+def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = get_args_parser()
     return parser.parse_args(argv)
 
 

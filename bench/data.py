@@ -26,7 +26,7 @@ from bench.common import environment, finish, format_table, summarize
 from dataset.datasets import CartoonDataSet, default_transform
 from dataset.synthetic import generate_dataset
 from utils import recipe
-from utils.cli import parse_size, positive_int
+from utils.cli import DefaultsHelpFormatter, parse_size, positive_int
 
 
 def parse_workers(text: str) -> list[int]:
@@ -42,7 +42,7 @@ def parse_workers(text: str) -> list[int]:
 
 def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.data", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--workers", type=parse_workers, default=[0, 1, 2], metavar="N,N,...",
                         help="DataLoader worker counts to compare (default 0,1,2)")
     parser.add_argument("--batch-size", type=positive_int, default=1, help="samples per batch")

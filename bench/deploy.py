@@ -46,7 +46,7 @@ from libs import ABN
 from networks.dfpnet import DFPNet
 from networks.fuse import fuse_for_inference
 from utils.checkpoint import load_model_weights
-from utils.cli import parse_size, positive_int
+from utils.cli import DefaultsHelpFormatter, parse_size, positive_int
 from utils.device import autocast, default_amp
 from utils.labels import DOG
 
@@ -59,7 +59,7 @@ TARGET = 2.0  # fused or onnxruntime >= 2x the authors' images/s
 
 def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.deploy", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--input-size", type=parse_size, default=(384, 384), metavar="H,W",
                         help="input crop (the authors' 384,384)")
     parser.add_argument("--batch-size", type=positive_int, default=1, help="images per forward")

@@ -38,7 +38,7 @@ from inference.predict import evaluate_model, make_eval_loader
 from networks.dfpnet import DFPNet
 from utils import recipe
 from utils.checkpoint import load_model_weights
-from utils.cli import add_inference_arguments, positive_int
+from utils.cli import DefaultsHelpFormatter, add_inference_arguments, positive_int
 from utils.device import autocast, default_amp, resolve_device
 from utils.labels import LabelSetError, check_flags, resolve_label_set
 
@@ -70,7 +70,7 @@ class TimedModel(nn.Module):
 
 def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.evaluate", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=DefaultsHelpFormatter)
     add_inference_arguments(parser)  # --input-size, --batch-size, --workers, --device, --amp, ...
     parser.add_argument("--data-dir", default=None,
                         help="dataset root with a val split (default: a synthetic one in a temporary folder; "

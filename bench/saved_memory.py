@@ -22,6 +22,7 @@ from libs import ABN, InPlaceABNSync  # noqa: E402
 from networks.dfpnet import DFPNet  # noqa: E402
 from training.loss import parsing_loss  # noqa: E402
 from utils import recipe  # noqa: E402
+from utils.cli import DefaultsHelpFormatter  # noqa: E402
 from utils.labels import DOG  # noqa: E402
 
 
@@ -58,7 +59,7 @@ def saved_bytes(norm_layer, batch: int, size: tuple[int, int], channels_last: bo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(formatter_class=DefaultsHelpFormatter, description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=2, help="images per step")
     parser.add_argument("--input-size", default=",".join(map(str, recipe.INPUT_SIZE)), help="H,W of the crop")
     parser.add_argument("--json", help="also write the figures to this JSON file")

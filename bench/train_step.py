@@ -77,7 +77,7 @@ from training.loss import parsing_loss
 from training.model import default_inplace_abn
 from training.step import train_step
 from utils import recipe
-from utils.cli import parse_size, positive_int
+from utils.cli import DefaultsHelpFormatter, parse_size, positive_int
 from utils.cpu_defaults import cpu_defaults, keep_freed_memory
 from utils.device import default_amp
 from utils.labels import DOG, IGNORE_LABEL
@@ -164,7 +164,7 @@ def parse_configs(text: str) -> list[str]:
 
 def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.train_step", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     parser.add_argument("--batch-size", type=positive_int, default=2, help="images per step")
     parser.add_argument("--input-size", type=parse_size, default=recipe.INPUT_SIZE, metavar="H,W",

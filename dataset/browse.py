@@ -26,7 +26,14 @@ import numpy as np
 
 from dataset.datasets import CartoonDataSet
 from utils import recipe
-from utils.cli import add_label_arguments, die, output_folder_problem, parse_size, positive_int
+from utils.cli import (
+    DefaultsHelpFormatter,
+    add_label_arguments,
+    die,
+    output_folder_problem,
+    parse_size,
+    positive_int,
+)
 from utils.labels import LabelSet, LabelSetError, check_flags, resolve_label_set
 from utils.pictures import legend_picture
 
@@ -35,7 +42,7 @@ _GAP, _CAPTION = 6, 22
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Write each sample's picture beside its coloured "
+    parser = argparse.ArgumentParser(formatter_class=DefaultsHelpFormatter, prog=PROG, description="Write each sample's picture beside its coloured "
                                      "label map (optionally after the training augmentation) with a legend.")
     parser.add_argument("data_dir", help="dataset root holding <split>_id.txt, <split>_images/, "
                                          "<split>_segmentations/ (and optionally labels.json)")

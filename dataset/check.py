@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from dataset.layout import split_paths
-from utils.cli import add_label_arguments, die
+from utils.cli import DefaultsHelpFormatter, add_label_arguments, die
 from utils.labels import IGNORE_LABEL, LabelSet, LabelSetError, check_flags, resolve_label_set
 
 PROG = "python -m dataset.check"
@@ -229,7 +229,7 @@ def check_dataset(root: str, splits: tuple[str, ...] | list[str] = DEFAULT_SPLIT
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, add_help=add_help,
+    parser = argparse.ArgumentParser(formatter_class=DefaultsHelpFormatter, prog=PROG, add_help=add_help,
                                      description="Check a parsing data directory (the Dog dataset's layout) "
                                                  "before training on it.")
     parser.add_argument("data_dir", help="data directory holding <split>_id.txt, <split>_images/, "

@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from dataset.layout import split_paths
+from utils.cli import DefaultsHelpFormatter
 from utils.labels import DOG
 
 # The Dog set's ids (utils/labels.py), by name: the generator draws dogs.
@@ -442,6 +443,7 @@ def write_contact_sheet(path: str, n: int = 6, seed: int = 0, min_size: int = DE
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        formatter_class=DefaultsHelpFormatter,
         description="Write a synthetic cartoon dog dataset in the authors' layout.", add_help=add_help)
     parser.add_argument("--out", default=None, help="output data directory (created if missing)")
     parser.add_argument("--train", type=int, default=120, help="number of train images")

@@ -55,7 +55,7 @@ def _add_authors_flags(parser: argparse.ArgumentParser) -> None:
                         help="images per step PER PROCESS (torchrun with N processes trains on N x this)")
     parser.add_argument("--input-size", type=parse_size, default=recipe.INPUT_SIZE, metavar="H,W",
                         help="training crop height,width (the authors' run.sh: 384,384; their train.py's "
-                             "unused default: 473,473)")
+                             "parser said 473,473, unused)")
     parser.add_argument("--learning-rate", type=positive_float, default=recipe.LEARNING_RATE,
                         help="base learning rate of the poly schedule")
     parser.add_argument("--momentum", type=non_negative_float, default=recipe.MOMENTUM, help="SGD momentum")

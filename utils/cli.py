@@ -32,9 +32,10 @@ def show_default(value: object) -> str:
     return str(value)
 
 
-class DefaultsHelpFormatter(argparse.HelpFormatter):
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
     """``--help`` states every flag's default: appended as ``(default: X)`` unless the help text already
-    says it (flags whose default depends on the machine or on other flags say so in words)."""
+    says it (flags whose default depends on the machine or on other flags say so in words). The
+    description is printed as written."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""

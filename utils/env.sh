@@ -15,6 +15,16 @@ if [ ! -x "$_dfpnet_venv/bin/python" ] || [ "$(cat "$_dfpnet_stamp" 2>/dev/null)
     "${DFPNET_PYTHON:-python3}" -m venv "$_dfpnet_venv" || { echo "[setup] error: could not create $_dfpnet_venv" >&2; return 1 2>/dev/null || exit 1; }
   fi
   "$_dfpnet_venv/bin/python" -m pip install -q --upgrade pip >&2 || true
+  # torch first, from PyTorch's CPU wheel index: PyPI's torch is the CUDA build (several GB). Where an
+  # NVIDIA driver answers (nvidia-smi), PyPI's build is the one wanted. DFPNET_TORCH_INDEX overrides
+  # (an index URL; empty: PyPI). If the index cannot be reached, requirements.txt's pin installs
+  # whatever build pip finds.
+  _dfpnet_index="${DFPNET_TORCH_INDEX-$(command -v nvidia-smi >/dev/null 2>&1 || echo https://download.pytorch.org/whl/cpu)}"
+  if [ -n "$_dfpnet_index" ]; then
+    "$_dfpnet_venv/bin/python" -m pip install -q --retries 1 --index-url "$_dfpnet_index" \
+      "$(grep -E '^torch==' "$_dfpnet_root/requirements.txt")" >&2 \
+      || echo "[setup] WARNING: could not install torch from $_dfpnet_index; trying requirements.txt's pin" >&2
+  fi
   if ! "$_dfpnet_venv/bin/python" -m pip install -q -r "$_dfpnet_root/requirements.txt" >&2; then
     echo "[setup] error: pip could not install requirements.txt into $_dfpnet_venv" >&2
     return 1 2>/dev/null || exit 1
