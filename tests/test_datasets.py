@@ -17,7 +17,6 @@ from dataset.datasets import (
     normalize_image,
 )
 from inference.visualize import denormalize_image
-from utils.transforms import MEAN, STD
 
 
 # --------------------------------------------------------------------------- helpers
@@ -324,15 +323,21 @@ def test_label_edges_by_hand():
     np.testing.assert_array_equal(edge, want)
 
 
+# ImageNet's statistics (RGB order), written here rather than read from the module under test.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
 def test_normalisation_keeps_bgr_channel_order():
+    """The mean and std of R, G, B are applied to channels 0, 1, 2 of the BGR array as they are."""
     image = np.zeros((2, 3, 3), dtype=np.uint8)
     image[0, 0] = (255, 0, 0)   # pure blue in BGR
     image[1, 2] = (10, 128, 250)
     t = normalize_image(image)
     assert t.shape == (3, 2, 3) and t.dtype == torch.float32
     for c in range(3):
-        assert t[c, 0, 0].item() == pytest.approx(((255 if c == 0 else 0) / 255 - MEAN[c]) / STD[c], abs=1e-6)
-        assert t[c, 1, 2].item() == pytest.approx(((10, 128, 250)[c] / 255 - MEAN[c]) / STD[c], abs=1e-6)
+        mean, std = IMAGENET_MEAN[c], IMAGENET_STD[c]
+        assert t[c, 0, 0].item() == pytest.approx(((255 if c == 0 else 0) / 255 - mean) / std, abs=1e-6)
+        assert t[c, 1, 2].item() == pytest.approx(((10, 128, 250)[c] / 255 - mean) / std, abs=1e-6)
     np.testing.assert_array_equal(denormalize_image(t), image)
 
 
