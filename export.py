@@ -167,6 +167,8 @@ def main(args: argparse.Namespace) -> None:
 
     given = given_labels(args, fail)
     problem = output_folder_problem(os.path.dirname(os.path.abspath(args.out)))
+    if os.path.isdir(args.out):
+        problem = f"{args.out}: is a folder; --out names the model file to write, e.g. {os.path.join(args.out, 'dfpnet.onnx')}"
     if problem:
         fail(problem, 2)
     weights = read_network(args, fail)

@@ -118,9 +118,15 @@ def setup_model(args: argparse.Namespace, network: Weights | OnnxModel, label_se
     """The network of :func:`read_network`, ready to predict: an ``OnnxModel`` as it is, a checkpoint as
     an eval-mode DFPNet for ``label_set`` on ``device`` (folded with ``--fuse``).
 
-    Weights that do not fit end the program through ``fail(one line naming the file, 2)``.
+    Weights that do not fit, or an ONNX model that cannot run the flags (a labels output with
+    --flip/--scales, a --static model at another batch or size), end the program through
+    ``fail(one line naming the file, 2)``.
     """
-    if not hasattr(network, "state"):
+    if not hasattr(network, "state"):  # an OnnxModel: refuse now what it would fail on mid-run
+        problem = network.unusable_with(batch_size=args.batch_size, input_size=args.input_size, flip=args.flip,
+                                        scales=args.scales)
+        if problem:
+            fail(problem, 2)
         return network
     import torch  # a checkpoint: the PyTorch path
 

@@ -97,6 +97,8 @@ class OnnxModel:
             shapes = ", ".join(f"{i.name} {i.shape}" for i in inputs)
             raise OnnxModelError(f"{path}: expected one N x 3 x H x W image input, the model takes {shapes}")
         self.input_name = inputs[0].name
+        # The batch, H and W an export.py --static model is fixed to (None where dynamic).
+        self.fixed = tuple(d if isinstance(d, int) else None for d in (inputs[0].shape[0], *inputs[0].shape[2:]))
         self.output_name = outputs[0].name
         self.output = self.metadata.get("output", "labels" if len(outputs[0].shape) == 3 else "logits")
         if self.output not in OUTPUTS:
@@ -120,6 +122,24 @@ class OnnxModel:
         if self.metadata.get("channel_order", "BGR") != "BGR":
             raise OnnxModelError(f"{path}: expects {self.metadata['channel_order']} images, "
                                  f"this code feeds BGR")
+
+    def unusable_with(self, *, batch_size: int, input_size: Sequence[int], flip: bool,
+                      scales: Sequence[float]) -> str | None:
+        """Why this model cannot run these settings (one line naming the file), or None if it can:
+        a labels output averages nothing, and a --static model takes one batch size and crop."""
+        averaging = flip or tuple(scales) != (1.0,)
+        if self.output == "labels" and averaging:
+            return (f"{self.path} outputs labels (export.py --output labels): --flip and --scales average "
+                    f"probabilities; export with --output logits or probs, or drop them")
+        batch, height, width = self.fixed
+        wanted = (batch_size * (2 if flip else 1), *input_size)  # a flip runs the mirrors in the same batch
+        rescaled = tuple(scales) != (1.0,) and self.fixed[1:] != (None, None)
+        if rescaled or any(f is not None and f != w for f, w in zip(self.fixed, wanted)):
+            fixed = "x".join("N" if d is None else str(d) for d in self.fixed)
+            return (f"{self.path} is fixed to input {fixed} (export.py --static): it runs only "
+                    f"--batch-size {batch or 'N'} --input-size {height},{width} without --flip or --scales; "
+                    f"export it without --static for other settings")
+        return None
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """The model's output for N x 3 x H x W float32 ``images`` (logits, probabilities or labels)."""
