@@ -17,6 +17,7 @@ Exit status: 0 on success; 1 for a bad dataset or a failure while evaluating; 2 
 arguments, a bad label set, or an unusable checkpoint or ONNX model (of other classes than the
 label set's included). The metrics file is written (atomically) only on success.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,33 +42,58 @@ PROG = "evaluate.py"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(formatter_class=DefaultsHelpFormatter, prog=PROG, description="Evaluate a DFPnet checkpoint: mean IU, pixel "
-                                     "accuracy and mean accuracy on a val-type split, at the original image "
-                                     "size.")
-    parser.add_argument("--data-dir", default=recipe.DATA_DIR,
-                        help="dataset root holding <split>_id.txt, <split>_images/ and "
-                             "<split>_segmentations/")
-    parser.add_argument("--dataset", default=recipe.EVAL_SPLIT,
-                        help="split to evaluate: val, trainTest or test (training splits are augmented, "
-                             "so refused)")
-    parser.add_argument("--restore-from", default=recipe.EVAL_CHECKPOINT,
-                        help="checkpoint: the authors' .pth, our DFPnet_epoch_<e>.pth / best.pth, or a "
-                             "training-state file")
-    parser.add_argument("--ignore-label", type=int, default=IGNORE_LABEL,
-                        help="ground-truth id that is not scored")
-    parser.add_argument("--gpu", default=None,
-                        help="authors' flag: GPU ids to expose through CUDA_VISIBLE_DEVICES (e.g. 0); "
-                             "default: leave the environment as it is")
+    parser = argparse.ArgumentParser(
+        formatter_class=DefaultsHelpFormatter,
+        prog=PROG,
+        description="Evaluate a DFPnet checkpoint: mean IU, pixel "
+        "accuracy and mean accuracy on a val-type split, at the original image "
+        "size.",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=recipe.DATA_DIR,
+        help="dataset root holding <split>_id.txt, <split>_images/ and <split>_segmentations/",
+    )
+    parser.add_argument(
+        "--dataset",
+        default=recipe.EVAL_SPLIT,
+        help="split to evaluate: val, trainTest or test (training splits are augmented, so refused)",
+    )
+    parser.add_argument(
+        "--restore-from",
+        default=recipe.EVAL_CHECKPOINT,
+        help="checkpoint: the authors' .pth, our DFPnet_epoch_<e>.pth / best.pth, or a training-state file",
+    )
+    parser.add_argument(
+        "--ignore-label", type=int, default=IGNORE_LABEL, help="ground-truth id that is not scored"
+    )
+    parser.add_argument(
+        "--gpu",
+        default=None,
+        help="authors' flag: GPU ids to expose through CUDA_VISIBLE_DEVICES (e.g. 0); "
+        "default: leave the environment as it is",
+    )
     add_inference_arguments(parser, onnx=True, data_dir=True)
-    parser.add_argument("--truncate-centers", action="store_true",
-                        help="store centers as int32 before warping predictions back, as the authors did "
-                             "(reproduces their numbers; off: exact float centers)")
-    parser.add_argument("--save-path", default=None, metavar="DIR",
-                        help="write <id>_label.png (ids), <id>_color.png (the label set's colours), "
-                             "<id>_overlay.jpg at the original size, plus legend.png, confusion_matrix.png "
-                             "and per_class_iou.png")
-    parser.add_argument("--metrics-out", default=None, metavar="FILE.json",
-                        help="write the metrics, confusion matrix and settings as JSON (only on success)")
+    parser.add_argument(
+        "--truncate-centers",
+        action="store_true",
+        help="store centers as int32 before warping predictions back, as the authors did "
+        "(reproduces their numbers; off: exact float centers)",
+    )
+    parser.add_argument(
+        "--save-path",
+        default=None,
+        metavar="DIR",
+        help="write <id>_label.png (ids), <id>_color.png (the label set's colours), "
+        "<id>_overlay.jpg at the original size, plus legend.png, confusion_matrix.png "
+        "and per_class_iou.png",
+    )
+    parser.add_argument(
+        "--metrics-out",
+        default=None,
+        metavar="FILE.json",
+        help="write the metrics, confusion matrix and settings as JSON (only on success)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     return parser
 
@@ -76,8 +102,9 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     if not 0 <= args.ignore_label <= 255:
-        parser.error(f"argument --ignore-label: expected 0..255 (labels are 8-bit PNGs), "
-                     f"got {args.ignore_label}")
+        parser.error(
+            f"argument --ignore-label: expected 0..255 (labels are 8-bit PNGs), got {args.ignore_label}"
+        )
     return args
 
 
@@ -91,7 +118,7 @@ def one_line(exc: BaseException) -> str:
         return type(exc).__name__
     last = lines[-1]
     prefix = f"{type(exc).__name__}: "
-    return last[len(prefix):] if last.startswith(prefix) else last
+    return last[len(prefix) :] if last.startswith(prefix) else last
 
 
 def find_split(data_dir: str, split: str) -> None:
@@ -100,13 +127,17 @@ def find_split(data_dir: str, split: str) -> None:
         fail(f"{data_dir}: dataset folder not found (set --data-dir)")
     id_file = os.path.join(data_dir, f"{split}_id.txt")
     if not os.path.isfile(id_file):
-        have = sorted(f[:-len("_id.txt")] for f in os.listdir(data_dir) if f.endswith("_id.txt"))
-        fail(f"{id_file}: not found: {data_dir} has no split {split!r} "
-             f"(splits there: {', '.join(have) if have else 'none'})")
+        have = sorted(f[: -len("_id.txt")] for f in os.listdir(data_dir) if f.endswith("_id.txt"))
+        fail(
+            f"{id_file}: not found: {data_dir} has no split {split!r} "
+            f"(splits there: {', '.join(have) if have else 'none'})"
+        )
 
     if is_training_split(split):
-        fail(f"--dataset {split}: training splits are loaded with random augmentation; "
-             f"evaluate val, trainTest or another held-out split")
+        fail(
+            f"--dataset {split}: training splits are loaded with random augmentation; "
+            f"evaluate val, trainTest or another held-out split"
+        )
 
 
 def check_split(data_dir: str, split: str, label_set: LabelSet, ignore_label: int) -> None:
@@ -120,8 +151,10 @@ def check_split(data_dir: str, split: str, label_set: LabelSet, ignore_label: in
             print(f"  {problem}", file=sys.stderr)
         hidden = getattr(report, "total_problems", len(report.problems)) - len(report.problems)
         if hidden > 0:
-            print(f"  ... and {hidden} more problems (python -m dataset.check {data_dir} --splits {split})",
-                  file=sys.stderr)
+            print(
+                f"  ... and {hidden} more problems (python -m dataset.check {data_dir} --splits {split})",
+                file=sys.stderr,
+            )
         if report.summary:
             print(report.summary, file=sys.stderr)
         sys.exit(1)
@@ -138,48 +171,63 @@ def check_outputs(args: argparse.Namespace) -> None:
             fail(problem)
 
 
-def print_report(args: argparse.Namespace, matrix, stats: InferenceStats, label_set: LabelSet,
-                 runtime: str) -> None:
-    print(f"Evaluated {stats.images} images of {args.data_dir} split {args.dataset!r} with "
-          f"{args.onnx or args.restore_from}")
+def print_report(
+    args: argparse.Namespace, matrix, stats: InferenceStats, label_set: LabelSet, runtime: str
+) -> None:
+    print(
+        f"Evaluated {stats.images} images of {args.data_dir} split {args.dataset!r} with "
+        f"{args.onnx or args.restore_from}"
+    )
     print(f"Label set: {label_set.summary()}")
-    print(f"Settings: input {args.input_size[0]}x{args.input_size[1]}, amp {args.amp}, "
-          f"flip {'on' if args.flip else 'off'}, scales {','.join(f'{s:g}' for s in args.scales)}, "
-          f"centers {'truncated (authors)' if args.truncate_centers else 'float'}, {runtime}")
+    print(
+        f"Settings: input {args.input_size[0]}x{args.input_size[1]}, amp {args.amp}, "
+        f"flip {'on' if args.flip else 'off'}, scales {','.join(f'{s:g}' for s in args.scales)}, "
+        f"centers {'truncated (authors)' if args.truncate_centers else 'float'}, {runtime}"
+    )
     print(matrix.table(list(label_set.names)))
-    print(f"{stats.images} images in {stats.seconds:.2f} s: {stats.images_per_second:.2f} images/s "
-          f"(network {100.0 * stats.network_share:.0f}% of the time)")
+    print(
+        f"{stats.images} images in {stats.seconds:.2f} s: {stats.images_per_second:.2f} images/s "
+        f"(network {100.0 * stats.network_share:.0f}% of the time)"
+    )
 
 
 def save_figures(folder: str, matrix, metrics: dict, label_set: LabelSet) -> None:
     """The confusion matrix, the per-class IoU bars and the colour legend, beside the pictures."""
-    save_figure(confusion_matrix_figure(matrix.mat, list(label_set.names)),
-                os.path.join(folder, "confusion_matrix.png"))
-    save_figure(iou_bar_figure(list(metrics["per_class_iou"].values()), label_set, mean_iou=metrics["mean_iou"]),
-                os.path.join(folder, "per_class_iou.png"))
+    save_figure(
+        confusion_matrix_figure(matrix.mat, list(label_set.names)),
+        os.path.join(folder, "confusion_matrix.png"),
+    )
+    save_figure(
+        iou_bar_figure(list(metrics["per_class_iou"].values()), label_set, mean_iou=metrics["mean_iou"]),
+        os.path.join(folder, "per_class_iou.png"),
+    )
     save_legend(folder, label_set)
 
 
-def metrics_record(args: argparse.Namespace, metrics: dict, stats: InferenceStats, label_set: LabelSet,
-                   device) -> dict:
+def metrics_record(
+    args: argparse.Namespace, metrics: dict, stats: InferenceStats, label_set: LabelSet, device
+) -> dict:
     """The scores with everything needed to reproduce them: what --metrics-out holds."""
-    return dict(metrics, **{
-        "num_images": stats.images,
-        "checkpoint": args.onnx or args.restore_from,
-        "dataset": args.dataset,
-        "data_dir": args.data_dir,
-        "input_size": list(args.input_size),
-        "flip": args.flip,
-        "scales": list(args.scales),
-        "truncate_centers": args.truncate_centers,
-        "amp": args.amp,
-        "channels_last": args.channels_last and not args.onnx,
-        "fused": args.fuse and not args.onnx,
-        "runtime": "onnxruntime" if args.onnx else "pytorch",
-        "device": "cpu" if args.onnx else str(device),
-        "images_per_second": stats.images_per_second,
-        "label_set": dict(label_set.to_dict(), source=label_set.source),
-    })
+    return dict(
+        metrics,
+        **{
+            "num_images": stats.images,
+            "checkpoint": args.onnx or args.restore_from,
+            "dataset": args.dataset,
+            "data_dir": args.data_dir,
+            "input_size": list(args.input_size),
+            "flip": args.flip,
+            "scales": list(args.scales),
+            "truncate_centers": args.truncate_centers,
+            "amp": args.amp,
+            "channels_last": args.channels_last and not args.onnx,
+            "fused": args.fuse and not args.onnx,
+            "runtime": "onnxruntime" if args.onnx else "pytorch",
+            "device": "cpu" if args.onnx else str(device),
+            "images_per_second": stats.images_per_second,
+            "label_set": dict(label_set.to_dict(), source=label_set.source),
+        },
+    )
 
 
 def main(args: argparse.Namespace) -> None:
@@ -193,14 +241,23 @@ def main(args: argparse.Namespace) -> None:
     check_split(args.data_dir, args.dataset, label_set, args.ignore_label)
     check_outputs(args)
     try:
-        dataset = CartoonDataSet(args.data_dir, args.dataset, crop_size=args.input_size,
-                                 ignore_label=args.ignore_label, transform=default_transform(),
-                                 label_set=label_set)
+        dataset = CartoonDataSet(
+            args.data_dir,
+            args.dataset,
+            crop_size=args.input_size,
+            ignore_label=args.ignore_label,
+            transform=default_transform(),
+            label_set=label_set,
+        )
     except (ValueError, OSError) as exc:
         fail(one_line(exc))
     model = setup_model(args, network, label_set, device, fail)
-    loader = make_eval_loader(dataset, batch_size=args.batch_size, workers=args.workers,
-                              pin_memory=device is not None and device.type == "cuda")
+    loader = make_eval_loader(
+        dataset,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        pin_memory=device is not None and device.type == "cuda",
+    )
 
     def save_pictures(name: str, label, index: int) -> None:
         image = cv2.imread(dataset.image_path(index), cv2.IMREAD_COLOR)
@@ -208,10 +265,21 @@ def main(args: argparse.Namespace) -> None:
 
     stats = InferenceStats()
     try:
-        matrix = evaluate_model(model, dataset, loader, device, label_set=label_set, amp=args.amp,
-                                flip=args.flip, scales=args.scales, truncate_centers=args.truncate_centers,
-                                progress=not args.no_progress, channels_last=args.channels_last,
-                                on_prediction=save_pictures if args.save_path else None, stats=stats)
+        matrix = evaluate_model(
+            model,
+            dataset,
+            loader,
+            device,
+            label_set=label_set,
+            amp=args.amp,
+            flip=args.flip,
+            scales=args.scales,
+            truncate_centers=args.truncate_centers,
+            progress=not args.no_progress,
+            channels_last=args.channels_last,
+            on_prediction=save_pictures if args.save_path else None,
+            stats=stats,
+        )
     except (ValueError, OSError) as exc:
         fail(one_line(exc))
     if stats.images == 0:

@@ -21,6 +21,7 @@ with onnxruntime against the PyTorch network on one random input before it repla
 Exit status: 0 on success; 2 for bad arguments, a bad label set, an unusable checkpoint or an
 unwritable output; 1 if the exporter or the check fails.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,25 +84,48 @@ class FinalMap(nn.Module):
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(formatter_class=DefaultsHelpFormatter, prog=PROG, description="Export a DFPnet checkpoint to ONNX (final map "
-                                     "only, InPlace-ABN folded into the convolutions) for onnxruntime.")
-    parser.add_argument("--restore-from", default=recipe.EVAL_CHECKPOINT,
-                        help="checkpoint: the authors' .pth, our DFPnet_epoch_<e>.pth / best.pth, or a "
-                             "training-state file")
+    parser = argparse.ArgumentParser(
+        formatter_class=DefaultsHelpFormatter,
+        prog=PROG,
+        description="Export a DFPnet checkpoint to ONNX (final map "
+        "only, InPlace-ABN folded into the convolutions) for onnxruntime.",
+    )
+    parser.add_argument(
+        "--restore-from",
+        default=recipe.EVAL_CHECKPOINT,
+        help="checkpoint: the authors' .pth, our DFPnet_epoch_<e>.pth / best.pth, or a training-state file",
+    )
     parser.add_argument("--out", default="dfpnet.onnx", metavar="FILE.onnx", help="the ONNX model to write")
-    parser.add_argument("--input-size", type=parse_size, default=recipe.INPUT_SIZE, metavar="H,W",
-                        help="example input traced and training crop recorded in the metadata (H and W stay "
-                             "dynamic unless --static)")
+    parser.add_argument(
+        "--input-size",
+        type=parse_size,
+        default=recipe.INPUT_SIZE,
+        metavar="H,W",
+        help="example input traced and training crop recorded in the metadata (H and W stay "
+        "dynamic unless --static)",
+    )
     add_label_arguments(parser, data_dir=False)
-    parser.add_argument("--output", choices=OUTPUTS, default="logits",
-                        help="logits (N x C x H x W, the last output of DFPNet.forward), probs (softmax) or "
-                             "labels (N x H x W argmax)")
-    parser.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET,
-                        help=f"ONNX opset (default {DEFAULT_OPSET}, what the exporter writes natively)")
-    parser.add_argument("--static", action="store_true",
-                        help="fix batch 1 and the --input-size instead of dynamic batch, H and W")
-    parser.add_argument("--no-check", action="store_true",
-                        help="skip the onnxruntime-vs-PyTorch check of the written model")
+    parser.add_argument(
+        "--output",
+        choices=OUTPUTS,
+        default="logits",
+        help="logits (N x C x H x W, the last output of DFPNet.forward), probs (softmax) or "
+        "labels (N x H x W argmax)",
+    )
+    parser.add_argument(
+        "--opset",
+        type=positive_int,
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset (default {DEFAULT_OPSET}, what the exporter writes natively)",
+    )
+    parser.add_argument(
+        "--static",
+        action="store_true",
+        help="fix batch 1 and the --input-size instead of dynamic batch, H and W",
+    )
+    parser.add_argument(
+        "--no-check", action="store_true", help="skip the onnxruntime-vs-PyTorch check of the written model"
+    )
     return parser
 
 
@@ -135,8 +159,9 @@ def metadata(args: argparse.Namespace, label_set: LabelSet) -> dict[str, str]:
     }
 
 
-def export_onnx(module: nn.Module, example: torch.Tensor, path: str, *, opset: int, dynamic: bool,
-                props: dict[str, str]) -> None:
+def export_onnx(
+    module: nn.Module, example: torch.Tensor, path: str, *, opset: int, dynamic: bool, props: dict[str, str]
+) -> None:
     """Export ``module`` with torch.export + onnxscript (``dynamo=True``) and add ``props`` as metadata."""
     import onnx  # only to write the metadata; the rest of the module never needs it
 
@@ -146,9 +171,16 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: str, *, opset: i
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset,
-                                    input_names=["image"], output_names=[getattr(module, "output", "logits")],
-                                    dynamic_shapes={"image": dims} if dynamic else None, verbose=False)
+        program = torch.onnx.export(
+            module,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["image"],
+            output_names=[getattr(module, "output", "logits")],
+            dynamic_shapes={"image": dims} if dynamic else None,
+            verbose=False,
+        )
     proto = program.model_proto
     for key, value in props.items():
         entry = proto.metadata_props.add()
@@ -168,7 +200,8 @@ def main(args: argparse.Namespace) -> None:
     given = given_labels(args, fail)
     problem = output_folder_problem(os.path.dirname(os.path.abspath(args.out)))
     if os.path.isdir(args.out):
-        problem = f"{args.out}: is a folder; --out names the model file to write, e.g. {os.path.join(args.out, 'dfpnet.onnx')}"
+        example = os.path.join(args.out, "dfpnet.onnx")
+        problem = f"{args.out}: is a folder; --out names the model file to write, e.g. {example}"
     if problem:
         fail(problem, 2)
     weights = read_network(args, fail)
@@ -180,25 +213,35 @@ def main(args: argparse.Namespace) -> None:
     del weights
     module = FinalMap(model, args.output).eval()
     # Batch 2, not 1: torch.export would take a batch of 1 for a constant.
-    example = torch.randn(1 if args.static else 2, 3, *args.input_size,
-                          generator=torch.Generator().manual_seed(0))
+    example = torch.randn(
+        1 if args.static else 2, 3, *args.input_size, generator=torch.Generator().manual_seed(0)
+    )
 
     with atomic_file(args.out) as tmp:
         try:
-            export_onnx(module, example, tmp, opset=args.opset, dynamic=not args.static,
-                        props=metadata(args, label_set))
+            export_onnx(
+                module,
+                example,
+                tmp,
+                opset=args.opset,
+                dynamic=not args.static,
+                props=metadata(args, label_set),
+            )
         except Exception as exc:  # noqa: BLE001 - the exporter raises many types; one line for the user
             fail(f"{args.restore_from}: the ONNX export failed: {first_line(exc)}")
         if not args.no_check:
             check(module, tmp, example, args, label_set)
     size_mb = os.path.getsize(args.out) / 2**20
-    print(f"Wrote {args.out} ({size_mb:.1f} MiB, opset {args.opset}, output {args.output}, "
-          f"{'static 1x3x{}x{}'.format(*args.input_size) if args.static else 'dynamic batch, H and W'}) "
-          f"from {args.restore_from}; label set: {label_set.describe()}")
+    print(
+        f"Wrote {args.out} ({size_mb:.1f} MiB, opset {args.opset}, output {args.output}, "
+        f"{'static 1x3x{}x{}'.format(*args.input_size) if args.static else 'dynamic batch, H and W'}) "
+        f"from {args.restore_from}; label set: {label_set.describe()}"
+    )
 
 
-def check(module: FinalMap, path: str, example: torch.Tensor, args: argparse.Namespace,
-          label_set: LabelSet) -> None:
+def check(
+    module: FinalMap, path: str, example: torch.Tensor, args: argparse.Namespace, label_set: LabelSet
+) -> None:
     """Run the written model on ``example`` and compare with PyTorch; fail if they disagree."""
     try:
         session = OnnxModel(path)
@@ -211,14 +254,18 @@ def check(module: FinalMap, path: str, example: torch.Tensor, args: argparse.Nam
     got = session(example.numpy())
     if args.output == "labels":
         agreement = float((got == want).mean())
-        print(f"Check on a random {args.input_size[0]}x{args.input_size[1]} input: labels agree on "
-              f"{100 * agreement:.3f}% of the pixels")
+        print(
+            f"Check on a random {args.input_size[0]}x{args.input_size[1]} input: labels agree on "
+            f"{100 * agreement:.3f}% of the pixels"
+        )
         ok = agreement >= 0.99
     else:
         err = relative_error(got, want)
         agreement = float((got.argmax(1) == want.argmax(1)).mean())
-        print(f"Check on a random {args.input_size[0]}x{args.input_size[1]} input: onnxruntime vs PyTorch "
-              f"relative error {err:.2e}, argmax agreement {100 * agreement:.3f}%")
+        print(
+            f"Check on a random {args.input_size[0]}x{args.input_size[1]} input: onnxruntime vs PyTorch "
+            f"relative error {err:.2e}, argmax agreement {100 * agreement:.3f}%"
+        )
         ok = err < 1e-3  # argmax agreement is only informative: random inputs give near ties
     if not ok:
         fail(f"{args.out}: onnxruntime's output differs from PyTorch's; nothing written")

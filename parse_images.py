@@ -16,6 +16,7 @@ arguments, a bad label set, or an unusable checkpoint or model.
 With ``--onnx`` (a model written by export.py) the network runs through onnxruntime and this
 script imports neither torch nor anything that does: a deployment can ship without PyTorch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,15 +44,26 @@ PROG = "parse_images.py"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(formatter_class=DefaultsHelpFormatter, prog=PROG, description="Predict the part labels of arbitrary images and "
-                                     "write label, colour and overlay pictures at their original size.")
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
-                        help="image files, or folders whose image files (not sub-folders) are all parsed")
-    parser.add_argument("--restore-from", default=recipe.EVAL_CHECKPOINT,
-                        help="checkpoint: the authors' .pth, our DFPnet_epoch_<e>.pth / best.pth, or a "
-                             "training-state file")
-    parser.add_argument("--out", required=True, metavar="DIR",
-                        help="folder for the output pictures (created)")
+    parser = argparse.ArgumentParser(
+        formatter_class=DefaultsHelpFormatter,
+        prog=PROG,
+        description="Predict the part labels of arbitrary images and "
+        "write label, colour and overlay pictures at their original size.",
+    )
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="IMAGE_OR_FOLDER",
+        help="image files, or folders whose image files (not sub-folders) are all parsed",
+    )
+    parser.add_argument(
+        "--restore-from",
+        default=recipe.EVAL_CHECKPOINT,
+        help="checkpoint: the authors' .pth, our DFPnet_epoch_<e>.pth / best.pth, or a training-state file",
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for the output pictures (created)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     add_inference_arguments(parser, onnx=True)
     return parser
@@ -83,41 +95,68 @@ def main(args: argparse.Namespace) -> int:
         image = None if label is None else cv2.imread(path, cv2.IMREAD_COLOR)
         if label is None or image is None:  # unreadable (or changed since the loader read it)
             failed.append(path)
-            tqdm.write(f"{PROG}: error: {path}: {item['error'] or 'could not read the image again'}; skipped",
-                       file=sys.stderr)
+            tqdm.write(
+                f"{PROG}: error: {path}: {item['error'] or 'could not read the image again'}; skipped",
+                file=sys.stderr,
+            )
             return
         save_prediction(args.out, str(item["name"]), label, image, label_set=label_set)
 
     stats = InferenceStats()
     try:
         if args.onnx:  # torch-free: onnxruntime already uses every core, so images are read in turn
+
             def predict(batch):
                 return model.predict_labels(batch, flip=args.flip, scales=args.scales, label_set=label_set)
 
-            run_loop(batches(images, args.batch_size), predict, save, total=len(images),
-                     progress=not args.no_progress, desc="parsing", stats=stats)
+            run_loop(
+                batches(images, args.batch_size),
+                predict,
+                save,
+                total=len(images),
+                progress=not args.no_progress,
+                desc="parsing",
+                stats=stats,
+            )
         else:
             # torch only here: the --onnx path above runs where torch is not installed.
             from torch.utils.data import DataLoader
 
             from inference.predict import run_inference
 
-            loader = DataLoader(images, batch_size=args.batch_size, num_workers=args.workers,
-                                pin_memory=device.type == "cuda")
-            run_inference(model, loader, device, save, label_set=label_set, amp=args.amp,
-                          flip=args.flip, scales=args.scales, channels_last=args.channels_last,
-                          progress=not args.no_progress, desc="parsing", stats=stats)
+            loader = DataLoader(
+                images, batch_size=args.batch_size, num_workers=args.workers, pin_memory=device.type == "cuda"
+            )
+            run_inference(
+                model,
+                loader,
+                device,
+                save,
+                label_set=label_set,
+                amp=args.amp,
+                flip=args.flip,
+                scales=args.scales,
+                channels_last=args.channels_last,
+                progress=not args.no_progress,
+                desc="parsing",
+                stats=stats,
+            )
         save_legend(args.out, label_set)
     except OSError as exc:  # an output picture could not be written: no point going on
         fail(str(exc))
     done = stats.images - len(failed)
     runtime = "onnxruntime, cpu" if args.onnx else f"device {device}"
-    print(f"Parsed {done} of {stats.images} images into {args.out} "
-          f"({stats.images_per_second:.2f} images/s, {runtime}); label set: {label_set.describe()}, "
-          f"colours in {os.path.join(args.out, 'legend.png')}")
+    print(
+        f"Parsed {done} of {stats.images} images into {args.out} "
+        f"({stats.images_per_second:.2f} images/s, {runtime}); label set: {label_set.describe()}, "
+        f"colours in {os.path.join(args.out, 'legend.png')}"
+    )
     if failed:
-        print(f"{PROG}: error: {len(failed)} file(s) could not be read: {', '.join(failed[:5])}"
-              f"{' ...' if len(failed) > 5 else ''}", file=sys.stderr)
+        print(
+            f"{PROG}: error: {len(failed)} file(s) could not be read: {', '.join(failed[:5])}"
+            f"{' ...' if len(failed) > 5 else ''}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

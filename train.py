@@ -18,9 +18,10 @@ non-finite loss, out of memory or a snapshot folder another run holds; 2 bad arg
 set or an unusable checkpoint; 128 + the signal number when a SIGINT (130) or SIGTERM (143) stopped
 the run after saving its last step.
 
-The pieces live in the training package (docs/design.md): training.config (flags, TrainConfig),
+The pieces live in the training package (docs/design.md): training.flags, training.config (TrainConfig),
 training.data, training.model, training.trainer (the loop), training.snapshots (saving, resuming).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,9 @@ import torch
 
 from training import PROG
 from training import distributed as du
-from training.config import TrainConfig, UsageError, check_args, get_args_parser, setup
+from training.config import TrainConfig, UsageError, setup
 from training.data import build_data
+from training.flags import check_args, get_args_parser
 from training.model import build_model
 from training.snapshots import SnapshotDirBusy, Snapshots, find_resume, lock_for_run
 from training.trainer import Trainer
@@ -90,9 +92,12 @@ def run(argv: list[str] | None = None) -> int:
             print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
     except torch.OutOfMemoryError as exc:
-        print(f"{PROG}: error: out of memory ({first_line(exc, 'out of memory')}). Try a smaller "
-              f"--batch-size (it is per process), --amp bf16 (or fp16 on older GPUs), or a smaller "
-              f"--input-size.", file=sys.stderr)
+        print(
+            f"{PROG}: error: out of memory ({first_line(exc, 'out of memory')}). Try a smaller "
+            f"--batch-size (it is per process), --amp bf16 (or fp16 on older GPUs), or a smaller "
+            f"--input-size.",
+            file=sys.stderr,
+        )
         return 1
     finally:
         du.cleanup_distributed()

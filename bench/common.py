@@ -5,6 +5,7 @@ and after; configurations are run alternately (A B A B ...) so a slow minute of 
 (other processes on a shared 2-core box) hits all of them alike; we report the median and the
 inter-quartile range (plus min/max) instead of a mean that one hiccup would move.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -25,6 +26,7 @@ import torch
 # Timing
 # --------------------------------------------------------------------------------------------
 
+
 def synchronize(device: torch.device | str) -> None:
     """Wait for queued work on ``device`` (a no-op on the CPU, where every op is synchronous)."""
     device = torch.device(device)
@@ -41,9 +43,14 @@ def timed(fn: Callable[[], object], device: torch.device | str) -> float:
     return time.perf_counter() - start
 
 
-def alternate(runs: dict[str, Callable[[], object]], iters: int, warmup: int,
-              device: torch.device | str, log: Callable[[str], None] | None = None,
-              counters: dict[str, list[dict]] | None = None) -> dict[str, list[float]]:
+def alternate(
+    runs: dict[str, Callable[[], object]],
+    iters: int,
+    warmup: int,
+    device: torch.device | str,
+    log: Callable[[str], None] | None = None,
+    counters: dict[str, list[dict]] | None = None,
+) -> dict[str, list[float]]:
     """Run each callable ``warmup`` times, then ``iters`` rounds of one call each, in turn.
 
     Returns the ``iters`` measured durations (seconds) per name. Warm-up calls are alternated
@@ -64,10 +71,13 @@ def alternate(runs: dict[str, Callable[[], object]], iters: int, warmup: int,
             samples[name].append(timed(fn, device))
             after = resource.getrusage(resource.RUSAGE_SELF)
             if counters is not None:
-                counters.setdefault(name, []).append({
-                    "minor_faults": after.ru_minflt - before.ru_minflt,
-                    "user_s": after.ru_utime - before.ru_utime,
-                    "system_s": after.ru_stime - before.ru_stime})
+                counters.setdefault(name, []).append(
+                    {
+                        "minor_faults": after.ru_minflt - before.ru_minflt,
+                        "user_s": after.ru_utime - before.ru_utime,
+                        "system_s": after.ru_stime - before.ru_stime,
+                    }
+                )
             if log:
                 log(f"round {i + 1}/{iters} {name}: {samples[name][-1]:.3f} s")
     return samples
@@ -82,13 +92,20 @@ def summarize(samples: Sequence[float]) -> dict:
         q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
     else:
         q1 = q3 = values[0]
-    return {"median": statistics.median(values), "q1": q1, "q3": q3,
-            "min": values[0], "max": values[-1], "n": len(values)}
+    return {
+        "median": statistics.median(values),
+        "q1": q1,
+        "q3": q3,
+        "min": values[0],
+        "max": values[-1],
+        "n": len(values),
+    }
 
 
 # --------------------------------------------------------------------------------------------
 # Memory
 # --------------------------------------------------------------------------------------------
+
 
 def _proc_status_kb(field: str) -> int | None:
     try:
@@ -120,6 +137,7 @@ def peak_rss_mb() -> float:
 # --------------------------------------------------------------------------------------------
 # The machine
 # --------------------------------------------------------------------------------------------
+
 
 def cpu_model() -> str:
     """The CPU's marketing name from /proc/cpuinfo (or ``platform.processor()``)."""
@@ -163,13 +181,17 @@ def environment(device: torch.device | str) -> dict:
         "load_average": load_average(),
         "command": " ".join([os.path.basename(sys.executable), "-m", _module_name()] + sys.argv[1:]),
         # Allocator settings change CPU step times a lot (see bench/RESULTS.md): record them.
-        "allocator_env": {k: v for k, v in os.environ.items()
-                          if k.startswith(("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD", "THP_MEM"))},
+        "allocator_env": {
+            k: v
+            for k, v in os.environ.items()
+            if k.startswith(("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD", "THP_MEM"))
+        },
     }
     if torch.device(device).type == "cuda":
         info["cuda"] = torch.version.cuda
     try:
         from libs import BACKEND  # libs/ may fail to import (a broken inplace-abn build): reported, not fatal
+
         info["abn_backend"] = str(BACKEND)
     except Exception as exc:  # noqa: BLE001 - libs/ is optional for the data bench
         info["abn_backend"] = f"unavailable ({type(exc).__name__})"
@@ -184,8 +206,9 @@ def _module_name() -> str:
     return os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
 
 
-def matmul_tflops(device: torch.device | str, dtype: torch.dtype, n: int | None = None,
-                  reps: int = 5) -> float:
+def matmul_tflops(
+    device: torch.device | str, dtype: torch.dtype, n: int | None = None, reps: int = 5
+) -> float:
     """Best measured rate (TFLOP/s) of an n x n @ n x n matmul in ``dtype``: the device's ceiling
     for dense math, against which a network's achieved FLOP/s is read."""
     device = torch.device(device)
@@ -195,12 +218,13 @@ def matmul_tflops(device: torch.device | str, dtype: torch.dtype, n: int | None 
     b = torch.randn(n, n, device=device).to(dtype)
     torch.mm(a, b)  # warm-up: library initialisation, kernel selection
     best = min(timed(lambda: torch.mm(a, b), device) for _ in range(reps))
-    return 2.0 * n ** 3 / best / 1e12
+    return 2.0 * n**3 / best / 1e12
 
 
 # --------------------------------------------------------------------------------------------
 # Output
 # --------------------------------------------------------------------------------------------
+
 
 def finish(result: dict, info: dict, json_path: str | None, setup: str) -> dict:
     """The closing lines every bench prints (its set-up, the environment), then the JSON if asked."""
@@ -237,6 +261,8 @@ def format_table(rows: Iterable[dict], columns: Sequence[tuple[str, str, str]]) 
 
 def format_environment(info: dict) -> str:
     """Two lines naming the machine and the versions (printed under every table)."""
-    return (f"device: {info['device']}; torch {info['torch']}, numpy {info['numpy']}, "
-            f"opencv {info['opencv']}, python {info['python']}; ABN backend: {info.get('abn_backend')}\n"
-            f"date: {info['date']}; load average: {info['load_average']}; command: {info['command']}")
+    return (
+        f"device: {info['device']}; torch {info['torch']}, numpy {info['numpy']}, "
+        f"opencv {info['opencv']}, python {info['python']}; ABN backend: {info.get('abn_backend')}\n"
+        f"date: {info['date']}; load average: {info['load_average']}; command: {info['command']}"
+    )

@@ -12,6 +12,7 @@ and the steady rate over the following ``--batches`` batches; worker counts alte
 (e.g. 12 images in several seconds on a CPU), so any worker count that beats that rate hides
 loading entirely.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,22 +42,43 @@ def parse_workers(text: str) -> list[int]:
 
 
 def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.data", description=__doc__.split("\n")[0],
-                                     formatter_class=DefaultsHelpFormatter)
-    parser.add_argument("--workers", type=parse_workers, default=[0, 1, 2], metavar="N,N,...",
-                        help="DataLoader worker counts to compare (default 0,1,2)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.data", description=__doc__.split("\n")[0], formatter_class=DefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--workers",
+        type=parse_workers,
+        default=[0, 1, 2],
+        metavar="N,N,...",
+        help="DataLoader worker counts to compare (default 0,1,2)",
+    )
     parser.add_argument("--batch-size", type=positive_int, default=1, help="samples per batch")
-    parser.add_argument("--input-size", type=parse_size, default=recipe.INPUT_SIZE, metavar="H,W",
-                        help="crop size, height,width (authors' run: 384,384)")
-    parser.add_argument("--batches", type=positive_int, default=20,
-                        help="batches loaded after the first one, per worker count and pass (the steady rate "
-                             "skips the 2 * workers prefetched ones)")
+    parser.add_argument(
+        "--input-size",
+        type=parse_size,
+        default=recipe.INPUT_SIZE,
+        metavar="H,W",
+        help="crop size, height,width (authors' run: 384,384)",
+    )
+    parser.add_argument(
+        "--batches",
+        type=positive_int,
+        default=20,
+        help="batches loaded after the first one, per worker count and pass (the steady rate "
+        "skips the 2 * workers prefetched ones)",
+    )
     parser.add_argument("--repeats", type=positive_int, default=2, help="passes over the worker counts")
-    parser.add_argument("--data-dir", default=None,
-                        help="dataset root with a train split "
-                             "(default: a synthetic one in a temporary folder)")
-    parser.add_argument("--images", type=positive_int, default=24,
-                        help="images in the generated synthetic train split (sampled with replacement)")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="dataset root with a train split (default: a synthetic one in a temporary folder)",
+    )
+    parser.add_argument(
+        "--images",
+        type=positive_int,
+        default=24,
+        help="images in the generated synthetic train split (sampled with replacement)",
+    )
     parser.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     return parser.parse_args(argv)
 
@@ -69,8 +91,9 @@ def time_loader(dataset, workers: int, batch_size: int, batches: int) -> dict:
     (at most half-way) to the last. ``overall_samples_per_s`` counts every batch from ``iter()``.
     """
     total = batches + 1
-    sampler = RandomSampler(dataset, replacement=True, num_samples=batch_size * total,
-                            generator=torch.Generator().manual_seed(0))
+    sampler = RandomSampler(
+        dataset, replacement=True, num_samples=batch_size * total, generator=torch.Generator().manual_seed(0)
+    )
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True)
     start = time.perf_counter()
     arrivals = []
@@ -79,9 +102,13 @@ def time_loader(dataset, workers: int, batch_size: int, batches: int) -> dict:
     skip = min(2 * workers, total // 2)  # index of the batch the steady state is timed from
     steady_batches = total - 1 - skip
     steady = arrivals[-1] - arrivals[skip]
-    return {"first_batch_s": arrivals[0] - start, "samples": steady_batches * batch_size, "steady_s": steady,
-            "samples_per_s": steady_batches * batch_size / steady,
-            "overall_samples_per_s": total * batch_size / (arrivals[-1] - start)}
+    return {
+        "first_batch_s": arrivals[0] - start,
+        "samples": steady_batches * batch_size,
+        "steady_s": steady,
+        "samples_per_s": steady_batches * batch_size / steady,
+        "overall_samples_per_s": total * batch_size / (arrivals[-1] - start),
+    }
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -91,7 +118,6 @@ def main(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="dfpnet-bench-") as tmp:
         data_dir = args.data_dir
         if data_dir is None:
-
             data_dir = tmp
             generate_dataset(tmp, n_train=args.images, n_val=0, n_traintest=0, seed=0)
         dataset = CartoonDataSet(data_dir, "train", crop_size=args.input_size, transform=default_transform())
@@ -99,32 +125,59 @@ def main(args: argparse.Namespace) -> dict:
             for workers in args.workers:
                 runs[workers].append(time_loader(dataset, workers, args.batch_size, args.batches))
                 r = runs[workers][-1]
-                print(f"{workers} workers: first batch {r['first_batch_s']:.2f} s, "
-                      f"{r['samples_per_s']:.1f} samples/s", file=sys.stderr)
+                print(
+                    f"{workers} workers: first batch {r['first_batch_s']:.2f} s, "
+                    f"{r['samples_per_s']:.1f} samples/s",
+                    file=sys.stderr,
+                )
 
-    result: dict = {"workers": {}, "batch_size": args.batch_size, "input_size": list(args.input_size),
-                    "batches": args.batches, "repeats": args.repeats,
-                    "data_dir": args.data_dir or f"synthetic train, {args.images} images (temporary)",
-                    "device": info["device"],
-                    "versions": {k: info[k] for k in ("python", "torch", "numpy", "opencv")},
-                    "command": info["command"], "environment": info}
+    result: dict = {
+        "workers": {},
+        "batch_size": args.batch_size,
+        "input_size": list(args.input_size),
+        "batches": args.batches,
+        "repeats": args.repeats,
+        "data_dir": args.data_dir or f"synthetic train, {args.images} images (temporary)",
+        "device": info["device"],
+        "versions": {k: info[k] for k in ("python", "torch", "numpy", "opencv")},
+        "command": info["command"],
+        "environment": info,
+    }
     rows = []
     for workers, passes in runs.items():
         rate = summarize([p["samples_per_s"] for p in passes])
         first = summarize([p["first_batch_s"] for p in passes])
-        entry = {"samples_per_s": rate["median"], "samples_per_s_min": rate["min"],
-                 "overall_samples_per_s": summarize([p["overall_samples_per_s"] for p in passes])["median"],
-                 "samples_per_s_max": rate["max"], "ms_per_sample": 1000.0 / rate["median"],
-                 "first_batch_s": first["median"], "passes": passes}
+        entry = {
+            "samples_per_s": rate["median"],
+            "samples_per_s_min": rate["min"],
+            "overall_samples_per_s": summarize([p["overall_samples_per_s"] for p in passes])["median"],
+            "samples_per_s_max": rate["max"],
+            "ms_per_sample": 1000.0 / rate["median"],
+            "first_batch_s": first["median"],
+            "passes": passes,
+        }
         result["workers"][str(workers)] = entry
-        rows.append({"workers": workers, **entry,
-                     "range": f"{rate['min']:.1f}-{rate['max']:.1f}"})
-    print(format_table(rows, [("workers", "workers", "d"), ("samples_per_s", "samples/s (median)", ".1f"),
-                              ("range", "min-max", ""), ("ms_per_sample", "ms/sample", ".1f"),
-                              ("overall_samples_per_s", "samples/s incl. start-up", ".1f"),
-                              ("first_batch_s", "first batch s", ".2f")]))
-    return finish(result, info, args.json, f"data: {result['data_dir']}; batch {args.batch_size}, "
-                  f"crop {args.input_size[0]}x{args.input_size[1]}")
+        rows.append({"workers": workers, **entry, "range": f"{rate['min']:.1f}-{rate['max']:.1f}"})
+    print(
+        format_table(
+            rows,
+            [
+                ("workers", "workers", "d"),
+                ("samples_per_s", "samples/s (median)", ".1f"),
+                ("range", "min-max", ""),
+                ("ms_per_sample", "ms/sample", ".1f"),
+                ("overall_samples_per_s", "samples/s incl. start-up", ".1f"),
+                ("first_batch_s", "first batch s", ".2f"),
+            ],
+        )
+    )
+    return finish(
+        result,
+        info,
+        args.json,
+        f"data: {result['data_dir']}; batch {args.batch_size}, "
+        f"crop {args.input_size[0]}x{args.input_size[1]}",
+    )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ argmax agreement), so a speed-up that changed the numbers would show. Ratios are
 on them. onnxruntime has no switch like ``ATEN_CPU_CAPABILITY``: under an AVX2 emulation of
 PyTorch (``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``) it still uses the CPU's full ISA.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,20 +59,36 @@ TARGET = 2.0  # fused or onnxruntime >= 2x the authors' images/s
 
 
 def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.deploy", description=__doc__.split("\n")[0],
-                                     formatter_class=DefaultsHelpFormatter)
-    parser.add_argument("--input-size", type=parse_size, default=(384, 384), metavar="H,W",
-                        help="input crop (the authors' 384,384)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.deploy",
+        description=__doc__.split("\n")[0],
+        formatter_class=DefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--input-size",
+        type=parse_size,
+        default=(384, 384),
+        metavar="H,W",
+        help="input crop (the authors' 384,384)",
+    )
     parser.add_argument("--batch-size", type=positive_int, default=1, help="images per forward")
-    parser.add_argument("--iters", type=positive_int, default=10,
-                        help="measured rounds (one call per config)")
+    parser.add_argument(
+        "--iters", type=positive_int, default=10, help="measured rounds (one call per config)"
+    )
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured rounds first")
-    parser.add_argument("--configs", default=None,
-                        help=f"comma-separated, from {', '.join(ALL_CONFIGS)} (default: the first four, plus "
-                             "the bf16 ones where bf16 is native)")
+    parser.add_argument(
+        "--configs",
+        default=None,
+        help=f"comma-separated, from {', '.join(ALL_CONFIGS)} (default: the first four, plus "
+        "the bf16 ones where bf16 is native)",
+    )
     parser.add_argument("--restore-from", default=None, help="checkpoint (default: random weights)")
-    parser.add_argument("--threads", type=positive_int, default=None,
-                        help="torch and onnxruntime intra-op threads (default: each library's choice)")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch and onnxruntime intra-op threads (default: each library's choice)",
+    )
     parser.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     args = parser.parse_args(argv)
     if args.configs is None:
@@ -81,8 +98,9 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
         unknown = [c for c in args.configs if c not in ALL_CONFIGS]
         if unknown or not args.configs:
-            parser.error(f"--configs: unknown {', '.join(unknown) or '(empty)'}; "
-                         f"choose from {', '.join(ALL_CONFIGS)}")
+            parser.error(
+                f"--configs: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(ALL_CONFIGS)}"
+            )
     if "authors" not in args.configs:
         args.configs.insert(0, "authors")  # the ratios need it
     return args
@@ -100,8 +118,9 @@ def build_networks(args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
     return authors.eval(), project.eval()
 
 
-def torch_runner(model: nn.Module, x: torch.Tensor, *, channels_last: bool,
-                 amp: str) -> Callable[[], np.ndarray]:
+def torch_runner(
+    model: nn.Module, x: torch.Tensor, *, channels_last: bool, amp: str
+) -> Callable[[], np.ndarray]:
 
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -110,6 +129,7 @@ def torch_runner(model: nn.Module, x: torch.Tensor, *, channels_last: bool,
     def run() -> np.ndarray:
         with torch.inference_mode(), autocast("cpu", amp):
             return model(x)[-1].float().contiguous().numpy()
+
     return run
 
 
@@ -117,11 +137,25 @@ def export_for_bench(project: nn.Module, args: argparse.Namespace, folder: str) 
     """The project network through export.py's own export path, at the benchmark's input size."""
 
     path = os.path.join(folder, "dfpnet.onnx")
-    namespace = export.get_arguments(["--input-size", ",".join(map(str, args.input_size)), "--out", path,
-                                      "--restore-from", args.restore_from or "random weights"])
+    namespace = export.get_arguments(
+        [
+            "--input-size",
+            ",".join(map(str, args.input_size)),
+            "--out",
+            path,
+            "--restore-from",
+            args.restore_from or "random weights",
+        ]
+    )
     example = torch.randn(2, 3, *args.input_size)
-    export.export_onnx(export.FinalMap(fuse_for_inference(project)), example, path, opset=namespace.opset,
-                       dynamic=True, props=export.metadata(namespace, DOG))
+    export.export_onnx(
+        export.FinalMap(fuse_for_inference(project)),
+        example,
+        path,
+        opset=namespace.opset,
+        dynamic=True,
+        props=export.metadata(namespace, DOG),
+    )
     return path
 
 
@@ -141,14 +175,17 @@ def main(args: argparse.Namespace) -> dict:
             if name == "authors":
                 runs[name] = torch_runner(authors, x, channels_last=False, amp="off")
             elif name.startswith("default"):
-                runs[name] = torch_runner(project, x, channels_last=True,
-                                          amp="bf16" if "bf16" in name else "off")
+                runs[name] = torch_runner(
+                    project, x, channels_last=True, amp="bf16" if "bf16" in name else "off"
+                )
             elif name.startswith("fused"):
-
-                runs[name] = torch_runner(fuse_for_inference(project), x, channels_last=True,
-                                          amp="bf16" if "bf16" in name else "off")
+                runs[name] = torch_runner(
+                    fuse_for_inference(project),
+                    x,
+                    channels_last=True,
+                    amp="bf16" if "bf16" in name else "off",
+                )
             else:
-
                 log("exporting the network for onnxruntime ...")
                 session = OnnxModel(export_for_bench(project, args, tmp), threads=args.threads)
                 runs[name] = lambda session=session: session(x.numpy())
@@ -159,43 +196,77 @@ def main(args: argparse.Namespace) -> dict:
             out = run().astype(np.float64)
             agreement[name] = {
                 "relative_error": float(np.linalg.norm(out - reference) / np.linalg.norm(reference)),
-                "argmax_agreement": float((out.argmax(1) == reference.argmax(1)).mean())}
+                "argmax_agreement": float((out.argmax(1) == reference.argmax(1)).mean()),
+            }
         samples = alternate(runs, args.iters, args.warmup, "cpu", log=log)
 
     result: dict = {"configs": args.configs}
     for name in args.configs:
         stats = summarize(samples[name])
-        result[name] = {"s_per_call": stats["median"], "s_q1": stats["q1"], "s_q3": stats["q3"],
-                        "s_min": stats["min"], "s_max": stats["max"],
-                        "images_per_s": args.batch_size / stats["median"], "samples": samples[name],
-                        **agreement[name]}
+        result[name] = {
+            "s_per_call": stats["median"],
+            "s_q1": stats["q1"],
+            "s_q3": stats["q3"],
+            "s_min": stats["min"],
+            "s_max": stats["max"],
+            "images_per_s": args.batch_size / stats["median"],
+            "samples": samples[name],
+            **agreement[name],
+        }
     base = result["authors"]["images_per_s"]
     result["ratios"] = {name: result[name]["images_per_s"] / base for name in args.configs}
     fast = [name for name in ("fused", "onnxruntime") if name in args.configs]
     result["target_met"] = bool(fast) and max(result["ratios"][n] for n in fast) >= TARGET
-    result.update({"input_size": list(args.input_size), "batch_size": args.batch_size,
-                   "checkpoint": args.restore_from or "random init",
-                   "cpu_flags": cpu_flags(), "isa_env": {k: v for k, v in os.environ.items() if k in ISA_ENV},
-                   "versions": {k: info[k] for k in ("python", "torch", "numpy", "opencv", "abn_backend")},
-                   "command": info["command"], "environment": info})
+    result.update(
+        {
+            "input_size": list(args.input_size),
+            "batch_size": args.batch_size,
+            "checkpoint": args.restore_from or "random init",
+            "cpu_flags": cpu_flags(),
+            "isa_env": {k: v for k, v in os.environ.items() if k in ISA_ENV},
+            "versions": {k: info[k] for k in ("python", "torch", "numpy", "opencv", "abn_backend")},
+            "command": info["command"],
+            "environment": info,
+        }
+    )
     try:
         result["versions"]["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         pass
 
-    rows = [{"config": name, **result[name], "ratio": result["ratios"][name],
-             "iqr": f"{result[name]['s_q1']:.3f}-{result[name]['s_q3']:.3f}"} for name in args.configs]
-    print(format_table(rows, [("config", "config", ""), ("s_per_call", "s/call (median)", ".3f"),
-                              ("iqr", "IQR s", ""), ("images_per_s", "images/s", ".2f"),
-                              ("ratio", "x authors", ".2f"),
-                              ("relative_error", "rel. error vs authors", ".1e"),
-                              ("argmax_agreement", "argmax agreement", ".4f")]))
+    rows = [
+        {
+            "config": name,
+            **result[name],
+            "ratio": result["ratios"][name],
+            "iqr": f"{result[name]['s_q1']:.3f}-{result[name]['s_q3']:.3f}",
+        }
+        for name in args.configs
+    ]
+    print(
+        format_table(
+            rows,
+            [
+                ("config", "config", ""),
+                ("s_per_call", "s/call (median)", ".3f"),
+                ("iqr", "IQR s", ""),
+                ("images_per_s", "images/s", ".2f"),
+                ("ratio", "x authors", ".2f"),
+                ("relative_error", "rel. error vs authors", ".1e"),
+                ("argmax_agreement", "argmax agreement", ".4f"),
+            ],
+        )
+    )
     verdict = "met" if result["target_met"] else "NOT met"
     print(f"target (fused or onnxruntime >= {TARGET:g}x the authors' images/s): {verdict}")
-    return finish(result, info, args.json,
-                  f"batch {args.batch_size}, {args.input_size[0]}x{args.input_size[1]}, {result['checkpoint']}; "
-                  f"CPU flags: {result['cpu_flags']}; ISA environment: {result['isa_env'] or 'none'}; "
-                  f"onnxruntime {result['versions'].get('onnxruntime', '-')}")
+    return finish(
+        result,
+        info,
+        args.json,
+        f"batch {args.batch_size}, {args.input_size[0]}x{args.input_size[1]}, {result['checkpoint']}; "
+        f"CPU flags: {result['cpu_flags']}; ISA environment: {result['isa_env'] or 'none'}; "
+        f"onnxruntime {result['versions'].get('onnxruntime', '-')}",
+    )
 
 
 def cpu_flags() -> str:
@@ -206,8 +277,9 @@ def cpu_flags() -> str:
     except OSError:
         return "unknown"
     if "avx512f" in flags:
-        extras = [name for flag, name in (("avx512_bf16", "avx512_bf16"), ("amx_bf16", "amx"))
-                  if flag in flags]
+        extras = [
+            name for flag, name in (("avx512_bf16", "avx512_bf16"), ("amx_bf16", "amx")) if flag in flags
+        ]
         return " + ".join(["avx512", *extras])
     return "avx2" if "avx2" in flags else "other"
 

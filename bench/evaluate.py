@@ -18,6 +18,7 @@ mean IUs; the target in bench/RESULTS.md is a difference within 0.1 point. Defau
 demo checkpoint ``./snapshots/demo/best.pth`` (written by ``run.sh demo``) on
 the synthetic demo set's val split (``utils.recipe.DEMO_DATA_DIR``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,24 +70,41 @@ class TimedModel(nn.Module):
 
 
 def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.evaluate", description=__doc__.split("\n")[0],
-                                     formatter_class=DefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.evaluate",
+        description=__doc__.split("\n")[0],
+        formatter_class=DefaultsHelpFormatter,
+    )
     add_inference_arguments(parser)  # --input-size, --batch-size, --workers, --device, --amp, ...
-    parser.add_argument("--data-dir", default=None,
-                        help="dataset root with a val split (default: a synthetic one in a temporary folder; "
-                             f"with --compare-amp: {DEMO_DATA} when it has a val split)")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="dataset root with a val split (default: a synthetic one in a temporary folder; "
+        f"with --compare-amp: {DEMO_DATA} when it has a val split)",
+    )
     parser.add_argument("--dataset", default="val", help="split to evaluate")
-    parser.add_argument("--images", type=positive_int, default=16,
-                        help="images in the generated synthetic val split")
-    parser.add_argument("--restore-from", default=None,
-                        help="checkpoint to evaluate (default: random weights; with --compare-amp: "
-                             f"{DEMO_CHECKPOINT})")
-    parser.add_argument("--repeats", type=positive_int, default=2,
-                        help="evaluation passes (after one warm-up forward); medians are reported")
-    parser.add_argument("--compare-amp", action="store_true",
-                        help="evaluate the checkpoint with --amp off and bf16 and report both mean IUs")
-    parser.add_argument("--threads", type=positive_int, default=None,
-                        help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument(
+        "--images", type=positive_int, default=16, help="images in the generated synthetic val split"
+    )
+    parser.add_argument(
+        "--restore-from",
+        default=None,
+        help=f"checkpoint to evaluate (default: random weights; with --compare-amp: {DEMO_CHECKPOINT})",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=2,
+        help="evaluation passes (after one warm-up forward); medians are reported",
+    )
+    parser.add_argument(
+        "--compare-amp",
+        action="store_true",
+        help="evaluate the checkpoint with --amp off and bf16 and report both mean IUs",
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, default=None, help="torch intra-op threads (default: torch's choice)"
+    )
     parser.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     args = parser.parse_args(argv)
     try:
@@ -100,8 +118,10 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     if args.compare_amp:
         args.restore_from = args.restore_from or DEMO_CHECKPOINT
         if not os.path.isfile(args.restore_from):
-            parser.error(f"--compare-amp: checkpoint {args.restore_from} not found "
-                         "(run `bash run.sh demo` first, or pass --restore-from)")
+            parser.error(
+                f"--compare-amp: checkpoint {args.restore_from} not found "
+                "(run `bash run.sh demo` first, or pass --restore-from)"
+            )
         if args.data_dir is None and os.path.isfile(os.path.join(DEMO_DATA, f"{args.dataset}_id.txt")):
             args.data_dir = DEMO_DATA
     return args
@@ -122,18 +142,35 @@ def build_model(args: argparse.Namespace) -> nn.Module:
 
 def run_pass(model: TimedModel, dataset, args: argparse.Namespace, amp: str) -> dict:
     """One evaluation pass over ``dataset``: timings, shares and the metrics."""
-    loader = make_eval_loader(dataset, batch_size=args.batch_size, workers=args.workers,
-                              pin_memory=args.device.type == "cuda")
+    loader = make_eval_loader(
+        dataset, batch_size=args.batch_size, workers=args.workers, pin_memory=args.device.type == "cuda"
+    )
     stats = InferenceStats()
     model.seconds = 0.0
-    matrix = evaluate_model(model, dataset, loader, args.device, label_set=args.label_set, amp=amp,
-                            flip=args.flip, scales=args.scales, progress=False,
-                            channels_last=args.channels_last, stats=stats)
+    matrix = evaluate_model(
+        model,
+        dataset,
+        loader,
+        args.device,
+        label_set=args.label_set,
+        amp=amp,
+        flip=args.flip,
+        scales=args.scales,
+        progress=False,
+        channels_last=args.channels_last,
+        stats=stats,
+    )
     metrics = matrix.compute()
-    return {"images": stats.images, "total_s": stats.seconds, "network_s": model.seconds,
-            "device_path_s": stats.network_seconds, "images_per_s": stats.images_per_second,
-            "outside_share": 1.0 - model.seconds / stats.seconds, "mean_iou": metrics["mean_iou"],
-            "pixel_accuracy": metrics["pixel_accuracy"]}
+    return {
+        "images": stats.images,
+        "total_s": stats.seconds,
+        "network_s": model.seconds,
+        "device_path_s": stats.network_seconds,
+        "images_per_s": stats.images_per_second,
+        "outside_share": 1.0 - model.seconds / stats.seconds,
+        "mean_iou": metrics["mean_iou"],
+        "pixel_accuracy": metrics["pixel_accuracy"],
+    }
 
 
 def warm_up(model: TimedModel, args: argparse.Namespace, amp: str) -> None:
@@ -155,20 +192,30 @@ def evaluate_amp_modes(model: TimedModel, dataset, args: argparse.Namespace, mod
         for amp in modes:
             passes[amp].append(run_pass(model, dataset, args, amp))
             p = passes[amp][-1]
-            print(f"amp {amp}: {p['images']} images in {p['total_s']:.2f} s, network {p['network_s']:.2f} s, "
-                  f"outside {100 * p['outside_share']:.1f}%, mean IU {p['mean_iou']:.3f}", file=sys.stderr)
+            print(
+                f"amp {amp}: {p['images']} images in {p['total_s']:.2f} s, network {p['network_s']:.2f} s, "
+                f"outside {100 * p['outside_share']:.1f}%, mean IU {p['mean_iou']:.3f}",
+                file=sys.stderr,
+            )
     results = {}
     for amp in modes:
         rows = passes[amp]
         speed = summarize([p["images_per_s"] for p in rows])
         outside = summarize([p["outside_share"] for p in rows])
-        results[amp] = {"images_per_s": speed["median"], "images_per_s_min": speed["min"],
-                        "images_per_s_max": speed["max"], "outside_share": outside["median"],
-                        "outside_share_min": outside["min"], "outside_share_max": outside["max"],
-                        "network_s_per_image": statistics.median(p["network_s"] / p["images"] for p in rows),
-                        "total_s_per_image": statistics.median(p["total_s"] / p["images"] for p in rows),
-                        "mean_iou": rows[-1]["mean_iou"], "pixel_accuracy": rows[-1]["pixel_accuracy"],
-                        "images": rows[-1]["images"], "passes": rows}
+        results[amp] = {
+            "images_per_s": speed["median"],
+            "images_per_s_min": speed["min"],
+            "images_per_s_max": speed["max"],
+            "outside_share": outside["median"],
+            "outside_share_min": outside["min"],
+            "outside_share_max": outside["max"],
+            "network_s_per_image": statistics.median(p["network_s"] / p["images"] for p in rows),
+            "total_s_per_image": statistics.median(p["total_s"] / p["images"] for p in rows),
+            "mean_iou": rows[-1]["mean_iou"],
+            "pixel_accuracy": rows[-1]["pixel_accuracy"],
+            "images": rows[-1]["images"],
+            "passes": rows,
+        }
     return results
 
 
@@ -180,12 +227,21 @@ def main(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="dfpnet-bench-") as tmp:
         data_dir = args.data_dir
         if data_dir is None:
-
             data_dir = tmp
-            generate_dataset(tmp, n_train=0, n_val=args.images if args.dataset == "val" else 0,
-                             n_traintest=args.images if args.dataset == "trainTest" else 0, seed=0)
-        dataset = CartoonDataSet(data_dir, args.dataset, crop_size=args.input_size,
-                                 transform=default_transform(), label_set=args.label_set)
+            generate_dataset(
+                tmp,
+                n_train=0,
+                n_val=args.images if args.dataset == "val" else 0,
+                n_traintest=args.images if args.dataset == "trainTest" else 0,
+                seed=0,
+            )
+        dataset = CartoonDataSet(
+            data_dir,
+            args.dataset,
+            crop_size=args.input_size,
+            transform=default_transform(),
+            label_set=args.label_set,
+        )
         model = TimedModel(build_model(args), args.device)
         modes = ["off", "bf16"] if args.compare_amp else [args.amp]
         per_mode = evaluate_amp_modes(model, dataset, args, modes)
@@ -204,24 +260,46 @@ def main(args: argparse.Namespace) -> dict:
         "command": info["command"],
         "environment": info,
     }
-    rows = [{"amp": amp, **per_mode[amp],
-             "outside_range": f"{100 * per_mode[amp]['outside_share_min']:.1f}-"
-                              f"{100 * per_mode[amp]['outside_share_max']:.1f}%"} for amp in modes]
-    print(format_table(rows, [
-        ("amp", "amp", ""), ("images", "images", "d"), ("images_per_s", "images/s", ".3f"),
-        ("network_s_per_image", "network s/img", ".3f"), ("total_s_per_image", "total s/img", ".3f"),
-        ("outside_share", "outside", ".1%"), ("outside_range", "outside min-max", ""),
-        ("mean_iou", "mean IU", ".3f")]))
+    rows = [
+        {
+            "amp": amp,
+            **per_mode[amp],
+            "outside_range": f"{100 * per_mode[amp]['outside_share_min']:.1f}-"
+            f"{100 * per_mode[amp]['outside_share_max']:.1f}%",
+        }
+        for amp in modes
+    ]
+    print(
+        format_table(
+            rows,
+            [
+                ("amp", "amp", ""),
+                ("images", "images", "d"),
+                ("images_per_s", "images/s", ".3f"),
+                ("network_s_per_image", "network s/img", ".3f"),
+                ("total_s_per_image", "total s/img", ".3f"),
+                ("outside_share", "outside", ".1%"),
+                ("outside_range", "outside min-max", ""),
+                ("mean_iou", "mean IU", ".3f"),
+            ],
+        )
+    )
     if args.compare_amp:
         diff = per_mode["bf16"]["mean_iou"] - per_mode["off"]["mean_iou"]
         result["mean_iou_difference"] = diff
         result["within_tolerance"] = abs(diff) <= AMP_TOLERANCE
         verdict = "within" if result["within_tolerance"] else "OUTSIDE"
-        print(f"mean IU bf16 - float32 = {diff:+.3f} points on {result['checkpoint']} "
-              f"({verdict} the {AMP_TOLERANCE} point tolerance)")
-    return finish(result, info, args.json,
-                  f"data: {result['data_dir']}; checkpoint: {result['checkpoint']}; batch {args.batch_size}, "
-                  f"{args.workers} workers, {'channels-last' if args.channels_last else 'NCHW'}")
+        print(
+            f"mean IU bf16 - float32 = {diff:+.3f} points on {result['checkpoint']} "
+            f"({verdict} the {AMP_TOLERANCE} point tolerance)"
+        )
+    return finish(
+        result,
+        info,
+        args.json,
+        f"data: {result['data_dir']}; checkpoint: {result['checkpoint']}; batch {args.batch_size}, "
+        f"{args.workers} workers, {'channels-last' if args.channels_last else 'NCHW'}",
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ InPlace-ABN backend with the same network built from ``nn.BatchNorm2d`` + a sepa
 
     .venv/bin/python -m bench.saved_memory --batch-size 2 --input-size 384,384 [--json FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,7 +60,9 @@ def saved_bytes(norm_layer, batch: int, size: tuple[int, int], channels_last: bo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(formatter_class=DefaultsHelpFormatter, description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        formatter_class=DefaultsHelpFormatter, description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--batch-size", type=int, default=2, help="images per step")
     parser.add_argument("--input-size", default=",".join(map(str, recipe.INPUT_SIZE)), help="H,W of the crop")
     parser.add_argument("--json", help="also write the figures to this JSON file")
@@ -68,9 +71,12 @@ def main() -> None:
     rows = {
         "BatchNorm2d + activation (fp32)": saved_bytes(BatchNormAct, args.batch_size, size, False, False),
         "libs.ABN, plain autograd (fp32)": saved_bytes(ABN, args.batch_size, size, False, False),
-        "InPlaceABNSync, pure backend (fp32)": saved_bytes(InPlaceABNSync, args.batch_size, size, False, False),
-        "InPlaceABNSync, pure backend (bf16, channels-last)": saved_bytes(InPlaceABNSync, args.batch_size, size,
-                                                                          True, True),
+        "InPlaceABNSync, pure backend (fp32)": saved_bytes(
+            InPlaceABNSync, args.batch_size, size, False, False
+        ),
+        "InPlaceABNSync, pure backend (bf16, channels-last)": saved_bytes(
+            InPlaceABNSync, args.batch_size, size, True, True
+        ),
     }
     base = rows["BatchNorm2d + activation (fp32)"]
     print(f"saved-for-backward bytes, DFPNet training forward, batch {args.batch_size}, {size[0]}x{size[1]}")
@@ -79,8 +85,16 @@ def main() -> None:
         print(f"{name:55s} {b / 2**20:9.1f} {b / base:6.3f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"batch_size": args.batch_size, "input_size": size,
-                       "saved_bytes": rows, "ratio_to_batchnorm": {k: v / base for k, v in rows.items()}}, f, indent=2)
+            json.dump(
+                {
+                    "batch_size": args.batch_size,
+                    "input_size": size,
+                    "saved_bytes": rows,
+                    "ratio_to_batchnorm": {k: v / base for k, v in rows.items()},
+                },
+                f,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ alternating them (A B A B ...), as one training run sees it. In fresh processes 
 configuration also gets train.py's ``--malloc reuse`` (glibc keeps freed memory: no page faults
 per activation), which a process shared with other configurations cannot give it alone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,6 +87,7 @@ from utils.labels import DOG, IGNORE_LABEL
 @dataclass(frozen=True)
 class Config:
     """How one configuration builds and runs the network."""
+
     # "inplace": DFPNet's default (libs.InPlaceABNSync); "abn": libs.ABN, plain autograd;
     # "bn": torch.nn.BatchNorm2d + leaky ReLU with the stock loss and step (the authors' code)
     norm: str
@@ -98,11 +100,14 @@ class Config:
     @property
     def label(self) -> str:
         norm = {"abn": "ABN", "bn": "BatchNorm2d + F.cross_entropy"}.get(
-            self.norm, "InPlace-ABN" if self.inplace else "InPlace-ABN off")
-        return (f"{norm}, "
-                f"{'bf16' if self.amp == 'bf16' else 'fp32'}, "
-                f"{'channels-last' if self.channels_last else 'NCHW'}{', compiled' if self.compile else ''}"
-                f"{f', {self.backend} backend' if self.backend else ''}")
+            self.norm, "InPlace-ABN" if self.inplace else "InPlace-ABN off"
+        )
+        return (
+            f"{norm}, "
+            f"{'bf16' if self.amp == 'bf16' else 'fp32'}, "
+            f"{'channels-last' if self.channels_last else 'NCHW'}{', compiled' if self.compile else ''}"
+            f"{f', {self.backend} backend' if self.backend else ''}"
+        )
 
 
 BASELINE = Config(norm="abn", amp="off", channels_last=False)
@@ -127,8 +132,16 @@ CONFIGS: dict[str, Config] = {
     "iabn-fp32-cl-pure": Config(norm="inplace", amp="off", channels_last=True, backend="pure"),
 }
 # Fixed configurations that configs_for must not re-resolve for the device.
-_FIXED = ("authors", "iabn-fp32-cl", "plain-fp32", "plain-fp32-cl", "iabn-fp32-compiled",
-          "iabn-fp32-cl-compiled", "iabn-fp32-pure", "iabn-fp32-cl-pure")
+_FIXED = (
+    "authors",
+    "iabn-fp32-cl",
+    "plain-fp32",
+    "plain-fp32-cl",
+    "iabn-fp32-compiled",
+    "iabn-fp32-cl-compiled",
+    "iabn-fp32-pure",
+    "iabn-fp32-cl-pure",
+)
 
 
 def configs_for(device: torch.device) -> dict[str, Config]:
@@ -136,9 +149,14 @@ def configs_for(device: torch.device) -> dict[str, Config]:
     for ``device`` (bf16 where the CPU or GPU runs it natively, else float32; in place on the CPU)."""
 
     amp, inplace = default_amp(device), default_inplace_abn(device)
-    configs = {name: (replace(config, amp=amp)
-                      if config.norm == "inplace" and config.channels_last and name not in _FIXED else config)
-               for name, config in CONFIGS.items()}
+    configs = {
+        name: (
+            replace(config, amp=amp)
+            if config.norm == "inplace" and config.channels_last and name not in _FIXED
+            else config
+        )
+        for name, config in CONFIGS.items()
+    }
     for name in ("default", "compiled"):
         configs[name] = replace(configs[name], inplace=inplace)
     if device.type == "cpu":
@@ -147,8 +165,9 @@ def configs_for(device: torch.device) -> dict[str, Config]:
 
         chosen = cpu_defaults()
         for name in ("default", "compiled"):
-            configs[name] = replace(configs[name], amp=chosen.amp, channels_last=chosen.channels_last,
-                                    inplace=chosen.inplace)
+            configs[name] = replace(
+                configs[name], amp=chosen.amp, channels_last=chosen.channels_last, inplace=chosen.inplace
+            )
     return configs
 
 
@@ -158,44 +177,77 @@ def parse_configs(text: str) -> list[str]:
     unknown = [n for n in names if n not in CONFIGS]
     if not names or unknown or len(set(names)) != len(names):
         raise argparse.ArgumentTypeError(
-            f"expected distinct names from {', '.join(CONFIGS)} separated by commas, got {text!r}")
+            f"expected distinct names from {', '.join(CONFIGS)} separated by commas, got {text!r}"
+        )
     return names
 
 
 def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.train_step", description=__doc__.split("\n")[0],
-                                     formatter_class=DefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.train_step",
+        description=__doc__.split("\n")[0],
+        formatter_class=DefaultsHelpFormatter,
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     parser.add_argument("--batch-size", type=positive_int, default=2, help="images per step")
-    parser.add_argument("--input-size", type=parse_size, default=recipe.INPUT_SIZE, metavar="H,W",
-                        help="crop size, height,width (authors' run: 384,384)")
+    parser.add_argument(
+        "--input-size",
+        type=parse_size,
+        default=recipe.INPUT_SIZE,
+        metavar="H,W",
+        help="crop size, height,width (authors' run: 384,384)",
+    )
     parser.add_argument("--iters", type=positive_int, default=5, help="measured steps per configuration")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured steps per configuration first")
-    parser.add_argument("--configs", type=parse_configs, default=["default", "baseline"],
-                        help=f"comma-separated configurations to alternate: {', '.join(CONFIGS)} "
-                             "(default: default,baseline)")
-    parser.add_argument("--threads", type=positive_int, default=None,
-                        help="torch intra-op threads (default: torch's choice, the core count)")
-    parser.add_argument("--isolate", action="store_true",
-                        help="time each configuration in its own fresh process (alternating processes, "
-                             "--rounds of them per configuration), as a training run sees it: no allocator "
-                             "state shared between configurations; memory is measured in the same processes")
-    parser.add_argument("--rounds", type=positive_int, default=2,
-                        help="with --isolate: processes per configuration, each running "
-                             "--warmup + --iters steps")
-    parser.add_argument("--memory-steps", type=positive_int, default=2,
-                        help="without --isolate: steps each fresh memory process runs "
-                             "(2: the second has momentum buffers)")
-    parser.add_argument("--no-memory", action="store_true",
-                        help="skip the per-configuration memory processes")
+    parser.add_argument(
+        "--configs",
+        type=parse_configs,
+        default=["default", "baseline"],
+        help=f"comma-separated configurations to alternate: {', '.join(CONFIGS)} (default: default,baseline)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch intra-op threads (default: torch's choice, the core count)",
+    )
+    parser.add_argument(
+        "--isolate",
+        action="store_true",
+        help="time each configuration in its own fresh process (alternating processes, "
+        "--rounds of them per configuration), as a training run sees it: no allocator "
+        "state shared between configurations; memory is measured in the same processes",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=2,
+        help="with --isolate: processes per configuration, each running --warmup + --iters steps",
+    )
+    parser.add_argument(
+        "--memory-steps",
+        type=positive_int,
+        default=2,
+        help="without --isolate: steps each fresh memory process runs (2: the second has momentum buffers)",
+    )
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the per-configuration memory processes"
+    )
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count and the matmul rates")
-    parser.add_argument("--profile", action="store_true",
-                        help="after timing, print torch.profiler's top 15 ops by self CPU time "
-                             "for each config (2 steps each)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after timing, print torch.profiler's top 15 ops by self CPU time "
+        "for each config (2 steps each)",
+    )
     parser.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
-    parser.add_argument("--worker", default=None, choices=list(CONFIGS),
-                        help="internal: run --warmup + --iters steps of this configuration in this (fresh) "
-                             "process, print its memory and step times as one JSON line and exit")
+    parser.add_argument(
+        "--worker",
+        default=None,
+        choices=list(CONFIGS),
+        help="internal: run --warmup + --iters steps of this configuration in this (fresh) "
+        "process, print its memory and step times as one JSON line and exit",
+    )
     args = parser.parse_args(argv)
     if args.warmup < 0:
         parser.error(f"argument --warmup: expected an integer >= 0, got {args.warmup}")
@@ -212,6 +264,7 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 # One configuration
 # --------------------------------------------------------------------------------------------
 
+
 class AuthorsNorm(nn.BatchNorm2d):
     """torch.nn.BatchNorm2d followed by the layer's activation (leaky ReLU, not in place, as
     ``nn.LeakyReLU()``), with the InPlace-ABN constructor signature DFPNet's norm_layer takes."""
@@ -225,15 +278,22 @@ class AuthorsNorm(nn.BatchNorm2d):
         return nn.functional.leaky_relu(y, self.activation_param) if self.activation == "leaky_relu" else y
 
 
-def authors_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-                 labels: torch.Tensor) -> torch.Tensor:
+def authors_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
     """The authors' training step: the sum over outputs of the stock cross-entropy of each output
     resized (bilinear, align_corners=True) to the labels, then backward and SGD."""
 
     optimizer.zero_grad(set_to_none=True)
     outputs = model(images)
-    loss = sum(F.cross_entropy(F.interpolate(out, size=labels.shape[-2:], mode="bilinear", align_corners=True),
-                               labels, ignore_index=IGNORE_LABEL) for out in outputs)
+    loss = sum(
+        F.cross_entropy(
+            F.interpolate(out, size=labels.shape[-2:], mode="bilinear", align_corners=True),
+            labels,
+            ignore_index=IGNORE_LABEL,
+        )
+        for out in outputs
+    )
     loss.backward()
     optimizer.step()
     return loss.detach()
@@ -278,9 +338,12 @@ class TrainStep:
         self.model = build_model(config, device)
         self.forward = torch.compile(self.model) if config.compile else self.model
         # As train.py: the SGD recipe over the parameters that train.
-        self.optimizer = torch.optim.SGD([p for p in self.model.parameters() if p.requires_grad],
-                                         lr=recipe.LEARNING_RATE, momentum=recipe.MOMENTUM,
-                                         weight_decay=recipe.WEIGHT_DECAY)
+        self.optimizer = torch.optim.SGD(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=recipe.LEARNING_RATE,
+            momentum=recipe.MOMENTUM,
+            weight_decay=recipe.WEIGHT_DECAY,
+        )
         self.images = images.contiguous(memory_format=torch.channels_last) if config.channels_last else images
         self.labels = labels
         self.last_loss = float("nan")
@@ -290,8 +353,16 @@ class TrainStep:
         if self.config.norm == "bn":
             self.last_loss = float(authors_step(self.forward, self.optimizer, self.images, self.labels))
             return
-        losses, _ = train_step(self.forward, self.optimizer, self.images, self.labels, lr=recipe.LEARNING_RATE,
-                               iteration=0, amp=self.config.amp, ignore_label=IGNORE_LABEL)
+        losses, _ = train_step(
+            self.forward,
+            self.optimizer,
+            self.images,
+            self.labels,
+            lr=recipe.LEARNING_RATE,
+            iteration=0,
+            amp=self.config.amp,
+            ignore_label=IGNORE_LABEL,
+        )
         self.last_loss = float(sum(losses))
 
 
@@ -308,26 +379,47 @@ def worker(name: str, args: argparse.Namespace) -> dict:
     # the authors' code ran. Only a fresh process can make the difference (it is process-wide).
     reuse = not cuda and name == "default" and keep_freed_memory()
     images, labels = make_batch(args.batch_size, args.input_size, device)
-    start_mb = torch.cuda.memory_allocated(device) / 2 ** 20 if cuda else rss_mb()
+    start_mb = torch.cuda.memory_allocated(device) / 2**20 if cuda else rss_mb()
     step = TrainStep(configs_for(device)[name], device, images, labels)
     synchronize(device)
-    model_mb = torch.cuda.memory_allocated(device) / 2 ** 20 if cuda else rss_mb()
+    model_mb = torch.cuda.memory_allocated(device) / 2**20 if cuda else rss_mb()
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     counters: dict[str, list[dict]] = {}
     samples = alternate({name: step}, args.iters, args.warmup, device, counters=counters)
-    peak_mb = torch.cuda.max_memory_allocated(device) / 2 ** 20 if cuda else peak_rss_mb()
-    return {"start_mem_mb": start_mb, "model_mem_mb": model_mb, "peak_mem_mb": peak_mb,
-            "step_mem_mb": peak_mb - model_mb, "loss": step.last_loss, "step_samples": samples[name],
-            "counters": counters[name], "malloc": "reuse" if reuse else "system",
-            "memory_kind": "cuda max_memory_allocated" if cuda else "peak RSS (VmHWM) of a fresh process"}
+    peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else peak_rss_mb()
+    return {
+        "start_mem_mb": start_mb,
+        "model_mem_mb": model_mb,
+        "peak_mem_mb": peak_mb,
+        "step_mem_mb": peak_mb - model_mb,
+        "loss": step.last_loss,
+        "step_samples": samples[name],
+        "counters": counters[name],
+        "malloc": "reuse" if reuse else "system",
+        "memory_kind": "cuda max_memory_allocated" if cuda else "peak RSS (VmHWM) of a fresh process",
+    }
 
 
 def run_worker(name: str, args: argparse.Namespace, warmup: int, iters: int) -> dict:
     """Run this script with ``--worker name`` in a fresh process (same environment) and read its JSON line."""
-    cmd = [sys.executable, "-m", "bench.train_step", "--worker", name, "--device", str(args.device),
-           "--batch-size", str(args.batch_size), "--input-size", ",".join(map(str, args.input_size)),
-           "--warmup", str(warmup), "--iters", str(iters)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.train_step",
+        "--worker",
+        name,
+        "--device",
+        str(args.device),
+        "--batch-size",
+        str(args.batch_size),
+        "--input-size",
+        ",".join(map(str, args.input_size)),
+        "--warmup",
+        str(warmup),
+        "--iters",
+        str(iters),
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -346,7 +438,6 @@ def count_flops(step: TrainStep) -> tuple[float, float]:
     The batch is the step's own: training batch norm needs more than one value per channel,
     which ASPP's pooled 1 x 1 branch only has with two images or more.
     """
-
 
     n = step.images.shape[0]
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -376,22 +467,31 @@ def print_profile(step: TrainStep, steps: int = 2) -> str:
 # The run
 # --------------------------------------------------------------------------------------------
 
-COLUMNS = [("config", "config", ""), ("label", "setup", ""), ("step_s", "step s (median)", ".3f"),
-           ("step_iqr", "IQR s", ""), ("images_per_s", "images/s", ".2f"),
-           ("peak_mem_mb", "peak MiB", ".0f"), ("model_mem_mb", "after model MiB", ".0f"),
-           ("step_mem_mb", "step adds MiB", ".0f"), ("achieved_tflops", "TFLOP/s", ".3f"),
-           ("matmul_share", "of matmul", ".0%"), ("minor_faults_per_step", "page faults/step", ".0f"),
-           ("system_s_per_step", "kernel CPU s/step", ".2f")]
+COLUMNS = [
+    ("config", "config", ""),
+    ("label", "setup", ""),
+    ("step_s", "step s (median)", ".3f"),
+    ("step_iqr", "IQR s", ""),
+    ("images_per_s", "images/s", ".2f"),
+    ("peak_mem_mb", "peak MiB", ".0f"),
+    ("model_mem_mb", "after model MiB", ".0f"),
+    ("step_mem_mb", "step adds MiB", ".0f"),
+    ("achieved_tflops", "TFLOP/s", ".3f"),
+    ("matmul_share", "of matmul", ".0%"),
+    ("minor_faults_per_step", "page faults/step", ".0f"),
+    ("system_s_per_step", "kernel CPU s/step", ".2f"),
+]
 
 
 @dataclass
 class Measured:
     """What the timing rounds produced, per configuration name."""
-    samples: dict[str, list[float]]       # step seconds
-    counters: dict[str, list[dict]]       # per-step page faults and CPU times
+
+    samples: dict[str, list[float]]  # step seconds
+    counters: dict[str, list[dict]]  # per-step page faults and CPU times
     losses: dict[str, float]
-    memory: dict[str, dict]               # peak and per-step memory (fresh processes)
-    steps: dict[str, TrainStep]           # the in-process steps (alternated timing only)
+    memory: dict[str, dict]  # peak and per-step memory (fresh processes)
+    steps: dict[str, TrainStep]  # the in-process steps (alternated timing only)
 
 
 def measure_isolated(args: argparse.Namespace, log: Callable[[str], None]) -> Measured:
@@ -405,13 +505,14 @@ def measure_isolated(args: argparse.Namespace, log: Callable[[str], None]) -> Me
             out.losses[name] = run["loss"]
             if name not in out.memory or run["peak_mem_mb"] > out.memory[name]["peak_mem_mb"]:
                 out.memory[name] = run
-            times = ", ".join(f"{t:.3f}" for t in out.samples[name][-args.iters:])
+            times = ", ".join(f"{t:.3f}" for t in out.samples[name][-args.iters :])
             log(f"round {i + 1}/{args.rounds} {name}: steps {times} s, peak {run['peak_mem_mb']:.0f} MiB")
     return out
 
 
-def measure_alternated(args: argparse.Namespace, configs: dict[str, Config], device: torch.device,
-                       log: Callable[[str], None]) -> Measured:
+def measure_alternated(
+    args: argparse.Namespace, configs: dict[str, Config], device: torch.device, log: Callable[[str], None]
+) -> Measured:
     """Memory first, in fresh processes while this one holds nothing big; then every configuration's
     steps alternated in this process, so that they share the machine's load."""
     memory: dict[str, dict] = {}
@@ -420,7 +521,8 @@ def measure_alternated(args: argparse.Namespace, configs: dict[str, Config], dev
             t0 = time.perf_counter()
             memory[name] = run_worker(name, args, 0, args.memory_steps)
             del memory[name]["step_samples"], memory[name]["counters"]
-            log(f"memory {name}: peak {memory[name]['peak_mem_mb']:.0f} MiB ({time.perf_counter() - t0:.0f} s)")
+            seconds = time.perf_counter() - t0
+            log(f"memory {name}: peak {memory[name]['peak_mem_mb']:.0f} MiB ({seconds:.0f} s)")
     images, labels = make_batch(args.batch_size, args.input_size, device)
     steps = {name: TrainStep(configs[name], device, images, labels) for name in args.configs}
     counters: dict[str, list[dict]] = {name: [] for name in args.configs}
@@ -428,14 +530,29 @@ def measure_alternated(args: argparse.Namespace, configs: dict[str, Config], dev
     return Measured(samples, counters, {name: step.last_loss for name, step in steps.items()}, memory, steps)
 
 
-def config_entry(name: str, config: Config, measured: Measured, args: argparse.Namespace, flops: float | None,
-                 rates: dict[str, float]) -> dict:
+def config_entry(
+    name: str,
+    config: Config,
+    measured: Measured,
+    args: argparse.Namespace,
+    flops: float | None,
+    rates: dict[str, float],
+) -> dict:
     """One configuration's row: step time quartiles, throughput, counters, memory, FLOP rate."""
     stats = summarize(measured.samples[name])
-    entry = {"config": name, "label": config.label, **asdict(config),
-             "step_s": stats["median"], "step_s_q1": stats["q1"], "step_s_q3": stats["q3"],
-             "step_s_min": stats["min"], "step_s_max": stats["max"], "step_samples": measured.samples[name],
-             "images_per_s": args.batch_size / stats["median"], "loss": measured.losses[name]}
+    entry = {
+        "config": name,
+        "label": config.label,
+        **asdict(config),
+        "step_s": stats["median"],
+        "step_s_q1": stats["q1"],
+        "step_s_q3": stats["q3"],
+        "step_s_min": stats["min"],
+        "step_s_max": stats["max"],
+        "step_samples": measured.samples[name],
+        "images_per_s": args.batch_size / stats["median"],
+        "loss": measured.losses[name],
+    }
     for key in ("minor_faults", "user_s", "system_s"):  # per step, median over the measured steps
         entry[f"{key}_per_step"] = summarize([c[key] for c in measured.counters[name]])["median"]
     entry.update(measured.memory.get(name, {}))
@@ -467,15 +584,18 @@ def main(args: argparse.Namespace) -> dict:
         print(message, file=sys.stderr, flush=True)
 
     info = environment(device)
-    log(f"{info['device']}: batch {args.batch_size}, {args.input_size[0]}x{args.input_size[1]}, "
-        f"configs {', '.join(args.configs)}{', isolated processes' if args.isolate else ''}")
+    log(
+        f"{info['device']}: batch {args.batch_size}, {args.input_size[0]}x{args.input_size[1]}, "
+        f"configs {', '.join(args.configs)}{', isolated processes' if args.isolate else ''}"
+    )
     configs = configs_for(device)
     measured = measure_isolated(args, log) if args.isolate else measure_alternated(args, configs, device, log)
 
     def step_of(name: str) -> TrainStep:  # for the FLOP count and the profile; built here if isolated
         if name not in measured.steps:
-            measured.steps[name] = TrainStep(configs[name], device, *make_batch(args.batch_size, args.input_size,
-                                                                                device))
+            measured.steps[name] = TrainStep(
+                configs[name], device, *make_batch(args.batch_size, args.input_size, device)
+            )
         return measured.steps[name]
 
     flops = train_flops = None
@@ -488,33 +608,44 @@ def main(args: argparse.Namespace) -> dict:
         dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
         rates = {key: matmul_tflops(device, dtypes[key]) for key in sorted(used)}
 
-    result: dict = {name: config_entry(name, configs[name], measured, args, flops, rates) for name in args.configs}
-    rows = [{**result[name], "step_iqr": f"{result[name]['step_s_q1']:.3f}-{result[name]['step_s_q3']:.3f}"}
-            for name in args.configs]
-    result.update({
-        "configs": args.configs,
-        "device": info["device"],
-        "batch_size": args.batch_size,
-        "input_size": list(args.input_size),
-        "iters": args.iters,
-        "warmup": args.warmup,
-        "timing": (f"{args.rounds} fresh processes per configuration" if args.isolate
-                   else "alternated in one process"),
-        "flops_per_image": flops,
-        "train_flops_per_image": train_flops,
-        "matmul_tflops": rates,
-        "versions": {k: info[k] for k in ("python", "torch", "numpy", "opencv", "abn_backend")},
-        "command": info["command"],
-        "environment": info,
-    })
+    result: dict = {
+        name: config_entry(name, configs[name], measured, args, flops, rates) for name in args.configs
+    }
+    rows = [
+        {**result[name], "step_iqr": f"{result[name]['step_s_q1']:.3f}-{result[name]['step_s_q3']:.3f}"}
+        for name in args.configs
+    ]
+    result.update(
+        {
+            "configs": args.configs,
+            "device": info["device"],
+            "batch_size": args.batch_size,
+            "input_size": list(args.input_size),
+            "iters": args.iters,
+            "warmup": args.warmup,
+            "timing": (
+                f"{args.rounds} fresh processes per configuration"
+                if args.isolate
+                else "alternated in one process"
+            ),
+            "flops_per_image": flops,
+            "train_flops_per_image": train_flops,
+            "matmul_tflops": rates,
+            "versions": {k: info[k] for k in ("python", "torch", "numpy", "opencv", "abn_backend")},
+            "command": info["command"],
+            "environment": info,
+        }
+    )
     if "default" in result and "baseline" in result:
         result["ratios"] = default_over_baseline(result, bool(measured.memory))
 
     print(format_table(rows, [c for c in COLUMNS if any(c[0] in r for r in rows)]))
     if flops:
-        print(f"network: {flops / 1e9:.1f} GFLOP/image forward, {train_flops / 1e9:.1f} GFLOP/image "
-              f"forward+backward (counted); matmul "
-              + ", ".join(f"{rate:.3f} TFLOP/s {key}" for key, rate in rates.items()))
+        print(
+            f"network: {flops / 1e9:.1f} GFLOP/image forward, {train_flops / 1e9:.1f} GFLOP/image "
+            f"forward+backward (counted); matmul "
+            + ", ".join(f"{rate:.3f} TFLOP/s {key}" for key, rate in rates.items())
+        )
     if "ratios" in result:
         print("default / baseline: " + ", ".join(f"{k} {v:.2f}x" for k, v in result["ratios"].items()))
     print(format_environment(info))

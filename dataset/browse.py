@@ -13,6 +13,7 @@ The label set is ``--labels``, else ``labels.json`` in DATA_DIR, else the Dog se
 (docs/labels.md). Exit status: 0 done; 1 a missing split, an unreadable file or an output folder
 that cannot be written (one line naming it); 2 bad arguments or a bad label set.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,18 +43,33 @@ _GAP, _CAPTION = 6, 22
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(formatter_class=DefaultsHelpFormatter, prog=PROG, description="Write each sample's picture beside its coloured "
-                                     "label map (optionally after the training augmentation) with a legend.")
-    parser.add_argument("data_dir", help="dataset root holding <split>_id.txt, <split>_images/, "
-                                         "<split>_segmentations/ (and optionally labels.json)")
+    parser = argparse.ArgumentParser(
+        formatter_class=DefaultsHelpFormatter,
+        prog=PROG,
+        description="Write each sample's picture beside its coloured "
+        "label map (optionally after the training augmentation) with a legend.",
+    )
+    parser.add_argument(
+        "data_dir",
+        help="dataset root holding <split>_id.txt, <split>_images/, "
+        "<split>_segmentations/ (and optionally labels.json)",
+    )
     parser.add_argument("--split", default="train", help="split to browse")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the pictures (created)")
     parser.add_argument("--num", type=positive_int, default=16, help="samples: the first N ids of the split")
-    parser.add_argument("--augment", action="store_true",
-                        help="show the training augmentation (random scale, rotation and mirror, as the "
-                             "loader draws them) in the training crop, mirrored samples marked")
-    parser.add_argument("--input-size", type=parse_size, default=recipe.INPUT_SIZE, metavar="H,W",
-                        help="crop of --augment, height,width (the training default)")
+    parser.add_argument(
+        "--augment",
+        action="store_true",
+        help="show the training augmentation (random scale, rotation and mirror, as the "
+        "loader draws them) in the training crop, mirrored samples marked",
+    )
+    parser.add_argument(
+        "--input-size",
+        type=parse_size,
+        default=recipe.INPUT_SIZE,
+        metavar="H,W",
+        help="crop of --augment, height,width (the training default)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the --augment draws")
     add_label_arguments(parser, stored=False)
     return parser
@@ -88,8 +104,17 @@ def seed_sample(seed: int, index: int) -> None:
     np.random.seed(zlib.crc32(key.encode()))
 
 
-def browse(data_dir: str, split: str, out: str, label_set: LabelSet, *, num: int = 16, augment: bool = False,
-           input_size: tuple[int, int] = recipe.INPUT_SIZE, seed: int = 0) -> list[tuple[str, bool]]:
+def browse(
+    data_dir: str,
+    split: str,
+    out: str,
+    label_set: LabelSet,
+    *,
+    num: int = 16,
+    augment: bool = False,
+    input_size: tuple[int, int] = recipe.INPUT_SIZE,
+    seed: int = 0,
+) -> list[tuple[str, bool]]:
     """Write the pictures; returns ``(path, mirrored)`` per sample. Raises OSError / ValueError naming
     a file that is missing or cannot be read or written."""
 
@@ -102,18 +127,23 @@ def browse(data_dir: str, split: str, out: str, label_set: LabelSet, *, num: int
             seed_sample(seed, index)
             crop, crop_label, _, meta = dataset[index]
             mirrored = bool(meta["flip"])
-            caption = (f"{name}  {'MIRRORED' if mirrored else 'not mirrored'}, rotation "
-                       f"{meta['rotation']:+.0f} deg, {crop.shape[1]}x{crop.shape[0]} crop")
+            caption = (
+                f"{name}  {'MIRRORED' if mirrored else 'not mirrored'}, rotation "
+                f"{meta['rotation']:+.0f} deg, {crop.shape[1]}x{crop.shape[0]} crop"
+            )
             picture = sample_picture(crop, crop_label.astype(np.uint8), label_set, caption)
         else:
             mirrored = False
             image, label = dataset.read_image(index), dataset.read_label(index)
             if label.shape != image.shape[:2]:
-                raise ValueError(f"{dataset.label_path(index)}: label is {label.shape[1]}x{label.shape[0]} "
-                                 f"but its picture {image.shape[1]}x{image.shape[0]} (W x H)")
+                raise ValueError(
+                    f"{dataset.label_path(index)}: label is {label.shape[1]}x{label.shape[0]} "
+                    f"but its picture {image.shape[1]}x{image.shape[0]} (W x H)"
+                )
             foreign = sorted(set(np.unique(label).tolist()) - set(range(label_set.num_classes)) - {255})
             caption = f"{name}  {image.shape[1]}x{image.shape[0]}" + (
-                f"  ids not in the label set: {foreign}" if foreign else "")
+                f"  ids not in the label set: {foreign}" if foreign else ""
+            )
             picture = sample_picture(image, label, label_set, caption)
         path = os.path.join(out, f"{name}{'_mirrored' if mirrored else ''}.png")
         if not cv2.imwrite(path, picture):
@@ -133,14 +163,24 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         die(PROG, problem, 1)
     try:
-        written = browse(args.data_dir, args.split, args.out, label_set, num=args.num, augment=args.augment,
-                         input_size=args.input_size, seed=args.seed)
+        written = browse(
+            args.data_dir,
+            args.split,
+            args.out,
+            label_set,
+            num=args.num,
+            augment=args.augment,
+            input_size=args.input_size,
+            seed=args.seed,
+        )
     except (OSError, ValueError) as exc:
         die(PROG, str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 1)
     mirrored = sum(m for _, m in written)
     what = f", {mirrored} of them mirrored (file names end in _mirrored)" if args.augment else ""
-    print(f"wrote {len(written)} pictures of {args.data_dir} split {args.split!r} to {args.out}{what}; "
-          f"label set: {label_set.summary()}")
+    print(
+        f"wrote {len(written)} pictures of {args.data_dir} split {args.split!r} to {args.out}{what}; "
+        f"label set: {label_set.summary()}"
+    )
     return 0
 
 

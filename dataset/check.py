@@ -17,6 +17,7 @@ The label set is ``--labels``, else ``labels.json`` in the data folder, else the
 Every file is decoded in full (that is the only way to know it decodes), in a thread pool:
 OpenCV releases the GIL while decoding, so the threads use all cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,6 +50,7 @@ class CheckReport:
     is one line; ``counts`` holds ``images`` (split -> number of ids), ``pixels`` (class
     name -> label pixels over all checked splits) and ``ignored`` (pixels labelled 255).
     """
+
     ok: bool
     problems: list[str]
     summary: str
@@ -61,7 +63,7 @@ class CheckReport:
 class _Item:
     split: str
     name: str
-    image_path: str | None   # None when the split has no image folder (reported once)
+    image_path: str | None  # None when the split has no image folder (reported once)
     label_path: str | None
 
 
@@ -109,9 +111,12 @@ def _check_item(item: _Item, label_set: LabelSet, ignore_label: int) -> tuple[li
             image_shape = image.shape[:2]
             channels = 1 if image.ndim == 2 else image.shape[2]
             if channels != 3:
-                kind = {1: "grayscale", 2: "grayscale with alpha", 4: "colour with alpha"}.get(channels, "other")
-                problems.append(f"image has {channels} channel(s) ({kind}), expected 3-channel colour: "
-                                f"{item.image_path}")
+                kind = {1: "grayscale", 2: "grayscale with alpha", 4: "colour with alpha"}.get(
+                    channels, "other"
+                )
+                problems.append(
+                    f"image has {channels} channel(s) ({kind}), expected 3-channel colour: {item.image_path}"
+                )
             if image.dtype != np.uint8:
                 problems.append(f"image is {image.dtype}, expected 8-bit: {item.image_path}")
 
@@ -121,22 +126,30 @@ def _check_item(item: _Item, label_set: LabelSet, ignore_label: int) -> tuple[li
         if read is not None:
             data, label = read
             if data[:8] == _PNG_SIGNATURE and len(data) > 25 and data[25] == _PNG_PALETTE:
-                problems.append(f"label is a palette PNG (OpenCV reads its colours, not its ids); save the "
-                                f"ids as 8-bit grayscale: {item.label_path}")
+                problems.append(
+                    f"label is a palette PNG (OpenCV reads its colours, not its ids); save the "
+                    f"ids as 8-bit grayscale: {item.label_path}"
+                )
             elif label.ndim != 2 or label.dtype != np.uint8:
                 channels = 1 if label.ndim == 2 else label.shape[2]
-                problems.append(f"label is {channels}-channel {label.dtype}, expected single-channel "
-                                f"8-bit ids: {item.label_path}")
+                problems.append(
+                    f"label is {channels}-channel {label.dtype}, expected single-channel "
+                    f"8-bit ids: {item.label_path}"
+                )
             else:
                 if image_shape is not None and label.shape != image_shape:
-                    problems.append(f"size mismatch: label {label.shape[1]}x{label.shape[0]} but image "
-                                    f"{image_shape[1]}x{image_shape[0]} (W x H): {item.label_path}")
+                    problems.append(
+                        f"size mismatch: label {label.shape[1]}x{label.shape[0]} but image "
+                        f"{image_shape[1]}x{image_shape[0]} (W x H): {item.label_path}"
+                    )
                 histogram = np.bincount(label.ravel(), minlength=256)
                 n = label_set.num_classes
                 bad = [int(v) for v in np.flatnonzero(histogram) if v >= n and v != ignore_label]
                 if bad:
-                    problems.append(f"label ids {bad} are not in the label set ({label_set.describe()}: ids "
-                                    f"0..{n - 1}, {ignore_label} ignored): {item.label_path}")
+                    problems.append(
+                        f"label ids {bad} are not in the label set ({label_set.describe()}: ids "
+                        f"0..{n - 1}, {ignore_label} ignored): {item.label_path}"
+                    )
     return problems, histogram
 
 
@@ -164,10 +177,15 @@ def _read_split(root: str, split: str, problems: _Problems) -> list[_Item]:
                 first_line[name] = number
     if not first_line:
         problems.add(f"id list holds no ids: {list_path}")
-    return [_Item(split, name,
-                  paths.image(name) if have_images else None,
-                  paths.label(name) if have_labels else None)
-            for name in first_line]
+    return [
+        _Item(
+            split,
+            name,
+            paths.image(name) if have_images else None,
+            paths.label(name) if have_labels else None,
+        )
+        for name in first_line
+    ]
 
 
 def _human(n: int) -> str:
@@ -177,9 +195,14 @@ def _human(n: int) -> str:
     return str(n)
 
 
-def check_dataset(root: str, splits: tuple[str, ...] | list[str] = DEFAULT_SPLITS,
-                  label_set: LabelSet | None = None, ignore_label: int = IGNORE_LABEL,
-                  max_problems: int = 50, workers: int | None = None) -> CheckReport:
+def check_dataset(
+    root: str,
+    splits: tuple[str, ...] | list[str] = DEFAULT_SPLITS,
+    label_set: LabelSet | None = None,
+    ignore_label: int = IGNORE_LABEL,
+    max_problems: int = 50,
+    workers: int | None = None,
+) -> CheckReport:
     """Check the splits of a data directory (layout: docs/reference.md section 2) against ``label_set``
     (default: ``<root>/labels.json`` if there is one, else the Dog set); report every problem."""
     root = str(root)
@@ -209,9 +232,15 @@ def check_dataset(root: str, splits: tuple[str, ...] | list[str] = DEFAULT_SPLIT
 
     names = label_set.names
     unused = [f"{names[c]} ({c})" for c in range(num_classes) if pixels[c] == 0]
-    warnings = [f"warning: no label of {', '.join(images) or 'the splits'} uses class(es) "
-                f"{', '.join(unused)} of the label set ({label_set.describe()}): a wrong label set, or "
-                f"classes the network will never learn"] if unused and pixels.sum() else []
+    warnings = (
+        [
+            f"warning: no label of {', '.join(images) or 'the splits'} uses class(es) "
+            f"{', '.join(unused)} of the label set ({label_set.describe()}): a wrong label set, or "
+            f"classes the network will never learn"
+        ]
+        if unused and pixels.sum()
+        else []
+    )
     counts = {
         "images": images,
         "pixels": {names[c]: int(pixels[c]) for c in range(num_classes)},
@@ -219,27 +248,43 @@ def check_dataset(root: str, splits: tuple[str, ...] | list[str] = DEFAULT_SPLIT
     }
     total = max(int(pixels.sum()), 1)
     per_split = ", ".join(f"{s} {n}" for s, n in images.items())
-    per_class = ", ".join(f"{names[c]} {_human(int(pixels[c]))} ({100 * pixels[c] / total:.1f}%)"
-                          for c in range(num_classes))
-    summary = (f"{root}: {sum(images.values())} images ({per_split or 'no splits read'}); label pixels: "
-               f"{per_class}, ignore {_human(int(pixels[ignore_label]))}; "
-               f"{problems.total} problem{'s' if problems.total != 1 else ''}")
-    return CheckReport(ok=problems.total == 0, problems=problems.lines, summary=summary, counts=counts,
-                       total_problems=problems.total, warnings=warnings)
+    per_class = ", ".join(
+        f"{names[c]} {_human(int(pixels[c]))} ({100 * pixels[c] / total:.1f}%)" for c in range(num_classes)
+    )
+    summary = (
+        f"{root}: {sum(images.values())} images ({per_split or 'no splits read'}); label pixels: "
+        f"{per_class}, ignore {_human(int(pixels[ignore_label]))}; "
+        f"{problems.total} problem{'s' if problems.total != 1 else ''}"
+    )
+    return CheckReport(
+        ok=problems.total == 0,
+        problems=problems.lines,
+        summary=summary,
+        counts=counts,
+        total_problems=problems.total,
+        warnings=warnings,
+    )
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(formatter_class=DefaultsHelpFormatter, prog=PROG, add_help=add_help,
-                                     description="Check a parsing data directory (the Dog dataset's layout) "
-                                                 "before training on it.")
-    parser.add_argument("data_dir", help="data directory holding <split>_id.txt, <split>_images/, "
-                                         "<split>_segmentations/ (and optionally labels.json)")
+    parser = argparse.ArgumentParser(
+        formatter_class=DefaultsHelpFormatter,
+        prog=PROG,
+        add_help=add_help,
+        description="Check a parsing data directory (the Dog dataset's layout) before training on it.",
+    )
+    parser.add_argument(
+        "data_dir",
+        help="data directory holding <split>_id.txt, <split>_images/, "
+        "<split>_segmentations/ (and optionally labels.json)",
+    )
     parser.add_argument("--splits", nargs="+", default=list(DEFAULT_SPLITS), help="splits to check")
     add_label_arguments(parser, stored=False)
     parser.add_argument("--ignore-label", type=int, default=IGNORE_LABEL, help="label id that is not scored")
     parser.add_argument("--max-problems", type=int, default=50, help="print at most this many problems")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="reader threads (default: 2 per core, at most 8)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="reader threads (default: 2 per core, at most 8)"
+    )
     return parser
 
 
@@ -247,8 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     if not 0 <= args.ignore_label <= 255:
-        parser.error(f"argument --ignore-label: expected 0..255 (labels are 8-bit PNGs), "
-                     f"got {args.ignore_label}")
+        parser.error(
+            f"argument --ignore-label: expected 0..255 (labels are 8-bit PNGs), got {args.ignore_label}"
+        )
     try:
         label_set = resolve_label_set(args.labels, args.data_dir)
         check_flags(label_set, args.num_classes, args.ignore_label)
@@ -256,9 +302,14 @@ def main(argv: list[str] | None = None) -> int:
         die(PROG, str(exc), 2)
     start = time.perf_counter()
     print(f"label set: {label_set.summary()}")
-    report = check_dataset(args.data_dir, args.splits, label_set=label_set,
-                           ignore_label=args.ignore_label, max_problems=args.max_problems,
-                           workers=args.workers)
+    report = check_dataset(
+        args.data_dir,
+        args.splits,
+        label_set=label_set,
+        ignore_label=args.ignore_label,
+        max_problems=args.max_problems,
+        workers=args.workers,
+    )
     seconds = time.perf_counter() - start
     for line in report.problems:
         print(line)

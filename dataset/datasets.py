@@ -11,6 +11,7 @@ are augmented exactly as the authors' loader, drawing random numbers in the same
 seeded run reproduces their samples; every other split returns the un-augmented crop that
 evaluation warps back with :func:`utils.transforms.crop_to_image`.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,6 +37,7 @@ from utils.transforms import (
 # The numbers and the arithmetic of the normalisation live in ``utils.transforms`` (no torch), so that
 # the onnxruntime path normalises with the very same code; here they become tensors.
 
+
 def normalize_image(image: np.ndarray) -> torch.Tensor:
     """H x W x 3 uint8 BGR array -> 3 x H x W float32 tensor, ``(x / 255 - MEAN) / STD`` per channel."""
     return torch.from_numpy(normalize_array(image))
@@ -50,8 +52,7 @@ class ToTensorNormalized:
     transform passed to the dataset must follow the same protocol.
     """
 
-    def __call__(self, image: np.ndarray, label: np.ndarray | None = None,
-                 edge: np.ndarray | None = None):
+    def __call__(self, image: np.ndarray, label: np.ndarray | None = None, edge: np.ndarray | None = None):
         image_t = normalize_image(image)
         label_t = None if label is None else torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64))
         edge_t = None if edge is None else torch.from_numpy(np.ascontiguousarray(edge, dtype=np.int64))
@@ -122,11 +123,18 @@ class CartoonDataSet(torch.utils.data.Dataset):
     an augmentation off without shifting the random streams of the other draws.
     """
 
-    def __init__(self, root: str, dataset: str, crop_size: tuple[int, int] | int = recipe.INPUT_SIZE,
-                 scale_factor: float = recipe.SCALE_FACTOR, rotation_factor: float = recipe.ROTATION_FACTOR,
-                 flip_prob: float = recipe.FLIP_PROB,
-                 ignore_label: int = IGNORE_LABEL, transform: Callable | None = None,
-                 label_set: LabelSet | None = None) -> None:
+    def __init__(
+        self,
+        root: str,
+        dataset: str,
+        crop_size: tuple[int, int] | int = recipe.INPUT_SIZE,
+        scale_factor: float = recipe.SCALE_FACTOR,
+        rotation_factor: float = recipe.ROTATION_FACTOR,
+        flip_prob: float = recipe.FLIP_PROB,
+        ignore_label: int = IGNORE_LABEL,
+        transform: Callable | None = None,
+        label_set: LabelSet | None = None,
+    ) -> None:
         if isinstance(crop_size, int):
             crop_size = (crop_size, crop_size)
         self.root = str(root)
@@ -147,8 +155,10 @@ class CartoonDataSet(torch.utils.data.Dataset):
             raise FileNotFoundError(f"data directory not found: {self.root}")
         list_path, self._image_dir, self._label_dir = split_paths(self.root, dataset)
         if not os.path.isfile(list_path):
-            raise FileNotFoundError(f"id list of split '{dataset}' not found: {list_path} "
-                                    f"(expected the layout of dataset/README.md)")
+            raise FileNotFoundError(
+                f"id list of split '{dataset}' not found: {list_path} "
+                f"(expected the layout of dataset/README.md)"
+            )
         self.ids = read_id_list(list_path)
         if not self.ids:
             raise ValueError(f"id list {list_path} holds no ids")
@@ -165,8 +175,10 @@ class CartoonDataSet(torch.utils.data.Dataset):
         missing = [i for i in self.ids if i + ext not in present]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise FileNotFoundError(f"file listed in {self.dataset}_id.txt not found: "
-                                    f"{os.path.join(folder, missing[0] + ext)}{more}")
+            raise FileNotFoundError(
+                f"file listed in {self.dataset}_id.txt not found: "
+                f"{os.path.join(folder, missing[0] + ext)}{more}"
+            )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -195,15 +207,19 @@ class CartoonDataSet(torch.utils.data.Dataset):
 
     def _check_label(self, label: np.ndarray, image: np.ndarray, index: int) -> None:
         if label.shape != image.shape[:2]:
-            raise ValueError(f"label {self.label_path(index)} is {label.shape[1]}x{label.shape[0]} but its "
-                             f"image is {image.shape[1]}x{image.shape[0]} (W x H)")
+            raise ValueError(
+                f"label {self.label_path(index)} is {label.shape[1]}x{label.shape[0]} but its "
+                f"image is {image.shape[1]}x{image.shape[0]} (W x H)"
+            )
         # max() is cheap; only a map that holds 255 or a bad id pays for the exact test.
         if label.max() >= self.num_classes:
             bad = np.unique(label[(label >= self.num_classes) & (label != self.ignore_label)])
             if bad.size:
-                raise ValueError(f"label {self.label_path(index)} holds ids {bad.tolist()} that the label "
-                                 f"set ({self.label_set.describe()}) does not have "
-                                 f"(0..{self.num_classes - 1}, and {self.ignore_label} ignored)")
+                raise ValueError(
+                    f"label {self.label_path(index)} holds ids {bad.tolist()} that the label "
+                    f"set ({self.label_set.describe()}) does not have "
+                    f"(0..{self.num_classes - 1}, and {self.ignore_label} ignored)"
+                )
 
     def _draw_augmentation(self) -> tuple[float, float, bool]:
         """(scale multiplier, rotation in degrees, flip?) in the authors' draw order."""
@@ -260,8 +276,10 @@ class CartoonDataSet(torch.utils.data.Dataset):
         return crop, crop_label, edge, meta
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(root={self.root!r}, dataset={self.dataset!r}, n={len(self)}, "
-                f"crop_size={self.crop_size}, train={self.is_train})")
+        return (
+            f"{type(self).__name__}(root={self.root!r}, dataset={self.dataset!r}, n={len(self)}, "
+            f"crop_size={self.crop_size}, train={self.is_train})"
+        )
 
 
 def _unreadable(path: str, what: str) -> Exception:

@@ -6,6 +6,7 @@
 
 Torch-free, so the checker and the synthetic generator start fast.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,9 +30,11 @@ class SplitPaths(NamedTuple):
 
 def split_paths(root: str, split: str) -> SplitPaths:
     """The id list, image folder and label folder of ``split`` under ``root`` (nothing is checked)."""
-    return SplitPaths(os.path.join(root, f"{split}_id.txt"),
-                      os.path.join(root, f"{split}_images"),
-                      os.path.join(root, f"{split}_segmentations"))
+    return SplitPaths(
+        os.path.join(root, f"{split}_id.txt"),
+        os.path.join(root, f"{split}_images"),
+        os.path.join(root, f"{split}_segmentations"),
+    )
 
 
 def read_id_list(path: str) -> list[str]:

@@ -21,6 +21,7 @@ CLI::
         --train 120 --val 30 --trainTest 20 --seed 0
     python -m dataset.synthetic --contact-sheet dataset/synthetic_samples.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,13 +40,24 @@ from utils.labels import DOG
 
 # The Dog set's ids (utils/labels.py), by name: the generator draws dogs.
 HEAD, BODY, LEFT_ARM, RIGHT_ARM, LEFT_LEG, RIGHT_LEG, TAIL = (
-    DOG.names.index(n) for n in ("head", "body", "left_arm", "right_arm", "left_leg", "right_leg", "tail"))
+    DOG.names.index(n) for n in ("head", "body", "left_arm", "right_arm", "left_leg", "right_leg", "tail")
+)
 
 # Fur colours (BGR): tan, brown, dark brown, black, white, grey, golden, cream, red-brown.
-FUR_COLOURS = np.array([
-    (110, 160, 205), (45, 85, 140), (30, 45, 75), (45, 42, 40), (235, 238, 240),
-    (150, 150, 155), (60, 165, 225), (190, 225, 240), (40, 70, 170),
-], dtype=np.float64)
+FUR_COLOURS = np.array(
+    [
+        (110, 160, 205),
+        (45, 85, 140),
+        (30, 45, 75),
+        (45, 42, 40),
+        (235, 238, 240),
+        (150, 150, 155),
+        (60, 165, 225),
+        (190, 225, 240),
+        (40, 70, 170),
+    ],
+    dtype=np.float64,
+)
 
 SPLITS = ("train", "val", "trainTest")
 DEFAULT_MIN_SIZE = 96
@@ -58,6 +70,7 @@ _SHIFT = 4
 @dataclass
 class Sample:
     """One generated picture: BGR uint8 image, uint8 label map, and which way the dog faces."""
+
     image: np.ndarray
     label: np.ndarray
     facing: str
@@ -102,9 +115,9 @@ def _direction(angle_deg: float) -> np.ndarray:
 
 @dataclass
 class _Part:
-    label: int            # class id drawn into the label map (-1: picture detail only)
-    colour: tuple         # BGR fill
-    shapes: list          # polygons, float (x, y)
+    label: int  # class id drawn into the label map (-1: picture detail only)
+    colour: tuple  # BGR fill
+    shapes: list  # polygons, float (x, y)
     outline: bool = True  # dark outline around the union of the shapes
     mask_label: int = -1  # detail drawn only over pixels of this class (spots on the body)
 
@@ -113,8 +126,9 @@ class _Part:
 Shade = Callable[[float], tuple]
 
 
-def _leg_drawer(rng: np.random.Generator) -> tuple[Callable[[np.ndarray, float, bool], list[np.ndarray]],
-                                                    dict[str, float], np.ndarray]:
+def _leg_drawer(
+    rng: np.random.Generator,
+) -> tuple[Callable[[np.ndarray, float, bool], list[np.ndarray]], dict[str, float], np.ndarray]:
     """The pose: a function drawing one leg from its hip, each leg's swing angle, and the far legs' offset."""
     pose = rng.choice(["stand", "walk", "run"])
     if pose == "stand":
@@ -150,7 +164,7 @@ def _tail(rng: np.random.Generator, base: np.ndarray, shade: Shade) -> _Part:
     """Behind the body, leaving from the rump backwards, up or down, a little curled."""
     tail_len = rng.uniform(0.3, 0.55)
     tail_w = rng.uniform(0.06, 0.1)
-    heading = rng.uniform(-30, 75)   # 0: straight back, 90: straight up
+    heading = rng.uniform(-30, 75)  # 0: straight back, 90: straight up
     curl = rng.uniform(-40, 40)
     pts, widths = [base], [tail_w]
     for i in range(1, 5):
@@ -160,8 +174,11 @@ def _tail(rng: np.random.Generator, base: np.ndarray, shade: Shade) -> _Part:
     return _Part(TAIL, shade(rng.uniform(0.9, 1.1)), _limb(pts, widths))
 
 
-def _head(rng: np.random.Generator, head_c: np.ndarray, head_r: float, shade: Shade, far: float) -> list[_Part]:
-    """Skull, snout, nose and eye; the ears are head too: the far one behind the skull, the near one over it."""
+def _head(
+    rng: np.random.Generator, head_c: np.ndarray, head_r: float, shade: Shade, far: float
+) -> list[_Part]:
+    """Skull, snout, nose and eye; the ears are head too: the far one behind the skull, the near one
+    over it."""
     head_tilt = rng.uniform(-20, 20)
 
     def at_head(x: float, y: float) -> np.ndarray:
@@ -174,8 +191,15 @@ def _head(rng: np.random.Generator, head_c: np.ndarray, head_r: float, shade: Sh
         if pointy:
             tip = at_head(-0.35 + dx, -1.0 - ear_len * 0.6)
             return [np.array([at_head(-0.75 + dx, -0.45), tip, at_head(0.05 + dx, -0.75)])]
-        return [_ellipse(at_head(-0.45 + dx, 0.15), head_r * 0.32, head_r * 0.4 * ear_len + head_r * 0.2,
-                         head_tilt + rng.uniform(5, 30), n=20)]
+        return [
+            _ellipse(
+                at_head(-0.45 + dx, 0.15),
+                head_r * 0.32,
+                head_r * 0.4 * ear_len + head_r * 0.2,
+                head_tilt + rng.uniform(5, 30),
+                n=20,
+            )
+        ]
 
     parts = [_Part(HEAD, shade(far * 0.95), ear(0.35))]
     snout_c = at_head(rng.uniform(0.8, 1.0), rng.uniform(0.2, 0.4))
@@ -188,11 +212,20 @@ def _head(rng: np.random.Generator, head_c: np.ndarray, head_r: float, shade: Sh
     nose = _ellipse(nose_c, head_r * 0.16, head_r * 0.12, head_tilt, 16)
     parts.append(_Part(HEAD, (30.0, 25.0, 25.0), [nose], outline=False))
     eye_c = at_head(0.4, -0.25)
-    parts.append(_Part(-1, (250.0, 250.0, 250.0), [_ellipse(eye_c, head_r * 0.15, head_r * 0.17, 0, 16)],
-                       mask_label=HEAD))
-    parts.append(_Part(-1, (20.0, 20.0, 20.0), [_ellipse(eye_c + np.array([head_r * 0.04, 0]),
-                                                        head_r * 0.08, head_r * 0.1, 0, 12)],
-                       outline=False, mask_label=HEAD))
+    parts.append(
+        _Part(
+            -1, (250.0, 250.0, 250.0), [_ellipse(eye_c, head_r * 0.15, head_r * 0.17, 0, 16)], mask_label=HEAD
+        )
+    )
+    parts.append(
+        _Part(
+            -1,
+            (20.0, 20.0, 20.0),
+            [_ellipse(eye_c + np.array([head_r * 0.04, 0]), head_r * 0.08, head_r * 0.1, 0, 12)],
+            outline=False,
+            mask_label=HEAD,
+        )
+    )
     return parts
 
 
@@ -201,6 +234,7 @@ def _dog_parts(rng: np.random.Generator, fur: np.ndarray) -> list[_Part]:
 
     The random numbers are drawn in a fixed order (pose, tail, body, head), so a seed always gives
     the same dog."""
+
     def shade(factor: float) -> tuple:
         return tuple(float(c) for c in np.clip(fur * factor, 0, 255))
 
@@ -214,9 +248,11 @@ def _dog_parts(rng: np.random.Generator, fur: np.ndarray) -> list[_Part]:
     # Legs: hips inside the body so the near legs visibly start on it and the far ones hide there.
     leg, swing, far_offset = _leg_drawer(rng)
     front_hip, hind_hip = on_body(0.58, 0.35), on_body(-0.56, 0.35)
-    parts = [_Part(RIGHT_LEG, shade(far), leg(hind_hip + far_offset, swing["fh"], True)),
-             _Part(RIGHT_ARM, shade(far), leg(front_hip + far_offset, swing["ff"], False)),
-             _tail(rng, on_body(-0.9, -0.45), shade)]
+    parts = [
+        _Part(RIGHT_LEG, shade(far), leg(hind_hip + far_offset, swing["fh"], True)),
+        _Part(RIGHT_ARM, shade(far), leg(front_hip + far_offset, swing["ff"], False)),
+        _tail(rng, on_body(-0.9, -0.45), shade),
+    ]
 
     # Body (torso and neck share the "body" id).
     head_r = rng.uniform(0.19, 0.27)
@@ -225,9 +261,16 @@ def _dog_parts(rng: np.random.Generator, fur: np.ndarray) -> list[_Part]:
     parts.append(_Part(BODY, shade(1.0), [_ellipse((0, 0), rx, ry, tilt, n=40), neck]))
     if rng.random() < 0.45:
         spot = tuple(float(c) for c in FUR_COLOURS[rng.integers(len(FUR_COLOURS))])
-        spots = [_ellipse(on_body(rng.uniform(-0.7, 0.5), rng.uniform(-0.8, 0.3)),
-                          rng.uniform(0.06, 0.16), rng.uniform(0.05, 0.12), rng.uniform(0, 180), n=20)
-                 for _ in range(rng.integers(1, 4))]
+        spots = [
+            _ellipse(
+                on_body(rng.uniform(-0.7, 0.5), rng.uniform(-0.8, 0.3)),
+                rng.uniform(0.06, 0.16),
+                rng.uniform(0.05, 0.12),
+                rng.uniform(0, 180),
+                n=20,
+            )
+            for _ in range(rng.integers(1, 4))
+        ]
         parts.append(_Part(-1, spot, spots, outline=False, mask_label=BODY))
 
     parts.append(_Part(LEFT_LEG, shade(1.0), leg(hind_hip, swing["nh"], True)))
@@ -237,6 +280,7 @@ def _dog_parts(rng: np.random.Generator, fur: np.ndarray) -> list[_Part]:
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """A flat colour, a gradient, stripes, a checkerboard, dots, or sky over ground."""
+
     def colour() -> np.ndarray:
         hsv = np.uint8([[[rng.integers(0, 180), rng.integers(20, 160), rng.integers(120, 250)]]])
         return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.float64)
@@ -276,8 +320,13 @@ def _to_fixed(shape: np.ndarray) -> np.ndarray:
     return np.round(shape * (1 << _SHIFT)).astype(np.int32)
 
 
-def render_sample(seed: int, index: int, min_size: int = DEFAULT_MIN_SIZE, max_size: int = DEFAULT_MAX_SIZE,
-                  facing: str | None = None) -> Sample:
+def render_sample(
+    seed: int,
+    index: int,
+    min_size: int = DEFAULT_MIN_SIZE,
+    max_size: int = DEFAULT_MAX_SIZE,
+    facing: str | None = None,
+) -> Sample:
     """Draw picture ``index`` of the set made with ``seed``.
 
     ``facing`` ("left"/"right") overrides the random direction without changing any other
@@ -303,8 +352,9 @@ def render_sample(seed: int, index: int, min_size: int = DEFAULT_MIN_SIZE, max_s
     all_pts = np.concatenate([s for p in parts for s in p.shapes])
     lo, hi = all_pts.min(axis=0), all_pts.max(axis=0)
     margin = 3.0
-    fit = rng.uniform(0.7, 0.95) * min((width - 2 * margin) / (hi[0] - lo[0]),
-                                       (height - 2 * margin) / (hi[1] - lo[1]))
+    fit = rng.uniform(0.7, 0.95) * min(
+        (width - 2 * margin) / (hi[0] - lo[0]), (height - 2 * margin) / (hi[1] - lo[1])
+    )
     free = np.array([width, height]) - 2 * margin - (hi - lo) * fit
     offset = margin + rng.uniform(0, 1, size=2) * np.maximum(free, 0) - lo * fit
     thickness = max(1, int(round(fit * rng.uniform(0.012, 0.02))))
@@ -355,9 +405,16 @@ def render_sample(seed: int, index: int, min_size: int = DEFAULT_MIN_SIZE, max_s
 
 
 # --------------------------------------------------------------------------- writing
-def generate_dataset(out_dir: str, n_train: int, n_val: int, n_traintest: int, seed: int = 0,
-                     min_size: int = DEFAULT_MIN_SIZE, max_size: int = DEFAULT_MAX_SIZE,
-                     jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> dict[str, list[str]]:
+def generate_dataset(
+    out_dir: str,
+    n_train: int,
+    n_val: int,
+    n_traintest: int,
+    seed: int = 0,
+    min_size: int = DEFAULT_MIN_SIZE,
+    max_size: int = DEFAULT_MAX_SIZE,
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+) -> dict[str, list[str]]:
     """Write ``train``/``val``/``trainTest`` splits in the authors' layout; returns the ids per split.
 
     Images are JPEG (fixed ``jpeg_quality``), labels single-channel PNG. Picture ``k`` (counted
@@ -380,8 +437,7 @@ def generate_dataset(out_dir: str, n_train: int, n_val: int, n_traintest: int, s
         for _ in range(counts[split]):
             sample = render_sample(seed, k, min_size, max_size)
             name = f"syn_{k:05d}"
-            _write(paths.image(name), sample.image,
-                   [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+            _write(paths.image(name), sample.image, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
             _write(paths.label(name), sample.label, [cv2.IMWRITE_PNG_COMPRESSION, 3])
             ids.append(name)
             k += 1
@@ -399,8 +455,9 @@ def _write(path: str, array: np.ndarray, params: list[int]) -> None:
         f.write(buf.tobytes())
 
 
-def contact_sheet(samples: list[Sample], cell: int = 128, columns: int = 3,
-                  legend: bool = False) -> np.ndarray:
+def contact_sheet(
+    samples: list[Sample], cell: int = 128, columns: int = 3, legend: bool = False
+) -> np.ndarray:
     """A BGR picture of the samples, each image beside its coloured label map.
 
     ``legend`` adds a strip naming the colours of the Dog set's classes.
@@ -414,13 +471,15 @@ def contact_sheet(samples: list[Sample], cell: int = 128, columns: int = 3,
         h, w = sample.label.shape
         f = cell / max(h, w)
         size = (max(1, round(w * f)), max(1, round(h * f)))
-        pictures = (cv2.resize(sample.image, size, interpolation=cv2.INTER_AREA),
-                    cv2.resize(DOG.colorize(sample.label)[:, :, ::-1], size, interpolation=cv2.INTER_NEAREST))
+        pictures = (
+            cv2.resize(sample.image, size, interpolation=cv2.INTER_AREA),
+            cv2.resize(DOG.colorize(sample.label)[:, :, ::-1], size, interpolation=cv2.INTER_NEAREST),
+        )
         y = gap + (i // columns) * (cell + gap)
         x = gap + (i % columns) * (2 * cell + 3 * gap)
         for j, pic in enumerate(pictures):
             x0 = x + j * (cell + gap)
-            sheet[y:y + size[1], x0:x0 + size[0]] = pic
+            sheet[y : y + size[1], x0 : x0 + size[0]] = pic
     if legend:
         step = (width - gap) // DOG.num_classes
         for c, name in enumerate(DOG.names):
@@ -428,13 +487,22 @@ def contact_sheet(samples: list[Sample], cell: int = 128, columns: int = 3,
             colour = tuple(int(v) for v in DOG.colours()[c, ::-1])
             cv2.rectangle(sheet, (x, height + 4), (x + 14, height + 16), colour, -1)
             cv2.rectangle(sheet, (x, height + 4), (x + 14, height + 16), (120, 120, 120), 1)
-            cv2.putText(sheet, f"{c} {name}", (x + 18, height + 15), cv2.FONT_HERSHEY_SIMPLEX, 0.32,
-                        (40, 40, 40), 1, cv2.LINE_AA)
+            cv2.putText(
+                sheet,
+                f"{c} {name}",
+                (x + 18, height + 15),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.32,
+                (40, 40, 40),
+                1,
+                cv2.LINE_AA,
+            )
     return sheet
 
 
-def write_contact_sheet(path: str, n: int = 6, seed: int = 0, min_size: int = DEFAULT_MIN_SIZE,
-                        max_size: int = DEFAULT_MAX_SIZE) -> None:
+def write_contact_sheet(
+    path: str, n: int = 6, seed: int = 0, min_size: int = DEFAULT_MIN_SIZE, max_size: int = DEFAULT_MAX_SIZE
+) -> None:
     """Render the first ``n`` pictures of ``seed`` and save their contact sheet as PNG."""
     samples = [render_sample(seed, k, min_size, max_size) for k in range(n)]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -444,19 +512,33 @@ def write_contact_sheet(path: str, n: int = 6, seed: int = 0, min_size: int = DE
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         formatter_class=DefaultsHelpFormatter,
-        description="Write a synthetic cartoon dog dataset in the authors' layout.", add_help=add_help)
+        description="Write a synthetic cartoon dog dataset in the authors' layout.",
+        add_help=add_help,
+    )
     parser.add_argument("--out", default=None, help="output data directory (created if missing)")
     parser.add_argument("--train", type=int, default=120, help="number of train images")
     parser.add_argument("--val", type=int, default=30, help="number of val images")
-    parser.add_argument("--trainTest", "--train-test", dest="train_test", type=int, default=20,
-                        help="number of trainTest images (held-out training images)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="random seed; the same seed writes the same bytes")
-    parser.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE,
-                        help="smallest image side in pixels")
+    parser.add_argument(
+        "--trainTest",
+        "--train-test",
+        dest="train_test",
+        type=int,
+        default=20,
+        help="number of trainTest images (held-out training images)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed; the same seed writes the same bytes"
+    )
+    parser.add_argument(
+        "--min-size", type=int, default=DEFAULT_MIN_SIZE, help="smallest image side in pixels"
+    )
     parser.add_argument("--max-size", type=int, default=DEFAULT_MAX_SIZE, help="largest image side in pixels")
-    parser.add_argument("--contact-sheet", default=None, metavar="PNG",
-                        help="also (or only) write a picture of 6 samples beside their coloured labels")
+    parser.add_argument(
+        "--contact-sheet",
+        default=None,
+        metavar="PNG",
+        help="also (or only) write a picture of 6 samples beside their coloured labels",
+    )
     return parser
 
 
@@ -467,16 +549,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.out is not None:
         start = time.perf_counter()
-        ids = generate_dataset(args.out, args.train, args.val, args.train_test, seed=args.seed,
-                               min_size=args.min_size, max_size=args.max_size)
+        ids = generate_dataset(
+            args.out,
+            args.train,
+            args.val,
+            args.train_test,
+            seed=args.seed,
+            min_size=args.min_size,
+            max_size=args.max_size,
+        )
         n = sum(len(v) for v in ids.values())
         seconds = time.perf_counter() - start
-        print(f"wrote {n} images to {args.out} ("
-              + ", ".join(f"{k} {len(v)}" for k, v in ids.items())
-              + f") in {seconds:.2f} s, {n / max(seconds, 1e-9):.0f} images/s")
+        print(
+            f"wrote {n} images to {args.out} ("
+            + ", ".join(f"{k} {len(v)}" for k, v in ids.items())
+            + f") in {seconds:.2f} s, {n / max(seconds, 1e-9):.0f} images/s"
+        )
     if args.contact_sheet is not None:
-        write_contact_sheet(args.contact_sheet, seed=args.seed, min_size=args.min_size,
-                            max_size=args.max_size)
+        write_contact_sheet(
+            args.contact_sheet, seed=args.seed, min_size=args.min_size, max_size=args.max_size
+        )
         print(f"wrote {args.contact_sheet}")
     return 0
 

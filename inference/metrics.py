@@ -6,6 +6,7 @@ tp / max(1, gt count); IoU_c = tp / max(1, gt + pred - tp); mean IU over ALL cla
 included, so a class absent from both ground truth and prediction counts as 0 (the authors' way);
 all in percent.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -62,8 +63,10 @@ class ConfusionMatrix:
             return
         if g.min() < 0 or g.max() >= n:
             bad = sorted(set(np.unique(g[(g < 0) | (g >= n)]).tolist()))
-            raise ValueError(f"ground truth holds ids {bad} outside 0..{n - 1} "
-                             f"(and not the ignore label {self.ignore_label})")
+            raise ValueError(
+                f"ground truth holds ids {bad} outside 0..{n - 1} "
+                f"(and not the ignore label {self.ignore_label})"
+            )
         if p.min() < 0 or p.max() >= n:
             bad = sorted(set(np.unique(p[(p < 0) | (p >= n)]).tolist()))
             raise ValueError(f"prediction holds ids {bad} outside 0..{n - 1}")
@@ -74,8 +77,11 @@ class ConfusionMatrix:
         if not (dist.is_available() and dist.is_initialized()):
             return
         # NCCL reduces only CUDA tensors; gloo and others take CPU tensors.
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
+        device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if dist.get_backend() == "nccl"
             else torch.device("cpu")
+        )
         total = torch.from_numpy(self.mat).to(device)
         dist.barrier()
         dist.all_reduce(total, op=dist.ReduceOp.SUM)

@@ -8,6 +8,7 @@ predicts) and ``setup_model`` (ready to predict). ``load_model`` builds an eval-
 parse_images.py --onnx runs where torch is not installed, through this module: torch, the
 network and onnxruntime are imported inside the functions of the path that needs them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,14 @@ if TYPE_CHECKING:
     from utils.checkpoint import Weights
 
 
-def load_model(weights: Weights, num_classes: int, device: torch.device, *,
-               channels_last: bool = False, fuse: bool = False) -> nn.Module:
+def load_model(
+    weights: Weights,
+    num_classes: int,
+    device: torch.device,
+    *,
+    channels_last: bool = False,
+    fuse: bool = False,
+) -> nn.Module:
     """DFPNet with ``num_classes`` outputs and the checkpoint's ``weights``, on ``device``, in eval mode.
 
     ``fuse`` returns ``networks.fuse.fuse_for_inference`` of it (InPlace-ABN folded into the
@@ -48,7 +55,6 @@ def load_model(weights: Weights, num_classes: int, device: torch.device, *,
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return model
-
 
 
 def setup_device(args: argparse.Namespace, fail: Fail) -> torch.device | None:
@@ -92,8 +98,9 @@ def read_network(args: argparse.Namespace, fail: Fail) -> Weights | OnnxModel:
         fail(str(exc), 2)
 
 
-def network_label_set(args: argparse.Namespace, network: Weights | OnnxModel, given: LabelSet | None,
-                      fail: Fail) -> LabelSet:
+def network_label_set(
+    args: argparse.Namespace, network: Weights | OnnxModel, given: LabelSet | None, fail: Fail
+) -> LabelSet:
     """The label set to predict with: ``given`` (see :func:`given_labels`), else the set the network
     records, else the Dog set; it must be the network's classes, and agree with ``--num-classes`` and
     ``--ignore-label`` where given. A problem ends the program through ``fail(one line, 2)``."""
@@ -113,8 +120,13 @@ def network_label_set(args: argparse.Namespace, network: Weights | OnnxModel, gi
     return label_set
 
 
-def setup_model(args: argparse.Namespace, network: Weights | OnnxModel, label_set: LabelSet,
-                device: torch.device | None, fail: Fail) -> nn.Module | OnnxModel:
+def setup_model(
+    args: argparse.Namespace,
+    network: Weights | OnnxModel,
+    label_set: LabelSet,
+    device: torch.device | None,
+    fail: Fail,
+) -> nn.Module | OnnxModel:
     """The network of :func:`read_network`, ready to predict: an ``OnnxModel`` as it is, a checkpoint as
     an eval-mode DFPNet for ``label_set`` on ``device`` (folded with ``--fuse``).
 
@@ -123,8 +135,9 @@ def setup_model(args: argparse.Namespace, network: Weights | OnnxModel, label_se
     ``fail(one line naming the file, 2)``.
     """
     if not hasattr(network, "state"):  # an OnnxModel: refuse now what it would fail on mid-run
-        problem = network.unusable_with(batch_size=args.batch_size, input_size=args.input_size, flip=args.flip,
-                                        scales=args.scales)
+        problem = network.unusable_with(
+            batch_size=args.batch_size, input_size=args.input_size, flip=args.flip, scales=args.scales
+        )
         if problem:
             fail(problem, 2)
         return network
@@ -133,8 +146,13 @@ def setup_model(args: argparse.Namespace, network: Weights | OnnxModel, label_se
     from utils.checkpoint import CheckpointError  # torch: a checkpoint is the PyTorch path
 
     try:
-        model = load_model(network, label_set.num_classes, device, channels_last=args.channels_last,
-                           fuse=getattr(args, "fuse", False))
+        model = load_model(
+            network,
+            label_set.num_classes,
+            device,
+            channels_last=args.channels_last,
+            fuse=getattr(args, "fuse", False),
+        )
     except CheckpointError as exc:
         fail(str(exc), 2)
     if device.type == "cuda":

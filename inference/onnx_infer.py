@@ -13,6 +13,7 @@ crop (bilinear, ``align_corners=True``; a no-op for DFPnet, whose final map is a
 softmax, the mirrored prediction flipped back with left/right channels swapped, the scales averaged;
 a single plain pass takes the argmax of the logits.
 """
+
 from __future__ import annotations
 
 import json
@@ -75,8 +76,9 @@ class OnnxModel:
         try:
             import onnxruntime as ort  # only here: evaluate.py and parse_images.py load it with --onnx alone
         except ImportError:
-            raise OnnxModelError(f"{path}: onnxruntime is not installed "
-                                 f"(pip install -r requirements.txt)") from None
+            raise OnnxModelError(
+                f"{path}: onnxruntime is not installed (pip install -r requirements.txt)"
+            ) from None
         self.path = path
         if not os.path.isfile(path):
             raise OnnxModelError(f"{path}: ONNX model file not found")
@@ -89,8 +91,9 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for every bad file
-            raise OnnxModelError(f"{path}: not an ONNX model onnxruntime can load: "
-                                 f"{first_line(exc)}") from None
+            raise OnnxModelError(
+                f"{path}: not an ONNX model onnxruntime can load: {first_line(exc)}"
+            ) from None
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] not in (3, "3"):
@@ -98,7 +101,9 @@ class OnnxModel:
             raise OnnxModelError(f"{path}: expected one N x 3 x H x W image input, the model takes {shapes}")
         self.input_name = inputs[0].name
         # The batch, H and W an export.py --static model is fixed to (None where dynamic).
-        self.fixed = tuple(d if isinstance(d, int) else None for d in (inputs[0].shape[0], *inputs[0].shape[2:]))
+        self.fixed = tuple(
+            d if isinstance(d, int) else None for d in (inputs[0].shape[0], *inputs[0].shape[2:])
+        )
         self.output_name = outputs[0].name
         self.output = self.metadata.get("output", "labels" if len(outputs[0].shape) == 3 else "logits")
         if self.output not in OUTPUTS:
@@ -113,32 +118,42 @@ class OnnxModel:
         channels = outputs[0].shape[1] if self.output != "labels" and len(outputs[0].shape) == 4 else None
         self.num_classes = int(count) if count.isdigit() else channels if isinstance(channels, int) else None
         if self.label_set is not None and self.num_classes not in (None, self.label_set.num_classes):
-            raise OnnxModelError(f"{path}: its metadata says {self.num_classes} classes but records a label "
-                                 f"set of {self.label_set.num_classes}")
+            raise OnnxModelError(
+                f"{path}: its metadata says {self.num_classes} classes but records a label "
+                f"set of {self.label_set.num_classes}"
+            )
         for key, ours in (("mean", MEAN), ("std", STD)):
             if key in self.metadata and not np.allclose(json.loads(self.metadata[key]), ours):
-                raise OnnxModelError(f"{path}: expects inputs normalised with {key} {self.metadata[key]}, "
-                                     f"this code normalises with {list(ours)}")
+                raise OnnxModelError(
+                    f"{path}: expects inputs normalised with {key} {self.metadata[key]}, "
+                    f"this code normalises with {list(ours)}"
+                )
         if self.metadata.get("channel_order", "BGR") != "BGR":
-            raise OnnxModelError(f"{path}: expects {self.metadata['channel_order']} images, "
-                                 f"this code feeds BGR")
+            raise OnnxModelError(
+                f"{path}: expects {self.metadata['channel_order']} images, this code feeds BGR"
+            )
 
-    def unusable_with(self, *, batch_size: int, input_size: Sequence[int], flip: bool,
-                      scales: Sequence[float]) -> str | None:
+    def unusable_with(
+        self, *, batch_size: int, input_size: Sequence[int], flip: bool, scales: Sequence[float]
+    ) -> str | None:
         """Why this model cannot run these settings (one line naming the file), or None if it can:
         a labels output averages nothing, and a --static model takes one batch size and crop."""
         averaging = flip or tuple(scales) != (1.0,)
         if self.output == "labels" and averaging:
-            return (f"{self.path} outputs labels (export.py --output labels): --flip and --scales average "
-                    f"probabilities; export with --output logits or probs, or drop them")
+            return (
+                f"{self.path} outputs labels (export.py --output labels): --flip and --scales average "
+                f"probabilities; export with --output logits or probs, or drop them"
+            )
         batch, height, width = self.fixed
         wanted = (batch_size * (2 if flip else 1), *input_size)  # a flip runs the mirrors in the same batch
         rescaled = tuple(scales) != (1.0,) and self.fixed[1:] != (None, None)
         if rescaled or any(f is not None and f != w for f, w in zip(self.fixed, wanted)):
             fixed = "x".join("N" if d is None else str(d) for d in self.fixed)
-            return (f"{self.path} is fixed to input {fixed} (export.py --static): it runs only "
-                    f"--batch-size {batch or 'N'} --input-size {height},{width} without --flip or --scales; "
-                    f"export it without --static for other settings")
+            return (
+                f"{self.path} is fixed to input {fixed} (export.py --static): it runs only "
+                f"--batch-size {batch or 'N'} --input-size {height},{width} without --flip or --scales; "
+                f"export it without --static for other settings"
+            )
         return None
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -148,23 +163,34 @@ class OnnxModel:
 
     def _probs(self, images: np.ndarray, crop: Sequence[int]) -> np.ndarray:
         if self.output == "labels":
-            raise ValueError(f"{self.path} outputs labels: flip and scales need logits or probs "
-                             f"(export.py --output logits)")
+            raise ValueError(
+                f"{self.path} outputs labels: flip and scales need logits or probs "
+                f"(export.py --output logits)"
+            )
         out = resize_bilinear(self(images).astype(np.float32, copy=False), crop)
         return out if self.output == "probs" else softmax(out)
 
     def _flip_permutation(self, label_set: LabelSet | None, num_classes: int) -> list[int]:
         label_set = label_set or self.label_set
         if label_set is None:
-            raise ValueError(f"{self.path} records no label set: flip testing needs its left/right pairs "
-                             f"(give them with --labels)")
+            raise ValueError(
+                f"{self.path} records no label set: flip testing needs its left/right pairs "
+                f"(give them with --labels)"
+            )
         if label_set.num_classes != num_classes:
-            raise ValueError(f"{self.path} predicts {num_classes} classes, the label set has "
-                             f"{label_set.num_classes}")
+            raise ValueError(
+                f"{self.path} predicts {num_classes} classes, the label set has {label_set.num_classes}"
+            )
         return label_set.flip_permutation()
 
-    def predict_probs(self, images: np.ndarray, *, flip: bool = False, scales: Sequence[float] = (1.0,),
-                      label_set: LabelSet | None = None) -> np.ndarray:
+    def predict_probs(
+        self,
+        images: np.ndarray,
+        *,
+        flip: bool = False,
+        scales: Sequence[float] = (1.0,),
+        label_set: LabelSet | None = None,
+    ) -> np.ndarray:
         """Class probabilities ``N x C x h x w`` at the crop size, averaged over ``flip`` and ``scales``
         exactly as ``inference.predict.predict_probs`` averages them; a flip swaps the left/right
         channels of ``label_set`` (default: the model's own)."""
@@ -185,8 +211,14 @@ class OnnxModel:
             total = probs if total is None else total + probs
         return total / len(scales)
 
-    def predict_labels(self, images: np.ndarray, *, flip: bool = False, scales: Sequence[float] = (1.0,),
-                       label_set: LabelSet | None = None) -> np.ndarray:
+    def predict_labels(
+        self,
+        images: np.ndarray,
+        *,
+        flip: bool = False,
+        scales: Sequence[float] = (1.0,),
+        label_set: LabelSet | None = None,
+    ) -> np.ndarray:
         """``N x h x w`` uint8 class ids at the crop size (``label_set``: see :meth:`predict_probs`)."""
         if not flip and check_scales(scales) == (1.0,):
             out = self(images)
@@ -201,6 +233,7 @@ class OnnxModel:
 def resize_labels(labels: np.ndarray, size: Sequence[int]) -> np.ndarray:
     """A labels-output model's N x H x W ids as uint8 (its maps are at the input size already)."""
     if tuple(labels.shape[-2:]) != tuple(size):
-        raise ValueError(f"the model returned {labels.shape[-2]}x{labels.shape[-1]} labels for "
-                         f"{size[0]}x{size[1]} inputs")
+        raise ValueError(
+            f"the model returned {labels.shape[-2]}x{labels.shape[-1]} labels for {size[0]}x{size[1]} inputs"
+        )
     return labels.astype(np.uint8)

@@ -9,6 +9,7 @@
 
 Only numpy, OpenCV, tqdm and the project's torch-free modules are imported here.
 """
+
 from __future__ import annotations
 
 import collections
@@ -37,9 +38,30 @@ from utils.transforms import (
 # Images in
 # --------------------------------------------------------------------------------------------
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".webp", ".tif", ".tiff", ".jp2",
-                    ".pbm", ".pgm", ".ppm", ".pnm", ".pxm", ".sr", ".ras", ".exr", ".hdr", ".pic",
-                    ".avif", ".gif")
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".png",
+    ".bmp",
+    ".dib",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".jp2",
+    ".pbm",
+    ".pgm",
+    ".ppm",
+    ".pnm",
+    ".pxm",
+    ".sr",
+    ".ras",
+    ".exr",
+    ".hdr",
+    ".pic",
+    ".avif",
+    ".gif",
+)
 
 
 def list_images(inputs: Sequence[str]) -> list[str]:
@@ -47,8 +69,11 @@ def list_images(inputs: Sequence[str]) -> list[str]:
     paths: list[str] = []
     for item in inputs:
         if os.path.isdir(item):
-            paths += sorted(os.path.join(item, f) for f in os.listdir(item)
-                            if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(item, f)))
+            paths += sorted(
+                os.path.join(item, f)
+                for f in os.listdir(item)
+                if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(item, f))
+            )
         else:
             paths.append(item)
     return paths
@@ -100,8 +125,15 @@ class ImageFiles:
         if image is None:
             image = np.zeros((1, 1, 3), dtype=np.uint8)
         crop, center, scale = letterbox(image, self.crop_size)
-        meta = {"name": self.names[index], "path": path, "center": center, "scale": scale,
-                "height": image.shape[0], "width": image.shape[1], "error": error}
+        meta = {
+            "name": self.names[index],
+            "path": path,
+            "center": center,
+            "scale": scale,
+            "height": image.shape[0],
+            "width": image.shape[1],
+            "error": error,
+        }
         return normalize_array(crop), meta
 
 
@@ -118,10 +150,12 @@ def batches(samples: Sequence, batch_size: int) -> Iterator[tuple[np.ndarray, di
 # The loop
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass
 class InferenceStats:
     """What the loop measured: images predicted, wall time, and the part spent on the device path
     (copy in, network, argmax, uint8 copy out); the rest is loading and post-processing."""
+
     images: int = 0
     seconds: float = 0.0
     network_seconds: float = 0.0
@@ -146,10 +180,17 @@ def _split_meta(meta: dict, n: int) -> list[dict]:
     return items
 
 
-def run_loop(loader: Iterable, predict: Callable[[object], np.ndarray],
-             handle: Callable[[dict, np.ndarray | None], None], *, total: int | None = None,
-             truncate_centers: bool = False, progress: bool = True, desc: str = "predicting",
-             stats: InferenceStats | None = None) -> InferenceStats:
+def run_loop(
+    loader: Iterable,
+    predict: Callable[[object], np.ndarray],
+    handle: Callable[[dict, np.ndarray | None], None],
+    *,
+    total: int | None = None,
+    truncate_centers: bool = False,
+    progress: bool = True,
+    desc: str = "predicting",
+    stats: InferenceStats | None = None,
+) -> InferenceStats:
     """``predict`` every ``(images, meta)`` batch of ``loader`` (N x h x w uint8 label maps at the crop
     size) and hand each image's map, warped back to its original size, to ``handle(meta_item, label)``.
 
@@ -166,8 +207,15 @@ def run_loop(loader: Iterable, predict: Callable[[object], np.ndarray],
             if item.get("error"):
                 handle(item, None)
                 continue
-            label = crop_to_image(pred, item["center"], item["scale"], int(item["width"]),
-                                  int(item["height"]), crop, truncate_center=truncate_centers)
+            label = crop_to_image(
+                pred,
+                item["center"],
+                item["scale"],
+                int(item["width"]),
+                int(item["height"]),
+                crop,
+                truncate_center=truncate_centers,
+            )
             handle(item, label)
 
     pending: collections.deque = collections.deque()
@@ -210,8 +258,16 @@ def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
 # Pictures out
 # --------------------------------------------------------------------------------------------
 
-def save_prediction(out_dir: str, stem: str, label: np.ndarray, image_bgr: np.ndarray | None = None, *,
-                    label_set: LabelSet, alpha: float = 0.5) -> list[str]:
+
+def save_prediction(
+    out_dir: str,
+    stem: str,
+    label: np.ndarray,
+    image_bgr: np.ndarray | None = None,
+    *,
+    label_set: LabelSet,
+    alpha: float = 0.5,
+) -> list[str]:
     """Write ``<stem>_label.png`` (class ids), ``<stem>_color.png`` (the label set's colours) and, given
     the image, ``<stem>_overlay.jpg``; returns the paths. Raises ``OSError`` naming a file that cannot
     be written."""

@@ -10,6 +10,7 @@ Only uint8 label maps leave the device, and the CPU work after the network (warp
 truth, confusion matrix, saving pictures) runs in one background thread, in order, while the
 device computes the next batch (``inference.pipeline.run_loop``, shared with the onnxruntime path).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
@@ -31,10 +32,10 @@ if TYPE_CHECKING:
     from inference.onnx_infer import OnnxModel
 
 
-
 # --------------------------------------------------------------------------------------------
 # Prediction of one batch
 # --------------------------------------------------------------------------------------------
+
 
 def final_map(outputs, num_classes: int) -> torch.Tensor:
     """The final prediction of DFPnet's output list (``outputs[-1]``; the authors nest it as ``[[...]]``)."""
@@ -43,13 +44,22 @@ def final_map(outputs, num_classes: int) -> torch.Tensor:
             raise ValueError("the network returned an empty list of outputs")
         outputs = outputs[-1]
     if outputs.ndim != 4 or outputs.shape[1] != num_classes:
-        raise ValueError(f"the network's final map has shape {tuple(outputs.shape)}, expected "
-                         f"N x {num_classes} x H x W (the label set's classes)")
+        raise ValueError(
+            f"the network's final map has shape {tuple(outputs.shape)}, expected "
+            f"N x {num_classes} x H x W (the label set's classes)"
+        )
     return outputs
 
 
-def predict_probs(model: nn.Module, images: torch.Tensor, *, label_set: LabelSet, flip: bool = False,
-                  scales: Sequence[float] = (1.0,), amp: str = "off") -> torch.Tensor:
+def predict_probs(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    label_set: LabelSet,
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
+    amp: str = "off",
+) -> torch.Tensor:
     """Softmax probabilities ``N x C x h x w`` at the crop size ``h x w`` of ``images``.
 
     Args:
@@ -85,8 +95,15 @@ def predict_probs(model: nn.Module, images: torch.Tensor, *, label_set: LabelSet
     return total / len(scales)
 
 
-def predict_labels(model: nn.Module, images: torch.Tensor, *, label_set: LabelSet, flip: bool = False,
-                   scales: Sequence[float] = (1.0,), amp: str = "off") -> torch.Tensor:
+def predict_labels(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    label_set: LabelSet,
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
+    amp: str = "off",
+) -> torch.Tensor:
     """``N x h x w`` uint8 class ids at the crop size, computed on the images' device.
 
     A single plain pass takes the argmax of the logits (softmax is monotonic, so the ids are the
@@ -105,15 +122,27 @@ def predict_labels(model: nn.Module, images: torch.Tensor, *, label_set: LabelSe
 # The loop
 # --------------------------------------------------------------------------------------------
 
+
 def _is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-def run_inference(model: nn.Module | OnnxModel, loader: Iterable, device: torch.device | str | None,
-                  handle: Callable[[dict, np.ndarray | None], None], *, label_set: LabelSet, amp: str = "off",
-                  flip: bool = False, scales: Sequence[float] = (1.0,), truncate_centers: bool = False,
-                  channels_last: bool = False, progress: bool = True, desc: str = "predicting",
-                  stats: InferenceStats | None = None) -> InferenceStats:
+def run_inference(
+    model: nn.Module | OnnxModel,
+    loader: Iterable,
+    device: torch.device | str | None,
+    handle: Callable[[dict, np.ndarray | None], None],
+    *,
+    label_set: LabelSet,
+    amp: str = "off",
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
+    truncate_centers: bool = False,
+    channels_last: bool = False,
+    progress: bool = True,
+    desc: str = "predicting",
+    stats: InferenceStats | None = None,
+) -> InferenceStats:
     """Predict every batch of ``loader`` (yielding ``(images, meta)``) and hand each image's
     prediction, warped back to its original size, to ``handle(meta_item, label)``.
 
@@ -127,11 +156,20 @@ def run_inference(model: nn.Module | OnnxModel, loader: Iterable, device: torch.
     total = len(loader.sampler) if hasattr(loader, "sampler") and hasattr(loader.sampler, "__len__") else None
     progress = progress and _is_main_process()
     if not isinstance(model, nn.Module):
+
         def predict_onnx(images: torch.Tensor) -> np.ndarray:
             return model.predict_labels(images.numpy(), flip=flip, scales=scales, label_set=label_set)
 
-        return run_loop(loader, predict_onnx, handle, total=total, truncate_centers=truncate_centers,
-                        progress=progress, desc=desc, stats=stats)
+        return run_loop(
+            loader,
+            predict_onnx,
+            handle,
+            total=total,
+            truncate_centers=truncate_centers,
+            progress=progress,
+            desc=desc,
+            stats=stats,
+        )
 
     device = torch.device(device)
 
@@ -139,26 +177,46 @@ def run_inference(model: nn.Module | OnnxModel, loader: Iterable, device: torch.
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return predict_labels(model, images, label_set=label_set, flip=flip, scales=scales,
-                              amp=amp).cpu().numpy()
+        return (
+            predict_labels(model, images, label_set=label_set, flip=flip, scales=scales, amp=amp)
+            .cpu()
+            .numpy()
+        )
 
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            return run_loop(loader, predict, handle, total=total, truncate_centers=truncate_centers,
-                            progress=progress, desc=desc, stats=stats)
+            return run_loop(
+                loader,
+                predict,
+                handle,
+                total=total,
+                truncate_centers=truncate_centers,
+                progress=progress,
+                desc=desc,
+                stats=stats,
+            )
     finally:
         model.train(was_training)
 
 
-def evaluate_model(model: nn.Module | OnnxModel, dataset, loader: Iterable,
-                   device: torch.device | str | None, *,
-                   label_set: LabelSet, amp: str = "off", flip: bool = False,
-                   scales: Sequence[float] = (1.0,),
-                   truncate_centers: bool = False, progress: bool = True,
-                   on_prediction: Callable[[str, np.ndarray, int], None] | None = None,
-                   channels_last: bool = False, stats: InferenceStats | None = None) -> ConfusionMatrix:
+def evaluate_model(
+    model: nn.Module | OnnxModel,
+    dataset,
+    loader: Iterable,
+    device: torch.device | str | None,
+    *,
+    label_set: LabelSet,
+    amp: str = "off",
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
+    truncate_centers: bool = False,
+    progress: bool = True,
+    on_prediction: Callable[[str, np.ndarray, int], None] | None = None,
+    channels_last: bool = False,
+    stats: InferenceStats | None = None,
+) -> ConfusionMatrix:
     """Evaluate ``model`` on a val-type split and return the confusion matrix (reduced over processes).
 
     ``loader`` yields ``(image, meta)`` batches of ``dataset`` in any order (shuffled, or one
@@ -188,8 +246,10 @@ def evaluate_model(model: nn.Module | OnnxModel, dataset, loader: Iterable,
         seen.add(index)
         gt = dataset.read_label(index)
         if gt.shape != label.shape:
-            raise ValueError(f"{dataset.label_path(index)}: ground truth is {gt.shape[1]}x{gt.shape[0]} "
-                             f"(WxH) but its image is {label.shape[1]}x{label.shape[0]}")
+            raise ValueError(
+                f"{dataset.label_path(index)}: ground truth is {gt.shape[1]}x{gt.shape[0]} "
+                f"(WxH) but its image is {label.shape[1]}x{label.shape[0]}"
+            )
         try:
             matrix.update(gt, label)
         except ValueError as exc:
@@ -197,15 +257,28 @@ def evaluate_model(model: nn.Module | OnnxModel, dataset, loader: Iterable,
         if on_prediction is not None:
             on_prediction(name, label, index)
 
-    run_inference(model, loader, device, score, label_set=label_set, amp=amp, flip=flip, scales=scales,
-                  truncate_centers=truncate_centers, channels_last=channels_last, progress=progress,
-                  desc="evaluating", stats=stats)
+    run_inference(
+        model,
+        loader,
+        device,
+        score,
+        label_set=label_set,
+        amp=amp,
+        flip=flip,
+        scales=scales,
+        truncate_centers=truncate_centers,
+        channels_last=channels_last,
+        progress=progress,
+        desc="evaluating",
+        stats=stats,
+    )
     matrix.reduce_from_all_processes()
     return matrix
 
 
-def make_eval_loader(dataset: Dataset, *, batch_size: int = 1, workers: int = 2,
-                     pin_memory: bool = False) -> DataLoader:
+def make_eval_loader(
+    dataset: Dataset, *, batch_size: int = 1, workers: int = 2, pin_memory: bool = False
+) -> DataLoader:
     """A loader over this process's shard of ``dataset``: every ``world_size``-th image from its rank.
 
     Unlike ``DistributedSampler`` it never pads the shards with repeated images, so the reduced
@@ -213,6 +286,12 @@ def make_eval_loader(dataset: Dataset, *, batch_size: int = 1, workers: int = 2,
     """
     indices = list(range(len(dataset)))
     if dist.is_available() and dist.is_initialized():
-        indices = indices[dist.get_rank()::dist.get_world_size()]
-    return DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=workers,
-                      pin_memory=pin_memory, drop_last=False)
+        indices = indices[dist.get_rank() :: dist.get_world_size()]
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=indices,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        drop_last=False,
+    )

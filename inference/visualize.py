@@ -6,6 +6,7 @@ global backend switch, nothing that needs a display. evaluate.py saves them with
 Image helpers return RGB uint8 arrays (TensorBoard's ``dataformats="HWC"``); the BGR overlay of
 parse_images.py is ``utils.pictures.overlay``.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,13 +61,21 @@ def confusion_matrix_figure(mat, names: list[str], *, title: str = "Confusion ma
         for i in range(n):
             for j in range(n):
                 value = norm[i, j]
-                ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=8,
-                        color="white" if value > 50.0 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{value:.1f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if value > 50.0 else "black",
+                )
     return fig
 
 
-def iou_bar_figure(per_class_iou, label_set: LabelSet, *, mean_iou: float | None = None,
-                   title: str = "Per-class IoU") -> Figure:
+def iou_bar_figure(
+    per_class_iou, label_set: LabelSet, *, mean_iou: float | None = None, title: str = "Per-class IoU"
+) -> Figure:
     """Bar chart of per-class IoU (percent), each bar named and coloured as its class in ``label_set``,
     mean as a line."""
     values = [float(v) for v in per_class_iou]
@@ -137,7 +146,7 @@ def make_grid(tiles: list[np.ndarray], ncol: int = 4, pad: int = 2, pad_value: i
     for k, tile in enumerate(tiles):
         r, c = divmod(k, ncol)
         y, x = pad + r * (h + pad), pad + c * (w + pad)
-        grid[y:y + h, x:x + w] = tile
+        grid[y : y + h, x : x + w] = tile
     return grid
 
 
@@ -146,7 +155,8 @@ def image_grid(images: torch.Tensor, ncol: int = 4, max_images: int = 8) -> np.n
     return make_grid([image_to_rgb(im) for im in images[:max_images]], ncol=ncol)
 
 
-def label_grid(labels: torch.Tensor | np.ndarray, label_set: LabelSet, ncol: int = 4,
-               max_images: int = 8) -> np.ndarray:
+def label_grid(
+    labels: torch.Tensor | np.ndarray, label_set: LabelSet, ncol: int = 4, max_images: int = 8
+) -> np.ndarray:
     """A batch of label maps (``N x H x W`` ids, 255 white) or scores (``N x C x H x W``) -> RGB grid."""
     return make_grid([label_to_rgb(lab, label_set) for lab in labels[:max_images]], ncol=ncol)

@@ -182,13 +182,17 @@ def _invert_activation(y: torch.Tensor, grad: torch.Tensor, activation: str, act
     """Pre-activation values and gradients recovered from the activation's output."""
     if activation == "leaky_relu":
         # A leaky ReLU with slope 1 / slope undoes one (y and its input share their sign).
-        return (F.leaky_relu(y, 1.0 / activation_param),
-                torch.ops.aten.leaky_relu_backward(grad, y, activation_param, True))
+        return (
+            F.leaky_relu(y, 1.0 / activation_param),
+            torch.ops.aten.leaky_relu_backward(grad, y, activation_param, True),
+        )
     if activation == "elu":
         # Clamped: a saturated output (y == -alpha) has zero gradient and must not give -inf.
         ratio = (y / activation_param).clamp_(min=-1.0 + torch.finfo(y.dtype).eps)
-        return (torch.where(y < 0, torch.log1p(ratio), y),
-                torch.ops.aten.elu_backward(grad, activation_param, 1.0, 1.0, True, y))
+        return (
+            torch.where(y < 0, torch.log1p(ratio), y),
+            torch.ops.aten.elu_backward(grad, activation_param, 1.0, 1.0, True, y),
+        )
     return y, grad
 
 
@@ -210,8 +214,20 @@ class InPlaceABNFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, activation,
-                activation_param, group, overwrite):
+    def forward(
+        ctx,
+        x,
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        momentum,
+        eps,
+        activation,
+        activation_param,
+        group,
+        overwrite,
+    ):
         # Dtypes are chosen explicitly below (statistics in float32): autocast must not retype them.
         with torch.autocast(x.device.type, enabled=False):
             acc = _accumulate_dtype(x.dtype)
@@ -225,8 +241,18 @@ class InPlaceABNFunction(torch.autograd.Function):
                 invstd = torch.empty(channels, dtype=acc, device=x.device)
                 # Updates the running statistics with the unbiased variance, as BatchNorm2d does.
                 torch.ops.aten.native_batch_norm.out(
-                    x, scale, bias, running_mean, running_var, True, momentum, eps, out=out,
-                    save_mean=torch.empty_like(invstd), save_invstd=invstd)
+                    x,
+                    scale,
+                    bias,
+                    running_mean,
+                    running_var,
+                    True,
+                    momentum,
+                    eps,
+                    out=out,
+                    save_mean=torch.empty_like(invstd),
+                    save_invstd=invstd,
+                )
             else:
                 x_acc = x if x.dtype == acc else x.to(acc)
                 var, mean = torch.var_mean(x_acc, dim=_reduce_dims(x), correction=0)
@@ -284,13 +310,23 @@ class InPlaceABNFunction(torch.autograd.Function):
                 # its weight * invstd equal to ours, scale * invstd. Its weight gradient, sum(dy * x_hat),
                 # does not depend on the weight it was given.
                 grad_x, grad_scale, grad_b = torch.ops.aten.native_batch_norm_backward(
-                    dy, y_pre, scale * scale * invstd, None, None, bias, 1.0 / scale, True, ctx.eps,
-                    [need_x, need_w, need_b])
+                    dy,
+                    y_pre,
+                    scale * scale * invstd,
+                    None,
+                    None,
+                    bias,
+                    1.0 / scale,
+                    True,
+                    ctx.eps,
+                    [need_x, need_w, need_b],
+                )
             else:
                 shape = _channel_shape(y)
                 dims = _reduce_dims(y)
-                y_pre, dy = _invert_activation(y.to(acc), grad_out.to(acc), ctx.activation,
-                                               ctx.activation_param)
+                y_pre, dy = _invert_activation(
+                    y.to(acc), grad_out.to(acc), ctx.activation, ctx.activation_param
+                )
                 inv_scale = 1.0 / scale
                 x_hat = torch.addcmul((-bias * inv_scale).view(shape), y_pre, inv_scale.view(shape))
                 sum_dy = dy.sum(dims)
@@ -367,13 +403,15 @@ class _ActivatedBatchNorm(nn.Module):
             nn.init.ones_(self.weight)
             nn.init.zeros_(self.bias)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # BatchNorm2d and the inplace-abn package save a batch counter that this layer has no use
         # for (momentum is fixed); accept their checkpoints instead of failing a strict load.
         state_dict.pop(prefix + "num_batches_tracked", None)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() < 2 or x.shape[1] != self.num_features:
@@ -399,8 +437,9 @@ class _ActivatedBatchNorm(nn.Module):
     def _autograd_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Batch norm with scale |weight| + eps, then the activation, under plain autograd."""
         scale = self.weight.abs() + self.eps if self.affine else None
-        y = F.batch_norm(x, self.running_mean, self.running_var, scale, self.bias, self.training,
-                         self.momentum, self.eps)
+        y = F.batch_norm(
+            x, self.running_mean, self.running_var, scale, self.bias, self.training, self.momentum, self.eps
+        )
         return _activate_(y, _canonical_activation(self.activation), self.activation_param)
 
     def extra_repr(self) -> str:
@@ -484,12 +523,32 @@ class InPlaceABN(_ActivatedBatchNorm):
         if self._compiled_serves(x) and (group is None or x.is_cuda):
             # The package always writes into its input.
             x = x if overwrite else x.clone()
-            args = (x, self.weight, self.bias, self.running_mean, self.running_var, True,
-                    self.momentum, self.eps, activation, self.activation_param)
+            args = (
+                x,
+                self.weight,
+                self.bias,
+                self.running_mean,
+                self.running_var,
+                True,
+                self.momentum,
+                self.eps,
+                activation,
+                self.activation_param,
+            )
             return _compiled_abn(*args) if group is None else _compiled_abn_sync(*args, group=group)
-        return InPlaceABNFunction.apply(x, self.weight, self.bias, self.running_mean, self.running_var,
-                                        self.momentum, self.eps, activation, self.activation_param,
-                                        group, overwrite)
+        return InPlaceABNFunction.apply(
+            x,
+            self.weight,
+            self.bias,
+            self.running_mean,
+            self.running_var,
+            self.momentum,
+            self.eps,
+            activation,
+            self.activation_param,
+            group,
+            overwrite,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)

@@ -5,6 +5,7 @@ checkpoints: a three-conv 3x3 stem (3->64->64->128), the stride in each bottlene
 conv, and layer4 dilated (stride 1, dilation 2) for an output stride of 16. Batch norms are
 InPlace-ABN with activation "none" followed by a separate ReLU, as the authors build them.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -51,7 +52,12 @@ def relu_into(y: torch.Tensor, norm: nn.Module, consumer: nn.Module) -> torch.Te
 
     def pack(t: torch.Tensor):
         r = held[0]
-        if t.data_ptr() == r.data_ptr() and t.shape == r.shape and t.stride() == r.stride() and t.dtype == r.dtype:
+        if (
+            t.data_ptr() == r.data_ptr()
+            and t.shape == r.shape
+            and t.stride() == r.stride()
+            and t.dtype == r.dtype
+        ):
             return y  # a tensor marks "recompute"; anything else is saved as is, in a list
         return [t]
 
@@ -74,14 +80,23 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, *, stride: int = 1, dilation: int = 1,
-                 downsample: nn.Module | None = None, norm_layer: NormLayer) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        *,
+        stride: int = 1,
+        dilation: int = 1,
+        downsample: nn.Module | None = None,
+        norm_layer: NormLayer,
+    ) -> None:
         super().__init__()
         bn = _identity_norm(norm_layer)
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = bn(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=dilation, dilation=dilation,
-                               bias=False)
+        self.conv2 = nn.Conv2d(
+            planes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False
+        )
         self.bn2 = bn(planes)
         self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
         self.bn3 = bn(planes * self.expansion)
@@ -131,11 +146,21 @@ class DeepStemResNet(nn.Module):
                 nn.Conv2d(self.inplanes, out_channels, 1, stride=stride, bias=False),
                 _identity_norm(self._norm_layer)(out_channels),
             )
-        stack = [Bottleneck(self.inplanes, planes, stride=stride, dilation=dilation, downsample=downsample,
-                            norm_layer=self._norm_layer)]
+        stack = [
+            Bottleneck(
+                self.inplanes,
+                planes,
+                stride=stride,
+                dilation=dilation,
+                downsample=downsample,
+                norm_layer=self._norm_layer,
+            )
+        ]
         self.inplanes = out_channels
-        stack += [Bottleneck(out_channels, planes, dilation=dilation, norm_layer=self._norm_layer)
-                  for _ in range(1, blocks)]
+        stack += [
+            Bottleneck(out_channels, planes, dilation=dilation, norm_layer=self._norm_layer)
+            for _ in range(1, blocks)
+        ]
         return nn.Sequential(*stack)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -152,5 +177,15 @@ class DeepStemResNet(nn.Module):
     @classmethod
     def backbone_prefixes(cls) -> tuple[str, ...]:
         """State-dict prefixes that belong to the backbone (what ImageNet weights initialise)."""
-        return ("conv1.", "bn1.", "conv2.", "bn2.", "conv3.", "bn3.",
-                "layer1.", "layer2.", "layer3.", "layer4.")
+        return (
+            "conv1.",
+            "bn1.",
+            "conv2.",
+            "bn2.",
+            "conv3.",
+            "bn3.",
+            "layer1.",
+            "layer2.",
+            "layer3.",
+            "layer4.",
+        )

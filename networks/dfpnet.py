@@ -9,6 +9,7 @@
 
 Module names are the authors' (their checkpoints are keyed by them); see docs/reference.md section 4.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,31 +27,49 @@ def resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
 
 def _default_norm_layer() -> NormLayer:
     from libs import InPlaceABNSync  # imported lazily so `networks` loads without choosing a backend
+
     return InPlaceABNSync
 
 
 class ASPP(nn.Module):
     """Atrous spatial pyramid pooling (``layer5``): image pooling, 1x1 and three dilated 3x3 branches."""
 
-    def __init__(self, in_channels: int = 2048, inner_channels: int = 256, out_channels: int = 512,
-                 dilations: tuple[int, int, int] = (6, 12, 18), *, norm_layer: NormLayer) -> None:
+    def __init__(
+        self,
+        in_channels: int = 2048,
+        inner_channels: int = 256,
+        out_channels: int = 512,
+        dilations: tuple[int, int, int] = (6, 12, 18),
+        *,
+        norm_layer: NormLayer,
+    ) -> None:
         super().__init__()
-        self.conv1 = nn.Sequential(nn.AdaptiveAvgPool2d(1),
-                                   nn.Conv2d(in_channels, inner_channels, 1, bias=False),
-                                   norm_layer(inner_channels))
-        self.conv2 = nn.Sequential(nn.Conv2d(in_channels, inner_channels, 1, bias=False),
-                                   norm_layer(inner_channels))
+        self.conv1 = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(in_channels, inner_channels, 1, bias=False),
+            norm_layer(inner_channels),
+        )
+        self.conv2 = nn.Sequential(
+            nn.Conv2d(in_channels, inner_channels, 1, bias=False), norm_layer(inner_channels)
+        )
         self.conv3, self.conv4, self.conv5 = (
-            nn.Sequential(nn.Conv2d(in_channels, inner_channels, 3, padding=d, dilation=d, bias=False),
-                          norm_layer(inner_channels))
-            for d in dilations)
-        self.bottleneck = nn.Sequential(nn.Conv2d(inner_channels * 5, out_channels, 1, bias=False),
-                                        norm_layer(out_channels),
-                                        nn.Dropout2d(0.1))
+            nn.Sequential(
+                nn.Conv2d(in_channels, inner_channels, 3, padding=d, dilation=d, bias=False),
+                norm_layer(inner_channels),
+            )
+            for d in dilations
+        )
+        self.bottleneck = nn.Sequential(
+            nn.Conv2d(inner_channels * 5, out_channels, 1, bias=False),
+            norm_layer(out_channels),
+            nn.Dropout2d(0.1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = resize(self.conv1(x), x.shape[-2:])
-        return self.bottleneck(torch.cat([pooled, self.conv2(x), self.conv3(x), self.conv4(x), self.conv5(x)], 1))
+        return self.bottleneck(
+            torch.cat([pooled, self.conv2(x), self.conv3(x), self.conv4(x), self.conv5(x)], 1)
+        )
 
 
 class Up(nn.Module):
@@ -58,8 +77,12 @@ class Up(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, *, norm_layer: NormLayer) -> None:
         super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), norm_layer(out_channels),
-                                  nn.Conv2d(out_channels, out_channels, 3, padding=1), norm_layer(out_channels))
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1),
+            norm_layer(out_channels),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+            norm_layer(out_channels),
+        )
 
     def forward(self, top: torch.Tensor, lateral: torch.Tensor) -> torch.Tensor:
         return self.conv(torch.cat([lateral, resize(top, lateral.shape[-2:])], 1))
@@ -71,8 +94,9 @@ class HDBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int = 32, *, norm_layer: NormLayer) -> None:
         super().__init__()
         self.conv1 = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1), norm_layer(out_channels))
-        self.conv3 = nn.Sequential(nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-                                   norm_layer(out_channels))
+        self.conv3 = nn.Sequential(
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), norm_layer(out_channels)
+        )
 
     def forward(self, x: torch.Tensor, size: torch.Size) -> torch.Tensor:
         return self.conv3(resize(self.conv1(x), size))
@@ -135,15 +159,24 @@ class DFPNet(DeepStemResNet):
         # Never used in forward, but present in the authors' checkpoints: kept so they load strictly.
         self.layer5_pred3x3 = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, bias=False), norm_layer(32))
         # One auxiliary head shared by the four HD outputs.
-        self.aux_pred = nn.Sequential(nn.Conv2d(32, 16, 1, bias=False), norm_layer(16),
-                                      nn.Conv2d(16, 16, 3, padding=1), norm_layer(16),
-                                      nn.Conv2d(16, num_classes, 1))
+        self.aux_pred = nn.Sequential(
+            nn.Conv2d(32, 16, 1, bias=False),
+            norm_layer(16),
+            nn.Conv2d(16, 16, 3, padding=1),
+            norm_layer(16),
+            nn.Conv2d(16, num_classes, 1),
+        )
         # FCM fusion head.
-        self.double3x3 = nn.Sequential(nn.Conv2d(160, 64, 3, padding=1, bias=False), norm_layer(64),
-                                       nn.Conv2d(64, 64, 3, padding=1, bias=False), norm_layer(64))
+        self.double3x3 = nn.Sequential(
+            nn.Conv2d(160, 64, 3, padding=1, bias=False),
+            norm_layer(64),
+            nn.Conv2d(64, 64, 3, padding=1, bias=False),
+            norm_layer(64),
+        )
         self.reduce = nn.Conv2d(64, 16, 1, bias=False)
-        self.outc = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False), norm_layer(16),
-                                  nn.Conv2d(16, num_classes, 1))
+        self.outc = nn.Sequential(
+            nn.Conv2d(16, 16, 3, padding=1, bias=False), norm_layer(16), nn.Conv2d(16, num_classes, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.dim() != 4 or x.shape[1] != 3:

@@ -19,6 +19,7 @@ The pairs are found by structure: ``Conv2d`` then norm inside an ``nn.Sequential
 ``bnK`` straight to ``convK``'s output. The copy of a DFPNet also skips its four auxiliary
 heads, which only training reads (``aux_heads = False``): the final map alone, as exported.
 """
+
 from __future__ import annotations
 
 import copy
@@ -68,9 +69,19 @@ class AffineActivation(nn.Module):
 def _fold(conv: nn.Conv2d, norm: _ActivatedBatchNorm) -> nn.Conv2d:
     """A new convolution computing ``norm``'s affine map of ``conv``'s output."""
     gain, shift = _affine(norm)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
-                      padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype)
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
     with torch.no_grad():
         weight = conv.weight.detach().double() * gain.view(-1, 1, 1, 1)
         bias = shift if conv.bias is None else conv.bias.detach().double() * gain + shift

@@ -1,4 +1,5 @@
 """DFPnet's from-scratch initialisation (``train.py --restore-from none``, or a missing ImageNet file)."""
+
 from __future__ import annotations
 
 import torch

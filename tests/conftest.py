@@ -1,4 +1,5 @@
 """Shared test set-up: CPU only, deterministic, and small."""
+
 from __future__ import annotations
 
 import os

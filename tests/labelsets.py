@@ -5,6 +5,7 @@ the Dog set's pairs (3, 4) and (5, 6) would exchange its torso and head. ``remap
 writes the synthetic dogs with their labels mapped into such a set, plus its ``labels.json``:
 real left/right structure (a right-facing dog shows its left side) under other ids.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,21 +15,42 @@ import cv2
 import numpy as np
 
 # Background, tail, the right-side legs, torso, head, the left-side legs.
-QUAD6 = {"names": ["background", "tail", "right_legs", "torso", "head", "left_legs"],
-         "flip_pairs": [["left_legs", "right_legs"]],
-         "palette": [[0, 0, 0], [250, 190, 30], [40, 200, 90], [30, 60, 220], [230, 20, 140], [20, 230, 230]]}
+QUAD6 = {
+    "names": ["background", "tail", "right_legs", "torso", "head", "left_legs"],
+    "flip_pairs": [["left_legs", "right_legs"]],
+    "palette": [[0, 0, 0], [250, 190, 30], [40, 200, 90], [30, 60, 220], [230, 20, 140], [20, 230, 230]],
+}
 # Dog id -> QUAD6 id: Background, head, body, left_arm, right_arm, left_leg, right_leg, tail.
 DOG_TO_QUAD6 = [0, 4, 3, 5, 2, 5, 2, 1]
 
 # Eight classes like the Dog set's, under other names, pairs and colours.
-RENAMED8 = {"names": ["bg", "head", "torso", "front_left", "front_right", "hind_left", "hind_right", "tail"],
-            "flip_pairs": [[3, 4], ["hind_left", "hind_right"]],
-            "palette": [[10, 10, 10], [200, 30, 30], [30, 200, 30], [30, 30, 200], [200, 200, 30],
-                        [200, 30, 200], [30, 200, 200], [120, 60, 10]]}
+RENAMED8 = {
+    "names": ["bg", "head", "torso", "front_left", "front_right", "hind_left", "hind_right", "tail"],
+    "flip_pairs": [[3, 4], ["hind_left", "hind_right"]],
+    "palette": [
+        [10, 10, 10],
+        [200, 30, 30],
+        [30, 200, 30],
+        [30, 30, 200],
+        [200, 200, 30],
+        [200, 30, 200],
+        [30, 200, 200],
+        [120, 60, 10],
+    ],
+}
 
 
-def remapped_dataset(out: str, labels: dict, dog_to_ids: list[int], n_train: int, n_val: int,
-                     n_traintest: int, seed: int = 0, min_size: int = 48, max_size: int = 96) -> str:
+def remapped_dataset(
+    out: str,
+    labels: dict,
+    dog_to_ids: list[int],
+    n_train: int,
+    n_val: int,
+    n_traintest: int,
+    seed: int = 0,
+    min_size: int = 48,
+    max_size: int = 96,
+) -> str:
     """The synthetic dog dataset with its label ids mapped through ``dog_to_ids`` (255 kept) and
     ``labels`` written as ``<out>/labels.json``; returns ``out``."""
     from dataset.layout import split_paths
@@ -36,7 +58,7 @@ def remapped_dataset(out: str, labels: dict, dog_to_ids: list[int], n_train: int
 
     ids = generate_dataset(out, n_train, n_val, n_traintest, seed=seed, min_size=min_size, max_size=max_size)
     lut = np.arange(256, dtype=np.uint8)
-    lut[:len(dog_to_ids)] = dog_to_ids
+    lut[: len(dog_to_ids)] = dog_to_ids
     for split, names in ids.items():
         paths = split_paths(out, split)
         for name in names:

@@ -5,6 +5,7 @@ It walks a state_dict with ``torch.nn.functional`` calls in the order of the aut
 module wiring (concat orders, which features feed which block, strides, dilations) and the
 InPlace-ABN scale ``|weight| + eps``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,9 @@ EPS = 1e-5
 def reference_forward(sd: dict[str, torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
     def abn(t, p, act=True):
         shape = (1, -1, 1, 1)
-        y = ((t - sd[p + ".running_mean"].view(shape)) / torch.sqrt(sd[p + ".running_var"].view(shape) + EPS)
-             * (sd[p + ".weight"].abs() + EPS).view(shape) + sd[p + ".bias"].view(shape))
+        y = (t - sd[p + ".running_mean"].view(shape)) / torch.sqrt(
+            sd[p + ".running_var"].view(shape) + EPS
+        ) * (sd[p + ".weight"].abs() + EPS).view(shape) + sd[p + ".bias"].view(shape)
         return F.leaky_relu(y, 0.01) if act else y
 
     def conv(t, p, stride=1, dilation=1):

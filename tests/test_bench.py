@@ -4,6 +4,7 @@ The numbers of a tiny run mean nothing; what is checked is that every bench stil
 the current model, loss, loader and evaluation loop, and reports the keys that the figures and
 speed targets of bench/RESULTS.md rely on, with positive values and consistent ratios.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,19 +41,41 @@ def test_summarize_and_table():
     assert table.splitlines() == ["| A | B |", "|---|---|", "| 1.23 | - |"]
 
 
-@pytest.mark.parametrize("module,configs,bad", [("bench.train_step", "default,turbo", "turbo"),
-                                                ("bench.deploy", "authors,tensorrt", "tensorrt")])
+@pytest.mark.parametrize(
+    "module,configs,bad",
+    [("bench.train_step", "default,turbo", "turbo"), ("bench.deploy", "authors,tensorrt", "tensorrt")],
+)
 def test_unknown_config_is_refused(module, configs, bad):
-    done = subprocess.run([sys.executable, "-m", module, "--configs", configs],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--configs", configs],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and bad in done.stderr
 
 
 @pytest.mark.slow
 def test_train_step_json(tmp_path):
-    out = run_bench("bench.train_step", "--device", "cpu", "--batch-size", "2", "--input-size", "32,32",
-                     "--iters", "2", "--warmup", "0", "--memory-steps", "1", "--configs", "default,baseline",
-                     json_path=str(tmp_path / "train.json"))
+    out = run_bench(
+        "bench.train_step",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "2",
+        "--input-size",
+        "32,32",
+        "--iters",
+        "2",
+        "--warmup",
+        "0",
+        "--memory-steps",
+        "1",
+        "--configs",
+        "default,baseline",
+        json_path=str(tmp_path / "train.json"),
+    )
     assert out["configs"] == ["default", "baseline"]
     for name in ("default", "baseline"):
         entry = out[name]
@@ -67,7 +90,9 @@ def test_train_step_json(tmp_path):
 
     default, baseline = out["default"], out["baseline"]
     assert default["amp"] == default_amp(torch.device("cpu"))
-    assert default["channels_last"] and default["norm"] == "inplace" and default["inplace"] is True  # CPU: in place
+    assert (
+        default["channels_last"] and default["norm"] == "inplace" and default["inplace"] is True
+    )  # CPU: in place
     assert baseline["amp"] == "off" and not baseline["channels_last"] and baseline["norm"] == "abn"
     assert out["ratios"]["step_time"] == pytest.approx(default["step_s"] / baseline["step_s"])
     assert out["ratios"]["peak_mem"] == pytest.approx(default["peak_mem_mb"] / baseline["peak_mem_mb"])
@@ -83,9 +108,23 @@ def test_train_step_json(tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_json(tmp_path):
-    out = run_bench("bench.evaluate", "--device", "cpu", "--input-size", "48,48", "--images", "3",
-                    "--repeats", "1", "--workers", "0", "--amp", "bf16", "--channels-last",
-                    json_path=str(tmp_path / "eval.json"))
+    out = run_bench(
+        "bench.evaluate",
+        "--device",
+        "cpu",
+        "--input-size",
+        "48,48",
+        "--images",
+        "3",
+        "--repeats",
+        "1",
+        "--workers",
+        "0",
+        "--amp",
+        "bf16",
+        "--channels-last",
+        json_path=str(tmp_path / "eval.json"),
+    )
     entry = out["bf16"]
     assert out["modes"] == ["bf16"] and entry["images"] == 3
     assert positive(entry["images_per_s"]) and positive(entry["network_s_per_image"])
@@ -101,9 +140,23 @@ def test_evaluate_compare_amp(tmp_path):
     torch.manual_seed(0)
     checkpoint = tmp_path / "model.pth"
     torch.save(DFPNet(8).state_dict(), checkpoint)
-    out = run_bench("bench.evaluate", "--device", "cpu", "--compare-amp", "--restore-from", str(checkpoint),
-                    "--input-size", "32,32", "--images", "2", "--repeats", "1", "--workers", "0",
-                    json_path=str(tmp_path / "amp.json"))
+    out = run_bench(
+        "bench.evaluate",
+        "--device",
+        "cpu",
+        "--compare-amp",
+        "--restore-from",
+        str(checkpoint),
+        "--input-size",
+        "32,32",
+        "--images",
+        "2",
+        "--repeats",
+        "1",
+        "--workers",
+        "0",
+        json_path=str(tmp_path / "amp.json"),
+    )
     assert out["modes"] == ["off", "bf16"]
     assert out["mean_iou_difference"] == pytest.approx(out["bf16"]["mean_iou"] - out["off"]["mean_iou"])
     assert out["within_tolerance"] == (abs(out["mean_iou_difference"]) <= 0.1)
@@ -111,9 +164,22 @@ def test_evaluate_compare_amp(tmp_path):
 
 @pytest.mark.slow
 def test_data_json(tmp_path):
-    out = run_bench("bench.data", "--workers", "0,1", "--batch-size", "2", "--input-size", "64,64",
-                    "--batches", "4", "--repeats", "1", "--images", "3",
-                    json_path=str(tmp_path / "data.json"))
+    out = run_bench(
+        "bench.data",
+        "--workers",
+        "0,1",
+        "--batch-size",
+        "2",
+        "--input-size",
+        "64,64",
+        "--batches",
+        "4",
+        "--repeats",
+        "1",
+        "--images",
+        "3",
+        json_path=str(tmp_path / "data.json"),
+    )
     assert sorted(out["workers"]) == ["0", "1"]
     for entry in out["workers"].values():
         assert positive(entry["samples_per_s"]) and positive(entry["first_batch_s"])
@@ -125,12 +191,29 @@ def test_data_json(tmp_path):
 
 @pytest.mark.slow
 def test_deploy_json(tmp_path):
-    out = run_bench("bench.deploy", "--input-size", "32,32", "--iters", "2", "--warmup", "0",
-                    "--configs", "default,fused,onnxruntime", json_path=str(tmp_path / "deploy.json"))
-    assert out["configs"] == ["authors", "default", "fused", "onnxruntime"]  # authors added: the ratios need it
+    out = run_bench(
+        "bench.deploy",
+        "--input-size",
+        "32,32",
+        "--iters",
+        "2",
+        "--warmup",
+        "0",
+        "--configs",
+        "default,fused,onnxruntime",
+        json_path=str(tmp_path / "deploy.json"),
+    )
+    assert out["configs"] == [
+        "authors",
+        "default",
+        "fused",
+        "onnxruntime",
+    ]  # authors added: the ratios need it
     for name in out["configs"]:
         entry = out[name]
-        assert positive(entry["s_per_call"]) and positive(entry["images_per_s"]) and len(entry["samples"]) == 2
+        assert (
+            positive(entry["s_per_call"]) and positive(entry["images_per_s"]) and len(entry["samples"]) == 2
+        )
         assert out["ratios"][name] == pytest.approx(entry["images_per_s"] / out["authors"]["images_per_s"])
         assert entry["relative_error"] < 1e-4 and entry["argmax_agreement"] > 0.99  # same numbers, any speed
     assert out["ratios"]["authors"] == 1.0 and isinstance(out["target_met"], bool)

@@ -1,4 +1,5 @@
 """dataset.check: one test per kind of broken data, each naming the file and failing the CLI."""
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,13 @@ def data(tmp_path) -> Path:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dataset.check", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "dataset.check", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def assert_reported(root: Path, path: Path, words: str) -> list[str]:
@@ -65,8 +71,10 @@ def test_missing_folder_cli(data):
     shutil.rmtree(data / "val_segmentations")
     result = run_cli(data)
     assert result.returncode == 1
-    assert any("folder missing" in line and str(data / "val_segmentations") in line
-               for line in result.stdout.splitlines()), result.stdout
+    assert any(
+        "folder missing" in line and str(data / "val_segmentations") in line
+        for line in result.stdout.splitlines()
+    ), result.stdout
 
 
 def test_missing_id_list_cli(data):
@@ -87,12 +95,14 @@ def test_unreadable_image_cli(data):
 def test_label_value_out_of_range_cli(data):
     path = data / "val_segmentations" / "syn_00004.png"
     label = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    label[0, :3] = (8, 200, 255)   # 255 is fine, 8 and 200 are not
+    label[0, :3] = (8, 200, 255)  # 255 is fine, 8 and 200 are not
     cv2.imwrite(str(path), label)
     result = run_cli(data)
     assert result.returncode == 1
-    assert any("[8, 200]" in line and str(path) in line and "the preset 'dog'" in line
-               for line in result.stdout.splitlines()), result.stdout
+    assert any(
+        "[8, 200]" in line and str(path) in line and "the preset 'dog'" in line
+        for line in result.stdout.splitlines()
+    ), result.stdout
     # A set of 9 classes makes 8 legal (the label's one pixel of it counts as a use: no class goes
     # unused); 200 stays a problem, named with the set's file.
     nine = LabelSet.from_dict({"names": [*DOG.names, "collar"]}, "nine.json")
@@ -159,9 +169,10 @@ def test_colour_label(data):
 def test_palette_label(data):
     # Pillow comes with matplotlib; only this test needs it, to write a palette PNG.
     from PIL import Image
+
     path = data / "val_segmentations" / "syn_00004.png"
     label = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    image = Image.fromarray(label)   # "L"; putpalette turns it into "P" with the same indices
+    image = Image.fromarray(label)  # "L"; putpalette turns it into "P" with the same indices
     image.putpalette(list(np.arange(768) % 256))
     image.save(path)
     assert_reported(data, path, "palette PNG")

@@ -1,4 +1,5 @@
 """utils/checkpoint.py: the authors' files load strictly, anything else is refused clearly."""
+
 from __future__ import annotations
 
 import os
@@ -45,7 +46,8 @@ def test_round_trip(tmp_path, trained):
 
 
 def test_authors_format_with_module_prefix_and_legacy_serialisation(tmp_path, trained):
-    """Their files: DataParallel's ``module.`` prefix, PyTorch 0.4's pre-zip format, no num_batches_tracked."""
+    """Their files: DataParallel's ``module.`` prefix, PyTorch 0.4's pre-zip format, no
+    num_batches_tracked."""
     sd = OrderedDict(("module." + k, v) for k, v in trained.state_dict().items())
     assert not any(k.endswith("num_batches_tracked") for k in sd)
     path = tmp_path / "DFPnet_epoch_495.pth"
@@ -57,7 +59,9 @@ def test_authors_format_with_module_prefix_and_legacy_serialisation(tmp_path, tr
 
 def test_training_state_file_loads_its_model(tmp_path, trained):
     path = tmp_path / "last.pth"
-    save_atomic({"model": trained.state_dict(), "epoch": 3, "optimizer": {"state": {}, "param_groups": []}}, path)
+    save_atomic(
+        {"model": trained.state_dict(), "epoch": 3, "optimizer": {"state": {}, "param_groups": []}}, path
+    )
     fresh = DFPNet(8)
     load_model_weights(fresh, path)
     assert _same(fresh, trained)
@@ -87,7 +91,9 @@ def test_another_network_is_refused_naming_keys(tmp_path):
 def test_other_class_count_is_refused_with_a_hint(tmp_path, trained):
     path = tmp_path / "twenty.pth"
     save_atomic(DFPNet(20).state_dict(), path)
-    with pytest.raises(CheckpointError, match=r"4 mis-shaped \(aux_pred.4.weight: file 20x16x1x1, model 8x16x1x1"):
+    with pytest.raises(
+        CheckpointError, match=r"4 mis-shaped \(aux_pred.4.weight: file 20x16x1x1, model 8x16x1x1"
+    ):
         load_model_weights(DFPNet(8), path)
     with pytest.raises(CheckpointError, match="another number of classes: give its label set with --labels"):
         load_model_weights(DFPNet(8), path)
@@ -165,7 +171,9 @@ def _torchvision_like(trained: DFPNet) -> dict[str, torch.Tensor]:
 def test_imagenet_with_a_7x7_stem_is_refused(tmp_path, trained):
     path = tmp_path / "torchvision_resnet101.pth"
     save_atomic(_torchvision_like(trained), path)
-    with pytest.raises(CheckpointError, match=r"517 of 530 backbone tensors match.*stem does not fit \(conv1.weight"):
+    with pytest.raises(
+        CheckpointError, match=r"517 of 530 backbone tensors match.*stem does not fit \(conv1.weight"
+    ):
         load_imagenet_backbone(DFPNet(8), path)
 
 
@@ -173,5 +181,7 @@ def test_imagenet_with_too_few_matches_is_refused(tmp_path, trained):
     sd = {k: v for k, v in trained.state_dict().items() if k.startswith(("conv", "bn", "layer1.", "layer2."))}
     path = tmp_path / "resnet_half.pth"
     save_atomic(sd, path)
-    with pytest.raises(CheckpointError, match=r"\d+ of 530 backbone tensors match by name and shape; this is not"):
+    with pytest.raises(
+        CheckpointError, match=r"\d+ of 530 backbone tensors match by name and shape; this is not"
+    ):
         load_imagenet_backbone(DFPNet(8), path)

@@ -22,6 +22,7 @@ expectation of its own), the logits model's metadata and dynamic shapes, and a g
 given to export.py: not repeated here. Three exports (the default dynamic one, probs and labels
 static; about 30 s of the file's 45-60 s on 2 cores) make the tests that need them slow.
 """
+
 from __future__ import annotations
 
 import copy
@@ -45,13 +46,17 @@ from networks.dfpnet import DFPNet
 from utils.checkpoint import save_atomic
 from utils.labels import DOG
 
-SIZE = (32, 32)                  # --input-size: height, width
-MEAN = (0.485, 0.456, 0.406)     # ImageNet's, on channels 0, 1, 2 of the BGR image as they are
+SIZE = (32, 32)  # --input-size: height, width
+MEAN = (0.485, 0.456, 0.406)  # ImageNet's, on channels 0, 1, 2 of the BGR image as they are
 STD = (0.229, 0.224, 0.225)
-TIE = 1e-4                       # averaged probabilities this close may take either class
+TIE = 1e-4  # averaged probabilities this close may take either class
 IGNORE = 255
-SETTINGS = {"plain": (False, (1.0,)), "flip": (True, (1.0,)), "scales": (False, (0.5, 1.0)),
-            "flip+scales": (True, (0.75, 1.0))}
+SETTINGS = {
+    "plain": (False, (1.0,)),
+    "flip": (True, (1.0,)),
+    "scales": (False, (0.5, 1.0)),
+    "flip+scales": (True, (0.75, 1.0)),
+}
 
 
 def run_main(module, argv: list[str], capsys) -> tuple[int, str, str]:
@@ -74,21 +79,27 @@ def setting_flags(setting: str) -> list[str]:
 # the independent expectation
 # ---------------------------------------------------------------------------------------------
 
+
 def letterbox_matrix(width: int, height: int) -> np.ndarray:
     """Image -> crop: the pixel centres 0..w-1, 0..h-1 scaled uniformly to fit the crop, centre onto
     centre (the box's width, widened to the crop's aspect ratio if the image is taller, spans the crop)."""
     crop_h, crop_w = SIZE
     span = max(width - 1.0, (crop_w / crop_h) * (height - 1.0))
     s = crop_w / span
-    return np.array([[s, 0.0, crop_w / 2 - s * (width - 1) / 2],
-                     [0.0, s, crop_h / 2 - s * (height - 1) / 2]])
+    return np.array([[s, 0.0, crop_w / 2 - s * (width - 1) / 2], [0.0, s, crop_h / 2 - s * (height - 1) / 2]])
 
 
 def network_input(image_bgr: np.ndarray) -> torch.Tensor:
     """1 x 3 x H x W float32: the letterboxed crop (bilinear, border 0), x / 255, minus mean, over std."""
     matrix = letterbox_matrix(image_bgr.shape[1], image_bgr.shape[0])
-    crop = cv2.warpAffine(image_bgr, matrix, (SIZE[1], SIZE[0]), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    crop = cv2.warpAffine(
+        image_bgr,
+        matrix,
+        (SIZE[1], SIZE[0]),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0),
+    )
     x = (crop.astype(np.float64) / 255.0 - np.array(MEAN)) / np.array(STD)
     return torch.from_numpy(x.transpose(2, 0, 1).copy()).float()[None]
 
@@ -101,8 +112,9 @@ def swap_left_right() -> list[int]:
     return perm
 
 
-def expected_probs(model: torch.nn.Module, x: torch.Tensor, flip: bool, scales: tuple[float, ...],
-                   swap: bool = True):
+def expected_probs(
+    model: torch.nn.Module, x: torch.Tensor, flip: bool, scales: tuple[float, ...], swap: bool = True
+):
     """Softmax probabilities at the crop size, averaged over the views (and their mirror) and scales;
     ``swap=False`` leaves the mirror's left/right channels as they are (wrong: to show it matters)."""
     perm = swap_left_right() if swap else list(range(DOG.num_classes))
@@ -111,7 +123,7 @@ def expected_probs(model: torch.nn.Module, x: torch.Tensor, flip: bool, scales: 
         for s in scales:
             size = (round(SIZE[0] * s), round(SIZE[1] * s))
             view = x if size == SIZE else F.interpolate(x, size=size, mode="bilinear", align_corners=True)
-            for mirrored in ([False, True] if flip else [False]):
+            for mirrored in [False, True] if flip else [False]:
                 logits = model(torch.flip(view, dims=[3]) if mirrored else view)[-1]
                 probs = F.interpolate(logits, size=SIZE, mode="bilinear", align_corners=True).softmax(1)
                 if mirrored:
@@ -123,8 +135,14 @@ def expected_probs(model: torch.nn.Module, x: torch.Tensor, flip: bool, scales: 
 def to_image(crop_map: np.ndarray, width: int, height: int, border: int = 0) -> np.ndarray:
     """A crop-sized uint8 map back onto the image (inverse letterbox, nearest, ``border`` outside)."""
     back = cv2.invertAffineTransform(letterbox_matrix(width, height))
-    return cv2.warpAffine(crop_map.astype(np.uint8), back, (width, height), flags=cv2.INTER_NEAREST,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=border)
+    return cv2.warpAffine(
+        crop_map.astype(np.uint8),
+        back,
+        (width, height),
+        flags=cv2.INTER_NEAREST,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=border,
+    )
 
 
 class Expected:
@@ -157,10 +175,12 @@ def mean_iou(mat: np.ndarray) -> float:
 # set-up: data, the network, its expectation, its exports
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Three synthetic val images, 40 to 56 pixels a side, with their ground truth."""
     from dataset.synthetic import generate_dataset
+
     root = tmp_path_factory.mktemp("values") / "data"
     generate_dataset(str(root), 0, 3, 0, seed=0, min_size=40, max_size=56)
     return root
@@ -215,8 +235,19 @@ def _export(network, folder, name: str, *flags: str):
     """export.py in this process (it prints its own check); returns the model's path."""
     _, checkpoint = network
     path = folder / f"{name}.onnx"
-    export.main(export.get_arguments(["--restore-from", str(checkpoint), "--out", str(path),
-                                      "--input-size", ",".join(map(str, SIZE)), *flags]))
+    export.main(
+        export.get_arguments(
+            [
+                "--restore-from",
+                str(checkpoint),
+                "--out",
+                str(path),
+                "--input-size",
+                ",".join(map(str, SIZE)),
+                *flags,
+            ]
+        )
+    )
     return path
 
 
@@ -245,6 +276,7 @@ def _runtime_flags(runtime: str, network, request) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # the expectation itself
 # ---------------------------------------------------------------------------------------------
+
 
 def test_the_expectation_is_not_vacuous(network, expected, data):
     """Each option changes the expected labels on many pixels (and so does the left/right swap of flip
@@ -284,6 +316,7 @@ def test_the_expectation_is_not_vacuous(network, expected, data):
 # parse_images.py and evaluate.py with --flip and --scales, PyTorch and onnxruntime
 # ---------------------------------------------------------------------------------------------
 
+
 def _runs(*settings: str) -> list:
     """(runtime, setting) pairs: PyTorch with both options (a run costs seconds: loading and folding
     the checkpoint), onnxruntime with each of ``settings`` (cheap once the model is exported, slow
@@ -293,15 +326,28 @@ def _runs(*settings: str) -> list:
 
 
 @pytest.mark.parametrize("runtime,setting", _runs("flip", "flip+scales"))
-def test_parse_images_flip_and_scales_by_value(runtime, setting, network, expected, data, tmp_path,
-                                               capsys, request):
+def test_parse_images_flip_and_scales_by_value(
+    runtime, setting, network, expected, data, tmp_path, capsys, request
+):
     """<stem>_label.png of parse_images.py (batches of 2, so the mirrored half of a batch must be
     paired with its own image) equals the expectation at every pixel that is not a near tie."""
     out = tmp_path / "parsed"
-    code, stdout, err = run_main(parse_images, [*_runtime_flags(runtime, network, request), "--out", str(out),
-                                                "--input-size", ",".join(map(str, SIZE)), "--batch-size",
-                                                "2", "--no-progress", *setting_flags(setting),
-                                                str(data / "val_images")], capsys)
+    code, stdout, err = run_main(
+        parse_images,
+        [
+            *_runtime_flags(runtime, network, request),
+            "--out",
+            str(out),
+            "--input-size",
+            ",".join(map(str, SIZE)),
+            "--batch-size",
+            "2",
+            "--no-progress",
+            *setting_flags(setting),
+            str(data / "val_images"),
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "Parsed 3 of 3 images" in stdout
     for stem, want in expected[setting].items():
@@ -314,15 +360,29 @@ def test_parse_images_flip_and_scales_by_value(runtime, setting, network, expect
 
 
 @pytest.mark.parametrize("runtime,setting", _runs("scales", "flip+scales"))
-def test_evaluate_flip_and_scales_by_value(runtime, setting, network, expected, data, tmp_path, capsys,
-                                           request):
+def test_evaluate_flip_and_scales_by_value(
+    runtime, setting, network, expected, data, tmp_path, capsys, request
+):
     """evaluate.py's confusion matrix is the one of the expected maps against the ground truth (each
     near-tie pixel may sit in any of its allowed columns), and its mean IU is that matrix's."""
     metrics = tmp_path / "metrics.json"
-    code, _, err = run_main(evaluate, [*_runtime_flags(runtime, network, request), "--data-dir", str(data),
-                                       "--input-size", ",".join(map(str, SIZE)), "--batch-size", "2",
-                                       "--no-progress", "--metrics-out", str(metrics),
-                                       *setting_flags(setting)], capsys)
+    code, _, err = run_main(
+        evaluate,
+        [
+            *_runtime_flags(runtime, network, request),
+            "--data-dir",
+            str(data),
+            "--input-size",
+            ",".join(map(str, SIZE)),
+            "--batch-size",
+            "2",
+            "--no-progress",
+            "--metrics-out",
+            str(metrics),
+            *setting_flags(setting),
+        ],
+        capsys,
+    )
     assert code == 0, err
     result = json.loads(metrics.read_text())
     flip, scales = SETTINGS[setting]
@@ -350,14 +410,17 @@ def test_evaluate_flip_and_scales_by_value(runtime, setting, network, expected, 
     assert result["mean_iou"] == pytest.approx(mean_iou(got), abs=1e-9)
     if ties == 0:  # no near tie: the very number of the expectation
         assert result["mean_iou"] == pytest.approx(mean_iou(fixed), abs=1e-9)
-    print(f"{runtime} {setting}: mean IU {result['mean_iou']:.4f} (plain {mean_iou(plain):.4f}), "
-          f"{ties} near-tie pixels of {scored_pixels}")
+    print(
+        f"{runtime} {setting}: mean IU {result['mean_iou']:.4f} (plain {mean_iou(plain):.4f}), "
+        f"{ties} near-tie pixels of {scored_pixels}"
+    )
     assert not np.array_equal(got, plain)  # the options changed the evaluation
 
 
 # ---------------------------------------------------------------------------------------------
 # export.py --output probs / labels, --static
 # ---------------------------------------------------------------------------------------------
+
 
 def _refuses_other_shapes(session: OnnxModel) -> None:
     for shape in ((2, 3, *SIZE), (1, 3, SIZE[0] + 8, SIZE[1])):
@@ -383,8 +446,10 @@ def test_export_default_model_takes_any_batch_and_size(network, logits_onnx):
         assert got.shape == tuple(want.shape) == (shape[0], DOG.num_classes, *shape[2:])
         want = want.numpy()
         relative = np.linalg.norm(got - want) / np.linalg.norm(want)
-        print(f"{shape}: max |logit| {np.abs(want).max():.1f}, max |onnxruntime - PyTorch| "
-              f"{np.abs(got - want).max():.2e}, relative error {relative:.2e}")
+        print(
+            f"{shape}: max |logit| {np.abs(want).max():.1f}, max |onnxruntime - PyTorch| "
+            f"{np.abs(got - want).max():.2e}, relative error {relative:.2e}"
+        )
         assert relative <= 1e-5
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
 
@@ -436,9 +501,20 @@ def test_export_static_labels_is_the_argmax(network, static_labels_onnx):
 def test_parse_images_with_the_static_labels_model(static_labels_onnx, expected, data, tmp_path, capsys):
     """The labels model through parse_images.py --onnx (its size, batch 1): the plain expectation."""
     out = tmp_path / "parsed"
-    code, _, err = run_main(parse_images, ["--onnx", str(static_labels_onnx), "--out", str(out),
-                                           "--input-size", ",".join(map(str, SIZE)), "--no-progress",
-                                           str(data / "val_images")], capsys)
+    code, _, err = run_main(
+        parse_images,
+        [
+            "--onnx",
+            str(static_labels_onnx),
+            "--out",
+            str(out),
+            "--input-size",
+            ",".join(map(str, SIZE)),
+            "--no-progress",
+            str(data / "val_images"),
+        ],
+        capsys,
+    )
     assert code == 0, err
     for stem, want in expected["plain"].items():
         got = cv2.imread(str(out / f"{stem}_label.png"), cv2.IMREAD_UNCHANGED)
@@ -449,6 +525,7 @@ def test_parse_images_with_the_static_labels_model(static_labels_onnx, expected,
 # ---------------------------------------------------------------------------------------------
 # export.py refusals: exit 2, one line naming the problem, nothing at --out
 # ---------------------------------------------------------------------------------------------
+
 
 def _nothing_written(out) -> None:
     assert not out.exists()
@@ -482,8 +559,11 @@ def test_export_unwritable_output_folder(network, tmp_path, capsys):
         cases.append((locked / "m.onnx", locked))
     try:
         for out, folder in cases:
-            code, stdout, err = run_main(export, ["--restore-from", str(checkpoint), "--out", str(out),
-                                                  "--input-size", "32,32"], capsys)
+            code, stdout, err = run_main(
+                export,
+                ["--restore-from", str(checkpoint), "--out", str(out), "--input-size", "32,32"],
+                capsys,
+            )
             assert code == 2, (stdout, err)
             assert str(folder) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
             assert not out.exists()
@@ -492,9 +572,15 @@ def test_export_unwritable_output_folder(network, tmp_path, capsys):
         locked.chmod(0o755)
 
 
-@pytest.mark.parametrize("argv,flag", [(["--opset", "0"], "--opset"), (["--opset", "x"], "--opset"),
-                                       (["--input-size", "0,5"], "--input-size"),
-                                       (["--input-size", "32"], "--input-size")])
+@pytest.mark.parametrize(
+    "argv,flag",
+    [
+        (["--opset", "0"], "--opset"),
+        (["--opset", "x"], "--opset"),
+        (["--input-size", "0,5"], "--input-size"),
+        (["--input-size", "32"], "--input-size"),
+    ],
+)
 def test_export_nonsense_values(argv, flag, network, tmp_path, capsys):
     """An opset or input size that is no positive number (pair): exit 2 naming the flag and the value,
     before anything is created."""
@@ -512,14 +598,20 @@ def test_onnx_models_refuse_flags_they_cannot_run(script, static_labels_onnx, da
     exit 2 and one line naming the model, before any picture is read or written."""
     module = {"parse_images": parse_images, "evaluate": evaluate}[script]
     size = ",".join(map(str, SIZE))
-    common = (["--out", str(tmp_path / "out"), str(data / "val_images")] if script == "parse_images"
-              else ["--data-dir", str(data), "--metrics-out", str(tmp_path / "out" / "m.json")])
-    for flags, said in [(["--flip", "--input-size", size], "outputs labels"),
-                        (["--scales", "0.75,1", "--input-size", size], "outputs labels"),
-                        (["--input-size", "40,40"], "is fixed to input 1x32x32"),
-                        (["--batch-size", "2", "--input-size", size], "is fixed to input 1x32x32")]:
-        code, _, err = run_main(module, ["--onnx", str(static_labels_onnx), "--no-progress", *flags, *common],
-                                capsys)
+    common = (
+        ["--out", str(tmp_path / "out"), str(data / "val_images")]
+        if script == "parse_images"
+        else ["--data-dir", str(data), "--metrics-out", str(tmp_path / "out" / "m.json")]
+    )
+    for flags, said in [
+        (["--flip", "--input-size", size], "outputs labels"),
+        (["--scales", "0.75,1", "--input-size", size], "outputs labels"),
+        (["--input-size", "40,40"], "is fixed to input 1x32x32"),
+        (["--batch-size", "2", "--input-size", size], "is fixed to input 1x32x32"),
+    ]:
+        code, _, err = run_main(
+            module, ["--onnx", str(static_labels_onnx), "--no-progress", *flags, *common], capsys
+        )
         assert code == 2, (flags, err)
         assert str(static_labels_onnx) in err and said in err and "Traceback" not in err, (flags, err)
         assert len(err.strip().splitlines()) == 1, err

@@ -1,4 +1,5 @@
 """utils/cpu_defaults.py: the per-CPU-class training defaults and the reason printed with them."""
+
 from __future__ import annotations
 
 import os
@@ -30,16 +31,21 @@ def test_avx2_picks_float32_and_the_measured_layout(monkeypatch):
     assert (d.channels_last, d.inplace) == (channels_last, inplace)
     assert d.channels_last is True and d.inplace is True  # measured: not slower than NCHW, less memory
     assert "AVX2" in d.reason and "float32" in d.reason
-    assert d.describe().startswith("CPU defaults (avx2): AVX2 only, bf16 emulated: float32, channels-last, in place")
+    assert d.describe().startswith(
+        "CPU defaults (avx2): AVX2 only, bf16 emulated: float32, channels-last, in place"
+    )
 
 
-@pytest.mark.parametrize("capability,bf16,expected", [
-    ("AVX512", False, "avx512"),
-    ("AVX2", True, "avx512-bf16"),  # oneDNN still runs bf16 natively: bf16 is worth it
-    ("DEFAULT", False, "other"),
-    ("ZVECTOR", False, "other"),
-    ("avx2", False, "avx2"),  # ATEN_CPU_CAPABILITY's spelling
-])
+@pytest.mark.parametrize(
+    "capability,bf16,expected",
+    [
+        ("AVX512", False, "avx512"),
+        ("AVX2", True, "avx512-bf16"),  # oneDNN still runs bf16 natively: bf16 is worth it
+        ("DEFAULT", False, "other"),
+        ("ZVECTOR", False, "other"),
+        ("avx2", False, "avx2"),  # ATEN_CPU_CAPABILITY's spelling
+    ],
+)
 def test_class_from_capability(capability, bf16, expected):
     assert cd.cpu_class(capability, bf16) == expected
     assert cd.cpu_defaults(capability, bf16).cpu_class == expected
@@ -56,10 +62,15 @@ def test_every_rule_is_well_formed():
         assert reason and "\n" not in reason, klass
 
 
-@pytest.mark.parametrize("capability,bf16,amp,channels_last", [
-    ("AVX512", True, "bf16", True), ("AVX2", False, "off", True), ("DEFAULT", False, "off", False)])
-def test_train_and_evaluation_defaults_follow_the_cpu_class(monkeypatch, capability, bf16, amp, channels_last):
-    from training.config import get_args_parser, setup
+@pytest.mark.parametrize(
+    "capability,bf16,amp,channels_last",
+    [("AVX512", True, "bf16", True), ("AVX2", False, "off", True), ("DEFAULT", False, "off", False)],
+)
+def test_train_and_evaluation_defaults_follow_the_cpu_class(
+    monkeypatch, capability, bf16, amp, channels_last
+):
+    from training.config import setup
+    from training.flags import get_args_parser
     from training.model import default_inplace_abn
     from utils.device import default_amp
 
@@ -95,8 +106,13 @@ def test_keep_freed_memory_reuses_blocks_without_page_faults():
     allocations reuse the heap and fault nothing."""
     runs = {}
     for mode in ("reuse", "system"):
-        done = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, timeout=120,
-                              env=dict(os.environ, PYTHONPATH=ROOT))
+        done = subprocess.run(
+            [sys.executable, "-c", _FAULTS, mode],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(os.environ, PYTHONPATH=ROOT),
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         tuned, *faults = done.stdout.split()
         runs[mode] = (tuned, [int(f) for f in faults])
@@ -106,8 +122,11 @@ def test_keep_freed_memory_reuses_blocks_without_page_faults():
 
 
 def test_train_resolves_the_malloc_choice():
-    from training.config import get_args_parser, setup
+    from training.config import setup
+    from training.flags import get_args_parser
 
-    assert setup(get_args_parser().parse_args(["--device", "cpu", "--malloc", "system"])).malloc_reuse is False
+    assert (
+        setup(get_args_parser().parse_args(["--device", "cpu", "--malloc", "system"])).malloc_reuse is False
+    )
     cfg = setup(get_args_parser().parse_args(["--device", "cpu"]))
     assert cfg.malloc_reuse is sys.platform.startswith("linux")

@@ -1,4 +1,5 @@
 """CartoonDataSet against docs/reference.md section 3, computed independently here (no utils.transforms)."""
+
 from __future__ import annotations
 
 import os
@@ -56,11 +57,14 @@ def seed_all(seed: int) -> None:
 
 
 # --------------------------------------------------------------------------- geometry
-@pytest.mark.parametrize("width,height,crop", [
-    (121, 41, (40, 60)),   # wide image, height widened to the crop's aspect (letterbox)
-    (41, 121, (60, 40)),   # tall image, width widened (pillarbox)
-    (31, 21, (40, 60)),    # same aspect, upscaled x2
-])
+@pytest.mark.parametrize(
+    "width,height,crop",
+    [
+        (121, 41, (40, 60)),  # wide image, height widened to the crop's aspect (letterbox)
+        (41, 121, (60, 40)),  # tall image, width widened (pillarbox)
+        (31, 21, (40, 60)),  # same aspect, upscaled x2
+    ],
+)
 def test_no_augmentation_matches_hand_written_affine(tmp_path, width, height, crop):
     image, label = random_sample(np.random.default_rng(0), height, width)
     write_split(tmp_path, "train", {"a": (image, label)})
@@ -70,10 +74,17 @@ def test_no_augmentation_matches_hand_written_affine(tmp_path, width, height, cr
 
     jpeg = cv2.imread(str(tmp_path / "train_images" / "a.jpg"), cv2.IMREAD_COLOR)
     m = expected_matrix(width, height, *crop)
-    want_image = cv2.warpAffine(jpeg, m, (crop[1], crop[0]), flags=cv2.INTER_LINEAR,
-                                borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-    want_label = cv2.warpAffine(label, m, (crop[1], crop[0]), flags=cv2.INTER_NEAREST,
-                                borderMode=cv2.BORDER_CONSTANT, borderValue=255)
+    want_image = cv2.warpAffine(
+        jpeg,
+        m,
+        (crop[1], crop[0]),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0),
+    )
+    want_label = cv2.warpAffine(
+        label, m, (crop[1], crop[0]), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=255
+    )
     assert out_image.dtype == np.uint8 and out_image.shape == (crop[0], crop[1], 3)
     assert out_label.dtype == np.int64 and out_label.shape == crop
     np.testing.assert_array_equal(out_image, want_image)
@@ -95,8 +106,9 @@ def test_non_square_general_case_close_to_hand_written_affine(tmp_path):
     jpeg = cv2.imread(str(tmp_path / "train_images" / "a.jpg"))
     m = expected_matrix(width, height, *crop)
     want_image = cv2.warpAffine(jpeg, m, (crop[1], crop[0]), flags=cv2.INTER_LINEAR)
-    want_label = cv2.warpAffine(label, m, (crop[1], crop[0]), flags=cv2.INTER_NEAREST,
-                                borderMode=cv2.BORDER_CONSTANT, borderValue=255)
+    want_label = cv2.warpAffine(
+        label, m, (crop[1], crop[0]), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=255
+    )
     assert np.abs(out_image.astype(int) - want_image.astype(int)).max() <= 1
     assert (out_label == want_label).mean() >= 0.99
 
@@ -184,13 +196,14 @@ def test_scale_and_rotation_stay_in_spec_ranges(tiny_train):
     assert ratios.min() >= 0.75 - 1e-6 and ratios.max() <= 1.25 + 1e-6
     assert np.isclose(ratios, 0.75, atol=1e-6).any() and np.isclose(ratios, 1.25, atol=1e-6).any()
     assert np.abs(rotations).max() <= 60
-    assert 0.25 < (rotations == 0).mean() < 0.55       # 40 % are not rotated
-    assert np.abs(rotations).max() > 30                 # but the others spread to +-2 rf
+    assert 0.25 < (rotations == 0).mean() < 0.55  # 40 % are not rotated
+    assert np.abs(rotations).max() > 30  # but the others spread to +-2 rf
 
 
 def test_zero_factors_never_augment(tiny_train):
-    ds = CartoonDataSet(tiny_train, "train", crop_size=(16, 16),
-                        scale_factor=0, rotation_factor=0, flip_prob=0)
+    ds = CartoonDataSet(
+        tiny_train, "train", crop_size=(16, 16), scale_factor=0, rotation_factor=0, flip_prob=0
+    )
     seed_all(7)
     first = ds[2]
     for seed in range(30):
@@ -310,14 +323,8 @@ def test_label_out_of_range_names_the_file(tiny_train):
 
 # --------------------------------------------------------------------------- edges and transforms
 def test_label_edges_by_hand():
-    label = np.array([[0, 0, 1, 1],
-                      [0, 0, 1, 1],
-                      [255, 255, 1, 1],
-                      [2, 2, 2, 2]], dtype=np.uint8)
-    want = np.array([[0, 1, 1, 0],
-                     [0, 1, 1, 0],
-                     [0, 0, 1, 1],
-                     [0, 0, 1, 1]], dtype=np.uint8)
+    label = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [255, 255, 1, 1], [2, 2, 2, 2]], dtype=np.uint8)
+    want = np.array([[0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 1, 1], [0, 0, 1, 1]], dtype=np.uint8)
     edge = label_edges(label)
     assert edge.dtype == np.uint8
     np.testing.assert_array_equal(edge, want)
@@ -330,7 +337,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def test_normalisation_keeps_bgr_channel_order():
     """The mean and std of R, G, B are applied to channels 0, 1, 2 of the BGR array as they are."""
     image = np.zeros((2, 3, 3), dtype=np.uint8)
-    image[0, 0] = (255, 0, 0)   # pure blue in BGR
+    image[0, 0] = (255, 0, 0)  # pure blue in BGR
     image[1, 2] = (10, 128, 250)
     t = normalize_image(image)
     assert t.shape == (3, 2, 3) and t.dtype == torch.float32

@@ -10,6 +10,7 @@ step, 4e-6 after two and 2e-2 after three (float32 rounding alone already change
 gradients by ~10%). So the steps run in float64 and the test takes two of them; every process
 uses the pure-PyTorch InPlace-ABN (the one that synchronises CPU tensors over gloo).
 """
+
 from __future__ import annotations
 
 import os
@@ -32,7 +33,7 @@ def _model() -> torch.nn.Module:
 
     torch.manual_seed(0)
     model = DFPNet(num_classes=8)
-    model.layer5.bottleneck[2].p = 0.0          # Dropout2d(0.1): per-process masks cannot match
+    model.layer5.bottleneck[2].p = 0.0  # Dropout2d(0.1): per-process masks cannot match
     model.layer5_pred3x3.requires_grad_(False)  # unused in forward, frozen as train.py does
     for module in model.modules():
         if hasattr(module, "backend"):
@@ -54,25 +55,35 @@ def _train_and_evaluate(rank: int, world: int, out_dir: str, data_dir: str) -> N
 
     model = _model().double()
     trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR, momentum=0.9,
-                                weight_decay=5e-4)
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=LR, momentum=0.9, weight_decay=5e-4
+    )
     images, labels = _batches()
     per_rank = 2 // world
     losses = []
     for step in range(STEPS):
         part = slice(rank * per_rank, (rank + 1) * per_rank)
-        values, _ = train_step(trained, optimizer, images[step, part], labels[step, part], lr=LR,
-                               iteration=step)
+        values, _ = train_step(
+            trained, optimizer, images[step, part], labels[step, part], lr=LR, iteration=step
+        )
         losses.append(values)
     torch.save(model.state_dict(), os.path.join(out_dir, f"weights_{world}_{rank}.pt"))
 
     # Evaluation: the same (initial) weights everywhere; one shard per process, matrices summed.
     val = CartoonDataSet(data_dir, "val", crop_size=(SIZE, SIZE), transform=default_transform())
-    matrix = evaluate_model(_model(), val, make_eval_loader(val, batch_size=1, workers=0),
-                            torch.device("cpu"), label_set=DOG, progress=False)
+    matrix = evaluate_model(
+        _model(),
+        val,
+        make_eval_loader(val, batch_size=1, workers=0),
+        torch.device("cpu"),
+        label_set=DOG,
+        progress=False,
+    )
     if rank == 0:
-        torch.save({"matrix": torch.from_numpy(matrix.mat), "losses": torch.tensor(losses)},
-                   os.path.join(out_dir, f"result_{world}.pt"))
+        torch.save(
+            {"matrix": torch.from_numpy(matrix.mat), "losses": torch.tensor(losses)},
+            os.path.join(out_dir, f"result_{world}.pt"),
+        )
 
 
 def _worker(rank: int, world: int, store: str, out_dir: str, data_dir: str) -> None:
@@ -112,8 +123,10 @@ def test_two_processes_match_one_process_with_the_whole_batch(tmp_path):
             if diff > worst:
                 worst, worst_key = diff, key
     abs_diff = max((ranks[0][k] - single[k]).abs().max().item() for k in single)
-    print(f"DDP (2 processes x batch 1) vs one process (batch 2), {STEPS} steps, float64: max abs weight "
-          f"difference {abs_diff:.2e}, worst difference/update {worst:.2e} ({worst_key})")
+    print(
+        f"DDP (2 processes x batch 1) vs one process (batch 2), {STEPS} steps, float64: max abs weight "
+        f"difference {abs_diff:.2e}, worst difference/update {worst:.2e} ({worst_key})"
+    )
     assert worst < 1e-4, f"{worst_key}: {worst}"
 
     one = torch.load(tmp_path / "result_1.pt", weights_only=True)

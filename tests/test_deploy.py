@@ -11,6 +11,7 @@ argmax agrees on >= 99.9% of the pixels; evaluate.py's mean IU moves by at most 
 The tests that need the exported models are marked slow (two exports and two training steps
 take most of a minute on 2 cores); they still run in CI.
 """
+
 from __future__ import annotations
 
 import copy
@@ -67,6 +68,7 @@ def run_main(module, argv: list[str], capsys) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     from dataset.synthetic import generate_dataset
+
     root = tmp_path_factory.mktemp("deploy") / "data"
     generate_dataset(str(root), 4, 4, 0, seed=3, min_size=48, max_size=96)
     return root
@@ -121,12 +123,28 @@ def models(data, tmp_path_factory):
         save_atomic(with_label_set(state, RENAMED) if name == "synthetic" else state, checkpoint)
         fused = fuse_for_inference(model)
         if name == "synthetic":  # the command line, end to end
-            export.main(export.get_arguments(["--restore-from", str(checkpoint), "--out", str(onnx_path),
-                                              "--input-size", ",".join(map(str, SIZE))]))
+            export.main(
+                export.get_arguments(
+                    [
+                        "--restore-from",
+                        str(checkpoint),
+                        "--out",
+                        str(onnx_path),
+                        "--input-size",
+                        ",".join(map(str, SIZE)),
+                    ]
+                )
+            )
         else:  # the same export, without reading the checkpoint back and folding it again
             args = export.get_arguments(["--restore-from", str(checkpoint), "--input-size", "64,64"])
-            export.export_onnx(export.FinalMap(fused), torch.randn(2, 3, *SIZE), str(onnx_path),
-                               opset=args.opset, dynamic=True, props=export.metadata(args, DOG))
+            export.export_onnx(
+                export.FinalMap(fused),
+                torch.randn(2, 3, *SIZE),
+                str(onnx_path),
+                opset=args.opset,
+                dynamic=True,
+                props=export.metadata(args, DOG),
+            )
         out[name] = (copy.deepcopy(model), checkpoint, onnx_path, fused)
     return out
 
@@ -150,6 +168,7 @@ def _reference(model: DFPNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 # equality: fused and onnxruntime against float64 PyTorch
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", WEIGHTS)
 def test_fused_and_onnxruntime_match_pytorch(models, crops, name):
@@ -166,8 +185,10 @@ def test_fused_and_onnxruntime_match_pytorch(models, crops, name):
         for label, got in (("fused", folded), ("onnxruntime", ort)):
             err = relative_error(got, want)
             agree = (torch.as_tensor(got).argmax(1) == want.argmax(1)).double().mean().item()
-            print(f"{name} {tuple(x.shape)} {label}: rel. error {err:.2e} (PyTorch float32 {base:.2e}), "
-                  f"argmax agreement {agree:.5f}")
+            print(
+                f"{name} {tuple(x.shape)} {label}: rel. error {err:.2e} (PyTorch float32 {base:.2e}), "
+                f"argmax agreement {agree:.5f}"
+            )
             assert within_float32(err, base), (label, err, base)
             assert agree >= 0.999, (label, agree)
 
@@ -210,6 +231,7 @@ def test_export_wrapper_outputs():
     class Fake(torch.nn.Module):
         def forward(self, x):
             return [x[:, :1]] * 4 + [torch.cat([x, -x, x.flip(-1)], 1)[:, :8]]
+
     x = torch.randn(2, 3, 5, 6)
     logits = export.FinalMap(Fake(), "logits")(x)
     assert logits.shape == (2, 8, 5, 6)
@@ -220,6 +242,7 @@ def test_export_wrapper_outputs():
 # ---------------------------------------------------------------------------------------------
 # the model file: metadata, dynamic shapes, errors
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_export_metadata_and_dynamic_shapes(models):
@@ -245,8 +268,9 @@ def test_export_errors_are_one_line_and_leave_nothing(tmp_path, capsys):
     code, _, err = run_main(export, ["--restore-from", str(bad), "--out", str(out)], capsys)
     assert code == 2 and str(bad) in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not out.exists() and os.listdir(out.parent) == []
-    code, _, err = run_main(export, ["--restore-from", str(bad), "--out", str(out), "--output", "colours"],
-                            capsys)
+    code, _, err = run_main(
+        export, ["--restore-from", str(bad), "--out", str(out), "--output", "colours"], capsys
+    )
     assert code == 2 and "--output" in err
 
 
@@ -255,28 +279,39 @@ def test_export_errors_are_one_line_and_leave_nothing(tmp_path, capsys):
 def test_bad_onnx_model_exits_2_with_one_line(script, models, data, tmp_path, capsys):
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x08\x07 this is not a protobuf")
-    cases = [(str(tmp_path / "missing.onnx"), "not found"), (str(garbage), "not an ONNX model"),
-             (str(models["random"][1]), "not an ONNX model")]
-    where = (["--data-dir", str(data), "--metrics-out", str(tmp_path / "m.json")] if script is evaluate
-             else ["--out", str(tmp_path / "parsed"), str(data / "val_images")])
+    cases = [
+        (str(tmp_path / "missing.onnx"), "not found"),
+        (str(garbage), "not an ONNX model"),
+        (str(models["random"][1]), "not an ONNX model"),
+    ]
+    where = (
+        ["--data-dir", str(data), "--metrics-out", str(tmp_path / "m.json")]
+        if script is evaluate
+        else ["--out", str(tmp_path / "parsed"), str(data / "val_images")]
+    )
     for path, needle in cases:
         code, _, err = run_main(script, ["--onnx", path, "--no-progress", "--workers", "0", *where], capsys)
         assert code == 2 and path in err and needle in err, err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "m.json").exists()
-    code, _, err = run_main(script, ["--onnx", str(models["random"][2]), "--num-classes", "5",
-                                     "--no-progress", *where], capsys)
+    code, _, err = run_main(
+        script, ["--onnx", str(models["random"][2]), "--num-classes", "5", "--no-progress", *where], capsys
+    )
     assert code == 2 and "--num-classes 5" in err and "8 classes" in err
     assert len(err.strip().splitlines()) == 1
     # A label set of other classes than the model's is refused, naming both.
-    code, _, err = run_main(script, ["--onnx", str(models["random"][2]), "--labels", "pascal-person-part",
-                                     "--no-progress", *where], capsys)
+    code, _, err = run_main(
+        script,
+        ["--onnx", str(models["random"][2]), "--labels", "pascal-person-part", "--no-progress", *where],
+        capsys,
+    )
     assert code == 2 and str(models["random"][2]) in err and "7 classes" in err and "8 classes" in err, err
 
 
 # ---------------------------------------------------------------------------------------------
 # the scripts: evaluate.py --onnx / --fuse and parse_images.py --onnx without torch
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_evaluate_onnx_and_fused_match_evaluate(models, data, tmp_path, capsys):
@@ -285,31 +320,50 @@ def test_evaluate_onnx_and_fused_match_evaluate(models, data, tmp_path, capsys):
 
     model, _, onnx_path, fused = models["synthetic"]
     metrics = tmp_path / "onnx.json"
-    code, out, err = run_main(evaluate, ["--onnx", str(onnx_path), "--data-dir", str(data), "--input-size",
-                                         ",".join(map(str, SIZE)), "--workers", "0", "--no-progress",
-                                         "--metrics-out", str(metrics)], capsys)
+    code, out, err = run_main(
+        evaluate,
+        [
+            "--onnx",
+            str(onnx_path),
+            "--data-dir",
+            str(data),
+            "--input-size",
+            ",".join(map(str, SIZE)),
+            "--workers",
+            "0",
+            "--no-progress",
+            "--metrics-out",
+            str(metrics),
+        ],
+        capsys,
+    )
     assert code == 0, err
     result = json.loads(metrics.read_text())
     assert result["runtime"] == "onnxruntime" and result["checkpoint"] == str(onnx_path)
     assert "onnxruntime" in out
     # No labels.json in the data folder and no --labels: the set the model records names the classes.
     assert list(result["per_class_iou"]) == RENAMED8["names"] and result["label_set"]["flip_pairs"][0] == [
-        "front_left", "front_right"]
+        "front_left",
+        "front_right",
+    ]
     assert "hind_right" in out
     mean_iou = {"onnxruntime": result["mean_iou"]}
     val = CartoonDataSet(str(data), "val", crop_size=SIZE, transform=default_transform())
     for name, network in (("pytorch", model), ("fused", fused)):
-        matrix = evaluate_model(network, val, make_eval_loader(val, workers=0), "cpu", label_set=RENAMED,
-                                progress=False)
+        matrix = evaluate_model(
+            network, val, make_eval_loader(val, workers=0), "cpu", label_set=RENAMED, progress=False
+        )
         mean_iou[name] = matrix.compute()["mean_iou"]
     print(f"mean IU: {mean_iou}")
     assert abs(mean_iou["fused"] - mean_iou["pytorch"]) <= 0.05
     assert abs(mean_iou["onnxruntime"] - mean_iou["pytorch"]) <= 0.05
 
 
-DEPLOY_FILES = ["parse_images.py",
-                *(f"utils/{m}.py" for m in ("__init__", "cli", "recipe", "labels", "transforms", "pictures")),
-                *(f"inference/{m}.py" for m in ("__init__", "model", "pipeline", "onnx_infer"))]
+DEPLOY_FILES = [
+    "parse_images.py",
+    *(f"utils/{m}.py" for m in ("__init__", "cli", "recipe", "labels", "transforms", "pictures")),
+    *(f"inference/{m}.py" for m in ("__init__", "model", "pipeline", "onnx_infer")),
+]
 _NO_TORCH = """
 import runpy, sys
 class NoTorch:
@@ -337,21 +391,57 @@ def test_parse_images_onnx_runs_without_torch(models, data, tmp_path, capsys):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
     def without_torch(*argv: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", _NO_TORCH, *common, *argv], cwd=alone, env=env,
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-c", _NO_TORCH, *common, *argv],
+            cwd=alone,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     done = without_torch("--onnx", str(onnx_path), "--out", str(tmp_path / "ort"), inputs)
     assert done.returncode == 0, done.stderr
     assert "Parsed 4 of 4 images" in done.stdout and "onnxruntime" in done.stdout
-    done = without_torch("--onnx", str(onnx_path), "--out", str(tmp_path / "tta"), "--flip",
-                         "--scales", "0.75,1", "--batch-size", "3", inputs)
+    done = without_torch(
+        "--onnx",
+        str(onnx_path),
+        "--out",
+        str(tmp_path / "tta"),
+        "--flip",
+        "--scales",
+        "0.75,1",
+        "--batch-size",
+        "3",
+        inputs,
+    )
     assert done.returncode == 0, done.stderr
-    blocked = subprocess.run([sys.executable, "-c", _NO_TORCH.replace("runpy.run_path", "import torch #")],
-                             cwd=alone, env=env, capture_output=True, text=True, timeout=60)
+    blocked = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH.replace("runpy.run_path", "import torch #")],
+        cwd=alone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert blocked.returncode != 0 and "blocked" in blocked.stderr  # the blocker does block
 
-    code, _, err = run_main(parse_images, ["--restore-from", str(checkpoint), "--out", str(tmp_path / "pt"),
-                                           "--amp", "off", "--workers", "0", *common, inputs], capsys)
+    code, _, err = run_main(
+        parse_images,
+        [
+            "--restore-from",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "pt"),
+            "--amp",
+            "off",
+            "--workers",
+            "0",
+            *common,
+            inputs,
+        ],
+        capsys,
+    )
     assert code == 0, err
     for stem in [os.path.splitext(f)[0] for f in sorted(os.listdir(inputs))]:
         ort = cv2.imread(str(tmp_path / "ort" / f"{stem}_label.png"), cv2.IMREAD_UNCHANGED)

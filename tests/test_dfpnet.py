@@ -1,4 +1,5 @@
 """DFPNet: the authors' state_dict, their wiring, their output order, any input size."""
+
 from __future__ import annotations
 
 import pytest
@@ -129,8 +130,21 @@ def _live_bytes() -> int:
     import ctypes
 
     class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
-                                                          "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            )
+        ]
 
     libc = ctypes.CDLL(None)
     libc.mallinfo2.restype = MallInfo2

@@ -4,6 +4,7 @@ file and module the docs name exists.
 When a flag changes, the failing test prints the table docs/flags.md should hold
 (or run ``python tests/test_docs.py`` to print it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,8 +12,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -28,12 +27,17 @@ def parsers() -> dict[str, argparse.ArgumentParser]:
     import export
     import parse_images
     from dataset import browse, check, synthetic
-    from training.config import get_args_parser
+    from training.flags import get_args_parser
 
-    return {"train.py": get_args_parser(), "evaluate.py": evaluate.get_args_parser(),
-            "parse_images.py": parse_images.get_args_parser(), "export.py": export.get_args_parser(),
-            "python -m dataset.check": check.get_args_parser(), "python -m dataset.browse": browse.get_args_parser(),
-            "python -m dataset.synthetic": synthetic.get_args_parser()}
+    return {
+        "train.py": get_args_parser(),
+        "evaluate.py": evaluate.get_args_parser(),
+        "parse_images.py": parse_images.get_args_parser(),
+        "export.py": export.get_args_parser(),
+        "python -m dataset.check": check.get_args_parser(),
+        "python -m dataset.browse": browse.get_args_parser(),
+        "python -m dataset.synthetic": synthetic.get_args_parser(),
+    }
 
 
 def options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
@@ -66,14 +70,17 @@ def test_every_flag_states_its_default_in_help():
     for command, parser in parsers().items():
         formatter = parser._get_formatter()
         for action in options(parser):
-            if "default" not in formatter._get_help_string(action) % {"default": action.default, "prog": command}:
+            if "default" not in formatter._get_help_string(action) % {
+                "default": action.default,
+                "prog": command,
+            }:
                 missing.append(f"{command} {action.option_strings[0]}")
     assert missing == []
 
 
 def test_the_help_shows_the_parsers_defaults():
     """What --help prints, by value: a size as H,W, a switch as on/off."""
-    from training.config import get_args_parser
+    from training.flags import get_args_parser
     from utils import recipe
 
     text = " ".join(get_args_parser().format_help().split())
@@ -87,17 +94,28 @@ def test_flags_doc_matches_the_parsers():
     assert START in text and END in text, f"{FLAGS_DOC}: the markers {START} / {END} are missing"
     documented = text.split(START, 1)[1].split(END, 1)[0].strip() + "\n"
     expected = flags_table()
-    assert documented == expected, f"{FLAGS_DOC} is out of date; between the markers it should read:\n\n{expected}"
+    assert documented == expected, (
+        f"{FLAGS_DOC} is out of date; between the markers it should read:\n\n{expected}"
+    )
 
 
 def _doc_files() -> list[Path]:
-    tracked = subprocess.run(["git", "ls-files", "*.md", "requirements.txt", "environment.yaml"], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.md", "requirements.txt", "environment.yaml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     return [ROOT / name for name in tracked]
 
 
 def _tracked() -> set[str]:
-    return set(subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split())
+    return set(
+        subprocess.run(
+            ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
 
 
 PATH = re.compile(r"(?<![\w./-])((?:[A-Za-z_][\w-]*/)+[\w.-]+\.(?:py|sh|md|txt|yaml|toml))\b")
@@ -108,9 +126,12 @@ NOT_TRACKED = ("snapshots/", "outputs/", ".venv/", "dataset/Cartoon_sketches/", 
 
 def test_files_named_in_the_docs_exist():
     tracked = _tracked()
-    stale = [f"{doc.relative_to(ROOT)}: {path}" for doc in _doc_files()
-             for path in PATH.findall(doc.read_text(encoding="utf-8"))
-             if not path.startswith(NOT_TRACKED) and path not in tracked and not (ROOT / path).exists()]
+    stale = [
+        f"{doc.relative_to(ROOT)}: {path}"
+        for doc in _doc_files()
+        for path in PATH.findall(doc.read_text(encoding="utf-8"))
+        if not path.startswith(NOT_TRACKED) and path not in tracked and not (ROOT / path).exists()
+    ]
     assert stale == []
 
 
@@ -131,17 +152,25 @@ def test_modules_and_names_in_the_docs_exist():
             if known < len(parts) and parts[known] not in ("py", "md"):
                 source = modules[".".join(parts[:known])].read_text(encoding="utf-8")
                 name = parts[known]
-                if not re.search(rf"^\s*(def|class) {name}\b|^\s*{name}\b\s*[:=]|\bimport\b.*\b{name}\b", source, re.M):
-                    stale.append(f"{doc.relative_to(ROOT)}: {dotted} (no {name} in {'.'.join(parts[:known])})")
+                if not re.search(
+                    rf"^\s*(def|class) {name}\b|^\s*{name}\b\s*[:=]|\bimport\b.*\b{name}\b", source, re.M
+                ):
+                    stale.append(
+                        f"{doc.relative_to(ROOT)}: {dotted} (no {name} in {'.'.join(parts[:known])})"
+                    )
     assert stale == []
 
 
 def test_the_checks_catch_a_stale_name(tmp_path):
     """The patterns find what a stale doc would say."""
-    assert PATH.findall("see `utils/setup_env.sh` and utils/inference.py") == ["utils/setup_env.sh",
-                                                                                "utils/inference.py"]
+    assert PATH.findall("see `utils/setup_env.sh` and utils/inference.py") == [
+        "utils/setup_env.sh",
+        "utils/inference.py",
+    ]
     assert MODULE.findall("`utils.engine.poly_lr` and `training.schedule.poly_lr`") == [
-        "utils.engine.poly_lr", "training.schedule.poly_lr"]
+        "utils.engine.poly_lr",
+        "training.schedule.poly_lr",
+    ]
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """evaluate.py, parse_images.py and run_evaluate.sh from outside: outputs, one clear error per bad input."""
+
 from __future__ import annotations
 
 import json
@@ -20,15 +21,28 @@ from utils.device import default_amp
 from utils.labels import DOG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METRIC_KEYS = {"mean_iou", "pixel_accuracy", "mean_accuracy", "per_class_iou", "confusion_matrix",
-               "num_images", "checkpoint", "dataset", "input_size", "flip", "scales", "truncate_centers",
-               "amp"}
+METRIC_KEYS = {
+    "mean_iou",
+    "pixel_accuracy",
+    "mean_accuracy",
+    "per_class_iou",
+    "confusion_matrix",
+    "num_images",
+    "checkpoint",
+    "dataset",
+    "input_size",
+    "flip",
+    "scales",
+    "truncate_centers",
+    "amp",
+}
 
 
 @pytest.fixture()
 def data(tmp_path):
     """A fresh 3-image synthetic val split (the bad-input tests damage it)."""
     from dataset.synthetic import generate_dataset
+
     generate_dataset(str(tmp_path / "data"), 0, 3, 0, seed=0, min_size=40, max_size=90)
     return tmp_path / "data"
 
@@ -38,6 +52,7 @@ def dfpnet_checkpoint(tmp_path_factory):
     """A checkpoint as train.py writes DFPnet_epoch_<e>.pth: the model's state_dict via save_atomic."""
     from networks.dfpnet import DFPNet
     from utils.checkpoint import save_atomic
+
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "DFPnet_epoch_5.pth"
     save_atomic(DFPNet(num_classes=8).state_dict(), path)
@@ -56,19 +71,33 @@ def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 def run_script(args: list[str], timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=env)
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # bad inputs: a clear line, a non-zero exit, no metrics file
 # ---------------------------------------------------------------------------------------------
 
+
 def _fails(argv, capsys, tmp_path, code, *needles, checkpoint=None):
     metrics = tmp_path / "metrics.json"
     network = ["--restore-from", str(checkpoint)] if checkpoint else []
-    got, out, err = run_main(["--device", "cpu", "--workers", "0", "--no-progress", *network, *argv,
-                              "--metrics-out", str(metrics)], capsys)
+    got, out, err = run_main(
+        [
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--no-progress",
+            *network,
+            *argv,
+            "--metrics-out",
+            str(metrics),
+        ],
+        capsys,
+    )
     assert got == code, (out, err)
     for needle in needles:
         assert needle in err, err
@@ -90,6 +119,7 @@ def test_wrong_split(data, tmp_path, capsys):
 
 def test_training_split_is_refused(data, tmp_path, capsys):
     from dataset.synthetic import generate_dataset
+
     generate_dataset(str(data), 2, 0, 0, seed=1, min_size=40, max_size=60)
     _fails(["--data-dir", str(data), "--dataset", "train"], capsys, tmp_path, 1, "augmentation")
 
@@ -117,11 +147,17 @@ def test_bad_input_size(data, tmp_path, capsys, size):
     _fails(["--data-dir", str(data), f"--input-size={size}"], capsys, tmp_path, 2, "--input-size", repr(size))
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--batch-size", "0"], "--batch-size"), (["--workers", "-1"], "--workers"),
-    (["--num-classes", "x"], "--num-classes"), (["--amp", "fp8"], "--amp"),
-    (["--ignore-label", "3"], "--ignore-label"), (["--device", "gpu0"], "gpu0"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--batch-size", "0"], "--batch-size"),
+        (["--workers", "-1"], "--workers"),
+        (["--num-classes", "x"], "--num-classes"),
+        (["--amp", "fp8"], "--amp"),
+        (["--ignore-label", "3"], "--ignore-label"),
+        (["--device", "gpu0"], "gpu0"),
+    ],
+)
 def test_other_nonsense_values(data, dfpnet_checkpoint, tmp_path, capsys, argv, needle):
     _fails(["--data-dir", str(data), *argv], capsys, tmp_path, 2, needle, checkpoint=dfpnet_checkpoint)
 
@@ -133,11 +169,20 @@ def test_missing_checkpoint(data, tmp_path, capsys):
 
 def test_checkpoint_of_another_network(data, tmp_path, capsys):
     from utils.checkpoint import save_atomic
+
     other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     path = tmp_path / "other.pth"
     save_atomic(other.state_dict(), path)
-    err = _fails(["--data-dir", str(data), "--restore-from", str(path), "--input-size", "32,32"], capsys,
-                 tmp_path, 2, str(path), "missing keys", "unexpected keys", "0.weight")
+    err = _fails(
+        ["--data-dir", str(data), "--restore-from", str(path), "--input-size", "32,32"],
+        capsys,
+        tmp_path,
+        2,
+        str(path),
+        "missing keys",
+        "unexpected keys",
+        "0.weight",
+    )
     assert len(err.strip().splitlines()) == 1  # one line
 
 
@@ -145,12 +190,29 @@ def test_checkpoint_of_another_network(data, tmp_path, capsys):
 # end to end with a checkpoint saved the way training saves it
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_evaluate_end_to_end(data, dfpnet_checkpoint, tmp_path):
     metrics, pictures = tmp_path / "out" / "metrics.json", tmp_path / "pics"
-    proc = run_script(["evaluate.py", "--data-dir", str(data), "--restore-from", str(dfpnet_checkpoint),
-                       "--input-size", "64,64", "--device", "cpu", "--workers", "0",
-                       "--metrics-out", str(metrics), "--save-path", str(pictures)])
+    proc = run_script(
+        [
+            "evaluate.py",
+            "--data-dir",
+            str(data),
+            "--restore-from",
+            str(dfpnet_checkpoint),
+            "--input-size",
+            "64,64",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--metrics-out",
+            str(metrics),
+            "--save-path",
+            str(pictures),
+        ]
+    )
     assert proc.returncode == 0, proc.stderr
     for name in DOG.names:
         assert name in proc.stdout
@@ -181,10 +243,32 @@ def test_evaluate_end_to_end(data, dfpnet_checkpoint, tmp_path):
         assert cv2.imread(str(pictures / figure)) is not None
 
     # The options change the settings recorded (and still run): flip, two scales, authors' centers.
-    proc = run_script(["evaluate.py", "--data-dir", str(data), "--restore-from", str(dfpnet_checkpoint),
-                       "--input-size", "48,40", "--device", "cpu", "--workers", "1", "--batch-size", "2",
-                       "--flip", "--scales", "0.75,1", "--truncate-centers", "--amp", "bf16", "--no-progress",
-                       "--metrics-out", str(metrics)])
+    proc = run_script(
+        [
+            "evaluate.py",
+            "--data-dir",
+            str(data),
+            "--restore-from",
+            str(dfpnet_checkpoint),
+            "--input-size",
+            "48,40",
+            "--device",
+            "cpu",
+            "--workers",
+            "1",
+            "--batch-size",
+            "2",
+            "--flip",
+            "--scales",
+            "0.75,1",
+            "--truncate-centers",
+            "--amp",
+            "bf16",
+            "--no-progress",
+            "--metrics-out",
+            str(metrics),
+        ]
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(metrics.read_text())
     settings = [result[k] for k in ("flip", "scales", "truncate_centers", "amp", "input_size")]
@@ -195,6 +279,7 @@ def test_evaluate_end_to_end(data, dfpnet_checkpoint, tmp_path):
 def test_every_checkpoint_format_loads_the_same_weights(dfpnet_checkpoint, tmp_path):
     from inference.model import load_model
     from utils.checkpoint import read_weights, save_atomic
+
     state = torch.load(dfpnet_checkpoint, map_location="cpu", weights_only=True)
     formats = {
         "authors": {f"module.{k}": v for k, v in state.items()},  # saved from DataParallel
@@ -214,8 +299,19 @@ def test_every_checkpoint_format_loads_the_same_weights(dfpnet_checkpoint, tmp_p
 def test_checkpoint_error_from_the_command_line_is_one_line(data, tmp_path):
     bad = tmp_path / "garbage.pth"
     bad.write_bytes(b"not a checkpoint")
-    proc = run_script(["evaluate.py", "--data-dir", str(data), "--restore-from", str(bad), "--device", "cpu",
-                       "--metrics-out", str(tmp_path / "m.json")])
+    proc = run_script(
+        [
+            "evaluate.py",
+            "--data-dir",
+            str(data),
+            "--restore-from",
+            str(bad),
+            "--device",
+            "cpu",
+            "--metrics-out",
+            str(tmp_path / "m.json"),
+        ]
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and str(bad) in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "m.json").exists()
@@ -231,13 +327,32 @@ def test_parse_images(data, dfpnet_checkpoint, tmp_path):
     cv2.imwrite(str(folder / "c.bmp"), image[:, :, 0])  # grey
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really")
     out = tmp_path / "parsed"
-    proc = run_script(["parse_images.py", "--restore-from", str(dfpnet_checkpoint), "--out", str(out),
-                       "--input-size", "64,64", "--device", "cpu", "--workers", "0", "--no-progress",
-                       str(folder), str(data / "val_images" / "syn_00001.jpg")])
+    proc = run_script(
+        [
+            "parse_images.py",
+            "--restore-from",
+            str(dfpnet_checkpoint),
+            "--out",
+            str(out),
+            "--input-size",
+            "64,64",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--no-progress",
+            str(folder),
+            str(data / "val_images" / "syn_00001.jpg"),
+        ]
+    )
     assert proc.returncode == 1  # one file failed
     assert "broken.jpg" in proc.stderr and "Traceback" not in proc.stderr
-    expected = {"a": image.shape[:2], "b": (33, 71), "c": image.shape[:2],
-                "syn_00001": cv2.imread(str(data / "val_images" / "syn_00001.jpg")).shape[:2]}
+    expected = {
+        "a": image.shape[:2],
+        "b": (33, 71),
+        "c": image.shape[:2],
+        "syn_00001": cv2.imread(str(data / "val_images" / "syn_00001.jpg")).shape[:2],
+    }
     for stem, size in expected.items():
         assert cv2.imread(str(out / f"{stem}_label.png"), cv2.IMREAD_UNCHANGED).shape == size
         assert cv2.imread(str(out / f"{stem}_color.png")).shape == (*size, 3)
@@ -250,6 +365,7 @@ def test_parse_images(data, dfpnet_checkpoint, tmp_path):
 # run_evaluate.sh, with a stand-in interpreter that records what it is asked to run
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture()
 def script_copy(tmp_path):
     """run_evaluate.sh in an empty repo whose utils/env.sh points PYTHON at a recorder."""
@@ -259,22 +375,41 @@ def script_copy(tmp_path):
     log = tmp_path / "calls.txt"
     recorder = repo / "fake_python"
     # The recipe's values come from the real module; everything else is recorded, not run.
-    recorder.write_text(f'#!/usr/bin/env bash\n'
-                        f'if [ "$2" = utils.recipe ]; then PYTHONPATH="{ROOT}" exec "{sys.executable}" "$@"; fi\n'
-                        f'echo "$*" >> "{log}"\n'
-                        'if [ "$1" = -m ]; then mkdir -p "$4" && touch "$4/val_id.txt"; fi\n')
+    recorder.write_text(
+        f"#!/usr/bin/env bash\n"
+        f'if [ "$2" = utils.recipe ]; then PYTHONPATH="{ROOT}" exec "{sys.executable}" "$@"; fi\n'
+        f'echo "$*" >> "{log}"\n'
+        'if [ "$1" = -m ]; then mkdir -p "$4" && touch "$4/val_id.txt"; fi\n'
+    )
     recorder.chmod(recorder.stat().st_mode | stat.S_IEXEC)
     (repo / "utils" / "env.sh").write_text(f'export PYTHON="{recorder}"\n')
     return repo, log
 
 
 def _run_sh(repo, **env):
-    full = {k: v for k, v in os.environ.items() if k not in
-            ("DATA_DIR", "DATASET", "RESTORE_FROM", "INPUT_SIZE", "SAVE_PATH", "EXTRA_ARGS", "DEVICE", "AMP",
-             "NUM_CLASSES", "BATCH_SIZE", "WORKERS", "METRICS_OUT")}
+    full = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "DATA_DIR",
+            "DATASET",
+            "RESTORE_FROM",
+            "INPUT_SIZE",
+            "SAVE_PATH",
+            "EXTRA_ARGS",
+            "DEVICE",
+            "AMP",
+            "NUM_CLASSES",
+            "BATCH_SIZE",
+            "WORKERS",
+            "METRICS_OUT",
+        )
+    }
     full.update(env)
-    return subprocess.run(["bash", str(repo / "run_evaluate.sh")], capture_output=True, text=True, env=full,
-                          timeout=60)
+    return subprocess.run(
+        ["bash", str(repo / "run_evaluate.sh")], capture_output=True, text=True, env=full, timeout=60
+    )
 
 
 def test_run_evaluate_sh_authors_settings_and_overrides(script_copy):
@@ -289,18 +424,32 @@ def test_run_evaluate_sh_authors_settings_and_overrides(script_copy):
     pairs = dict(zip(call[1::2], call[2::2]))
     # The dataset is found where the recipe says; every other setting is left to evaluate.py's
     # defaults, which are the recipe's.
-    assert pairs == {"--data-dir": "./dataset/Cartoon_sketches/Dog/", "--dataset": "val",
-                     "--metrics-out": "./outputs/eval/metrics.json"}
+    assert pairs == {
+        "--data-dir": "./dataset/Cartoon_sketches/Dog/",
+        "--dataset": "val",
+        "--metrics-out": "./outputs/eval/metrics.json",
+    }
     defaults = evaluate.get_arguments([])
     assert defaults.input_size == (384, 384) and (defaults.labels, defaults.num_classes) == (None, None)
     assert defaults.restore_from == "./snapshots/DFPnet_epoch_495.pth"
     log.unlink()
-    proc = _run_sh(repo, INPUT_SIZE="64,64", RESTORE_FROM="x.pth", DEVICE="cpu", SAVE_PATH="pics",
-                   EXTRA_ARGS="--flip --scales 0.75,1")
+    proc = _run_sh(
+        repo,
+        INPUT_SIZE="64,64",
+        RESTORE_FROM="x.pth",
+        DEVICE="cpu",
+        SAVE_PATH="pics",
+        EXTRA_ARGS="--flip --scales 0.75,1",
+    )
     assert proc.returncode == 0, proc.stderr
     call = log.read_text().split()
-    for flag, value in [("--input-size", "64,64"), ("--restore-from", "x.pth"), ("--device", "cpu"),
-                        ("--save-path", "pics"), ("--scales", "0.75,1")]:
+    for flag, value in [
+        ("--input-size", "64,64"),
+        ("--restore-from", "x.pth"),
+        ("--device", "cpu"),
+        ("--save-path", "pics"),
+        ("--scales", "0.75,1"),
+    ]:
         assert call[call.index(flag) + 1] == value
     assert "--flip" in call
 
@@ -321,11 +470,15 @@ def test_run_evaluate_sh_demo(script_copy):
     assert proc.returncode == 0, proc.stderr
     assert "nothing_here" in proc.stdout and "synthetic demo" in proc.stdout
     generate, run = log.read_text().splitlines()
-    assert generate == (f"-m dataset.synthetic --out {recipe.DEMO_DATA_DIR} --train 96 --val 24 --trainTest 12 "
-                        "--seed 0")
+    assert generate == (
+        f"-m dataset.synthetic --out {recipe.DEMO_DATA_DIR} --train 96 --val 24 --trainTest 12 --seed 0"
+    )
     call = run.split()
-    for flag, value in [("--data-dir", recipe.DEMO_DATA_DIR),
-                        ("--restore-from", "./snapshots/demo/best.pth"), ("--input-size", "128,128"),
-                        ("--save-path", "./outputs/eval_demo/"),
-                        ("--metrics-out", "./outputs/eval_demo/metrics.json")]:
+    for flag, value in [
+        ("--data-dir", recipe.DEMO_DATA_DIR),
+        ("--restore-from", "./snapshots/demo/best.pth"),
+        ("--input-size", "128,128"),
+        ("--save-path", "./outputs/eval_demo/"),
+        ("--metrics-out", "./outputs/eval_demo/metrics.json"),
+    ]:
         assert call[call.index(flag) + 1] == value

@@ -1,5 +1,6 @@
 """inference.predict with tiny fake networks: geometry back to the image, flip and multi-scale testing,
 the evaluation loop (order, ground truth, errors) and the letterbox of parse_images."""
+
 from __future__ import annotations
 
 import os
@@ -88,8 +89,14 @@ class FakeSplit(torch.utils.data.Dataset):
         matrix = get_affine_transform(center, scale, 0.0, self.crop_size)
         crop = warp_to_crop(label, matrix, self.crop_size, nearest=True, border_value=0)
         image = torch.from_numpy(crop).float()[None].repeat(3, 1, 1)
-        meta = {"name": self.ids[i], "center": center, "scale": scale, "height": h, "width": w,
-                "rotation": 0.0}
+        meta = {
+            "name": self.ids[i],
+            "center": center,
+            "scale": scale,
+            "height": h,
+            "width": w,
+            "rotation": 0.0,
+        }
         return image, meta
 
 
@@ -97,19 +104,23 @@ class FakeSplit(torch.utils.data.Dataset):
 # geometry
 # ---------------------------------------------------------------------------------------------
 
+
 def _interior(label: np.ndarray, margin: int) -> np.ndarray:
     """Pixels at least ``margin`` away from the image border and from any change of label."""
     h, w = label.shape
     keep = np.zeros_like(label, dtype=bool)
-    keep[margin:h - margin, margin:w - margin] = True
+    keep[margin : h - margin, margin : w - margin] = True
     k = 2 * margin + 1
     kernel = np.ones((k, k), np.uint8)
     eroded_same = cv2.dilate(label, kernel) == cv2.erode(label, kernel)
     return keep & eroded_same
 
 
-@pytest.mark.parametrize("size", [(90, 50), (50, 90), (37, 61), (61, 37)],
-                         ids=["portrait", "landscape", "odd-landscape", "odd-portrait"])
+@pytest.mark.parametrize(
+    "size",
+    [(90, 50), (50, 90), (37, 61), (61, 37)],
+    ids=["portrait", "landscape", "odd-landscape", "odd-portrait"],
+)
 @pytest.mark.parametrize("crop", [(64, 48), (128, 128)])
 def test_crop_and_back_recovers_the_label(size, crop):
     h, w = size
@@ -140,6 +151,7 @@ def test_truncated_centers_shift_the_warp_back():
 # flip and scales
 # ---------------------------------------------------------------------------------------------
 
+
 def _expected_flip(model, images):
     """The mirrored-and-swapped average, computed independently of inference.predict."""
     with torch.no_grad():
@@ -166,21 +178,31 @@ def test_flip_check_catches_a_wrong_channel_swap(pairs):
     images = torch.randn(1, 3, 10, 13, generator=torch.Generator().manual_seed(1))
     wrong = LabelSet.from_dict({"names": list(DOG.names), "flip_pairs": pairs}, "wrong pairs")
     with pytest.raises(AssertionError):
-        torch.testing.assert_close(predict_probs(model, images, label_set=wrong, flip=True),
-                                   _expected_flip(model, images), rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            predict_probs(model, images, label_set=wrong, flip=True),
+            _expected_flip(model, images),
+            rtol=0,
+            atol=1e-6,
+        )
 
 
 def test_flip_testing_swaps_the_pairs_of_another_label_set():
     # Six classes whose one left/right pair sits at ids 5 and 2; written out by hand.
-    wings = LabelSet.from_dict({"names": ["bg", "tail", "right_wing", "body", "head", "left_wing"],
-                                "flip_pairs": [["left_wing", "right_wing"]]}, "wings")
+    wings = LabelSet.from_dict(
+        {
+            "names": ["bg", "tail", "right_wing", "body", "head", "left_wing"],
+            "flip_pairs": [["left_wing", "right_wing"]],
+        },
+        "wings",
+    )
     model = PixelNet(6).eval()
     images = torch.randn(2, 3, 9, 14, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         p = model(images)[-1].softmax(1)
         q = model(images.flip(-1))[-1].softmax(1).flip(-1)[:, [0, 1, 5, 3, 4, 2]]
-    torch.testing.assert_close(predict_probs(model, images, label_set=wings, flip=True), 0.5 * (p + q),
-                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        predict_probs(model, images, label_set=wings, flip=True), 0.5 * (p + q), rtol=0, atol=1e-6
+    )
 
 
 def test_single_scale_equals_the_plain_prediction():
@@ -247,8 +269,9 @@ def test_evaluate_model_scores_at_the_original_size_in_any_order():
 
     model = OracleNet().train()
     stats = InferenceStats()
-    cm = evaluate_model(model, split, loader, "cpu", label_set=DOG, progress=False, on_prediction=record,
-                        stats=stats)
+    cm = evaluate_model(
+        model, split, loader, "cpu", label_set=DOG, progress=False, on_prediction=record, stats=stats
+    )
     assert model.training  # the caller's mode is given back
     assert seen == {name: i for i, name in enumerate(split.ids)}
     assert cm.mat.sum() == sum(h * w for h, w in SIZES)  # every original pixel, once
@@ -260,16 +283,30 @@ def test_evaluate_model_warps_back_with_the_chosen_centers():
     split = FakeSplit(SIZES)
     got = {False: {}, True: {}}
     for truncate in (False, True):
-        evaluate_model(OracleNet(), split, make_eval_loader(split, batch_size=3, workers=0), "cpu",
-                       label_set=DOG, truncate_centers=truncate, progress=False,
-                       on_prediction=lambda name, label, index, t=truncate: got[t].__setitem__(index, label))
+        evaluate_model(
+            OracleNet(),
+            split,
+            make_eval_loader(split, batch_size=3, workers=0),
+            "cpu",
+            label_set=DOG,
+            truncate_centers=truncate,
+            progress=False,
+            on_prediction=lambda name, label, index, t=truncate: got[t].__setitem__(index, label),
+        )
     differ = 0
     for i in range(len(split)):
         image, meta = split[i]
         crop = image[0].numpy().astype(np.uint8)  # what the oracle predicts at the crop size
         for truncate in (False, True):
-            expected = crop_to_image(crop, meta["center"], meta["scale"], meta["width"], meta["height"],
-                                     split.crop_size, truncate_center=truncate)
+            expected = crop_to_image(
+                crop,
+                meta["center"],
+                meta["scale"],
+                meta["width"],
+                meta["height"],
+                split.crop_size,
+                truncate_center=truncate,
+            )
             assert np.array_equal(got[truncate][i], expected)
         differ += not np.array_equal(got[False][i], got[True][i])
     assert differ > 0  # the check can tell the two apart
@@ -299,6 +336,7 @@ def test_make_eval_loader_covers_every_image_once():
 # ---------------------------------------------------------------------------------------------
 # images without ground truth
 # ---------------------------------------------------------------------------------------------
+
 
 def test_image_files_letterbox_exactly_like_the_loader(tmp_path):
     from dataset.datasets import CartoonDataSet, default_transform

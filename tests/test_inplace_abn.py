@@ -1,4 +1,5 @@
 """libs/abn.py: InPlace-ABN's math (scale |weight| + eps), memory, backends, checkpoints and sync."""
+
 from __future__ import annotations
 
 import copy
@@ -25,7 +26,8 @@ WEIGHT = [1.5, -0.7, 1e-3, -2e-3, 0.3, -1e-4]
 BIAS = [0.1, -0.2, 0.5, 0.0, -1.0, 0.3]
 C = len(WEIGHT)
 needs_compiled = pytest.mark.skipif(
-    BACKEND != "compiled", reason="compiled backend inactive (inplace-abn absent or DFPNET_PURE_ABN=1)")
+    BACKEND != "compiled", reason="compiled backend inactive (inplace-abn absent or DFPNET_PURE_ABN=1)"
+)
 
 
 def reference(x, weight, bias, running_mean, running_var, training, activation, eps=1e-5, momentum=0.1):
@@ -84,8 +86,9 @@ def test_matches_reference_float64(cls, activation, training):
     assert_all_close(got, want, rtol=1e-9, atol=1e-11)
     if training:  # the running statistics did move, with the unbiased variance
         unbiased = x.transpose(0, 1).reshape(C, -1).var(dim=1, unbiased=True)
-        torch.testing.assert_close(layer.running_var, 0.9 * torch.linspace(0.5, 2.0, C, dtype=torch.float64)
-                                   + 0.1 * unbiased)
+        torch.testing.assert_close(
+            layer.running_var, 0.9 * torch.linspace(0.5, 2.0, C, dtype=torch.float64) + 0.1 * unbiased
+        )
 
 
 @pytest.mark.parametrize("shape,channels_last", [((5, C), False), ((2, C, 7), False), ((2, C, 3, 5), True)])
@@ -114,8 +117,19 @@ def test_explicit_path_matches_reference(activation):
     (y * upstream).sum().backward()
     twin = make_layer(InPlaceABN, activation, torch.float64)
     got, want = run_both(twin, x, activation, True, upstream)
-    assert_all_close((y, x_in.grad, layer.weight.grad.double(), layer.bias.grad.double(),
-                      layer.running_mean.double(), layer.running_var.double()), want, rtol=1e-6, atol=1e-7)
+    assert_all_close(
+        (
+            y,
+            x_in.grad,
+            layer.weight.grad.double(),
+            layer.bias.grad.double(),
+            layer.running_mean.double(),
+            layer.running_var.double(),
+        ),
+        want,
+        rtol=1e-6,
+        atol=1e-7,
+    )
     assert layer.weight.grad.dtype == torch.float32 and x_in.grad.dtype == torch.float64
 
 
@@ -127,8 +141,9 @@ def test_gradcheck_pure_function(activation):
     bias = torch.tensor([0.2, -0.3, 0.1], dtype=torch.float64, requires_grad=True)
 
     def fn(x, weight, bias):
-        return InPlaceABNFunction.apply(x, weight, bias, None, None, 0.1, 1e-5, activation,
-                                        ACTIVATION_PARAM[activation], None, False)
+        return InPlaceABNFunction.apply(
+            x, weight, bias, None, None, 0.1, 1e-5, activation, ACTIVATION_PARAM[activation], None, False
+        )
 
     assert torch.autograd.gradcheck(fn, (x, weight, bias))
 
@@ -143,11 +158,14 @@ def test_float32_close_to_reference(activation):
     assert_all_close(got, want, rtol=1e-3, atol=2e-4)
 
 
-@pytest.mark.parametrize("backend,dtype,channels_last", [
-    ("pure", torch.float64, False),
-    ("pure", torch.float64, True),
-    pytest.param("compiled", torch.float32, False, marks=needs_compiled),
-])
+@pytest.mark.parametrize(
+    "backend,dtype,channels_last",
+    [
+        ("pure", torch.float64, False),
+        ("pure", torch.float64, True),
+        pytest.param("compiled", torch.float32, False, marks=needs_compiled),
+    ],
+)
 def test_overwrites_conv_output_only(backend, dtype, channels_last):
     torch.manual_seed(4)
     conv = nn.Conv2d(3, C, 3, padding=1).to(dtype)
@@ -221,8 +239,12 @@ def test_state_dict_and_strict_loading():
     assert torch.equal(layer.weight, torch.ones(C)) and torch.equal(layer.bias, torch.zeros(C))
     assert torch.equal(layer.running_mean, torch.zeros(C)) and torch.equal(layer.running_var, torch.ones(C))
 
-    authors = {"weight": torch.randn(C), "bias": torch.randn(C), "running_mean": torch.randn(C),
-               "running_var": torch.rand(C) + 0.5}
+    authors = {
+        "weight": torch.randn(C),
+        "bias": torch.randn(C),
+        "running_mean": torch.randn(C),
+        "running_var": torch.rand(C) + 0.5,
+    }
     for cls in (InPlaceABN, InPlaceABNSync, ABN):
         fresh = cls(C)
         fresh.load_state_dict(authors, strict=True)
@@ -290,8 +312,14 @@ def test_compiled_matches_pure(activation):
         expected = "InPlaceABNBackward" if backend == "compiled" else "InPlaceABNFunctionBackward"
         assert type(y.grad_fn).__name__ == expected  # the backend asked for did run
         (y * upstream).sum().backward()
-        results[backend] = (y, x_in.grad, layer.weight.grad, layer.bias.grad, layer.running_mean,
-                            layer.running_var)
+        results[backend] = (
+            y,
+            x_in.grad,
+            layer.weight.grad,
+            layer.bias.grad,
+            layer.running_mean,
+            layer.running_var,
+        )
     assert_all_close(results["compiled"], results["pure"], rtol=1e-4, atol=1e-5)
 
 
@@ -304,8 +332,18 @@ def test_compiled_eval_matches_ours(activation):
     layer = make_layer(InPlaceABN, activation).eval()
     x = torch.randn(2, C, 4, 4)
     x_pkg = x.clone().requires_grad_()
-    y_pkg = inplace_abn(x_pkg * 1, layer.weight, layer.bias, layer.running_mean.clone(),
-                        layer.running_var.clone(), False, 0.1, 1e-5, activation, ACTIVATION_PARAM[activation])
+    y_pkg = inplace_abn(
+        x_pkg * 1,
+        layer.weight,
+        layer.bias,
+        layer.running_mean.clone(),
+        layer.running_var.clone(),
+        False,
+        0.1,
+        1e-5,
+        activation,
+        ACTIVATION_PARAM[activation],
+    )
     y_pkg.sum().backward()
     x_ours = x.clone().requires_grad_()
     y_ours = layer(x_ours)
@@ -332,11 +370,14 @@ def _backend_report(env_value: str | None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "DFPNET_PURE_ABN"}
     if env_value is not None:
         env["DFPNET_PURE_ABN"] = env_value
-    code = ("import logging; logging.basicConfig(level=logging.INFO, format='%(name)s %(message)s')\n"
-            "import libs; libs.InPlaceABN(2); libs.InPlaceABNSync(2)\n"
-            "print(libs.BACKEND, libs.InPlaceABN(2).backend)")
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+    code = (
+        "import logging; logging.basicConfig(level=logging.INFO, format='%(name)s %(message)s')\n"
+        "import libs; libs.InPlaceABN(2); libs.InPlaceABNSync(2)\n"
+        "print(libs.BACKEND, libs.InPlaceABN(2).backend)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def _package_importable() -> bool:
@@ -390,9 +431,14 @@ def _sync_step(case: str, x: torch.Tensor, upstream: torch.Tensor) -> dict[str, 
     x = x.clone().requires_grad_()
     y = layer(x)
     (y * upstream).sum().backward()
-    return {"y": y.detach(), "x_grad": x.grad, "weight_grad": layer.weight.grad.clone(),
-            "bias_grad": layer.bias.grad.clone(), "running_mean": layer.running_mean.clone(),
-            "running_var": layer.running_var.clone()}
+    return {
+        "y": y.detach(),
+        "x_grad": x.grad,
+        "weight_grad": layer.weight.grad.clone(),
+        "bias_grad": layer.bias.grad.clone(),
+        "running_mean": layer.running_mean.clone(),
+        "running_var": layer.running_var.clone(),
+    }
 
 
 def _sync_worker(rank: int, world_size: int, init_method: str, out_dir: str) -> None:
@@ -426,12 +472,17 @@ def test_sync_two_processes_equal_one_process(tmp_path):
         tol = dict(rtol=1e-9, atol=1e-10) if x.dtype == torch.float64 else dict(rtol=1e-3, atol=1e-4)
         ranks = [torch.load(tmp_path / f"{case}_rank{r}.pt") for r in range(2)]
         for key in ("y", "x_grad"):
-            torch.testing.assert_close(torch.cat([r[key] for r in ranks]), whole[key], **tol,
-                                       msg=lambda m, key=key, case=case: f"{case} {key}: {m}")
+            torch.testing.assert_close(
+                torch.cat([r[key] for r in ranks]),
+                whole[key],
+                **tol,
+                msg=lambda m, key=key, case=case: f"{case} {key}: {m}",
+            )
         for key in ("weight_grad", "bias_grad", "running_mean", "running_var"):
             for r in ranks:
-                torch.testing.assert_close(r[key], whole[key], **tol,
-                                           msg=lambda m, key=key, case=case: f"{case} {key}: {m}")
+                torch.testing.assert_close(
+                    r[key], whole[key], **tol, msg=lambda m, key=key, case=case: f"{case} {key}: {m}"
+                )
 
 
 # ---- CUDA (skipped without a GPU; run on a lent GPU machine by bench/cuda_suite.sh) ----
@@ -439,15 +490,20 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 
 
 @needs_cuda
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 2e-2), (torch.bfloat16, 5e-2)],
-                         ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize(
+    "dtype,tol",
+    [(torch.float32, 1e-4), (torch.float16, 2e-2), (torch.bfloat16, 5e-2)],
+    ids=["fp32", "fp16", "bf16"],
+)
 @pytest.mark.parametrize("backend", ["pure", "compiled"])
 @pytest.mark.parametrize("activation", ["leaky_relu", "elu", "identity"])
 def test_cuda_matches_float64_reference(backend, activation, dtype, tol):
     if backend == "compiled" and BACKEND != "compiled":
         pytest.skip("inplace-abn not importable")
     torch.manual_seed(12)
-    x64 = (torch.randn(4, C, 9, 7, dtype=torch.float64) * 2 + 0.5).contiguous(memory_format=torch.channels_last)
+    x64 = (torch.randn(4, C, 9, 7, dtype=torch.float64) * 2 + 0.5).contiguous(
+        memory_format=torch.channels_last
+    )
     upstream = torch.randn_like(x64)
     layer = make_layer(InPlaceABN, activation, backend=backend).cuda()  # float32 parameters
     if dtype != torch.float32:
@@ -463,17 +519,33 @@ def test_cuda_matches_float64_reference(backend, activation, dtype, tol):
         twin.weight.copy_(layer.weight)
     got, want = run_both(twin, x_in.detach().double().cpu(), activation, True, upstream)
     assert y.dtype == dtype and x_in.grad.dtype == dtype
-    assert_all_close((y.cpu(), x_in.grad.cpu(), layer.weight.grad.cpu(), layer.bias.grad.cpu(),
-                      layer.running_mean.cpu(), layer.running_var.cpu()),
-                     [w.to(torch.float64) for w in want], rtol=tol, atol=tol, check_dtype=False)
+    assert_all_close(
+        (
+            y.cpu(),
+            x_in.grad.cpu(),
+            layer.weight.grad.cpu(),
+            layer.bias.grad.cpu(),
+            layer.running_mean.cpu(),
+            layer.running_var.cpu(),
+        ),
+        [w.to(torch.float64) for w in want],
+        rtol=tol,
+        atol=tol,
+        check_dtype=False,
+    )
 
 
 def test_torch_compile_traces_one_graph_and_matches_eager():
     # fullgraph=True fails on any graph break: the in-place Function must not be traced.
     torch.manual_seed(13)
-    net = nn.Sequential(nn.Conv2d(3, C, 3, padding=1, bias=False), InPlaceABNSync(C),
-                        nn.Conv2d(C, C, 3, padding=1, bias=False), InPlaceABN(C, activation="identity"),
-                        nn.ReLU(), nn.Conv2d(C, 4, 1))
+    net = nn.Sequential(
+        nn.Conv2d(3, C, 3, padding=1, bias=False),
+        InPlaceABNSync(C),
+        nn.Conv2d(C, C, 3, padding=1, bias=False),
+        InPlaceABN(C, activation="identity"),
+        nn.ReLU(),
+        nn.Conv2d(C, 4, 1),
+    )
     with torch.no_grad():
         for layer in (net[1], net[3]):
             layer.weight.copy_(torch.tensor(WEIGHT))
@@ -486,7 +558,9 @@ def test_torch_compile_traces_one_graph_and_matches_eager():
     y_eager.square().sum().backward()
     torch.testing.assert_close(y, y_eager, rtol=1e-4, atol=1e-5)
     for (name, p), q in zip(net.named_parameters(), twin.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            p.grad, q.grad, rtol=1e-3, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}"
+        )
     for a, b in zip(net.buffers(), twin.buffers()):
         torch.testing.assert_close(a, b)
 
@@ -495,8 +569,12 @@ def test_set_inplace_off_is_the_same_math_with_more_memory():
     from libs import set_inplace
 
     torch.manual_seed(14)
-    net = nn.Sequential(nn.Conv2d(3, C, 3, padding=1, bias=False), InPlaceABNSync(C),
-                        nn.Conv2d(C, C, 1, bias=False), InPlaceABN(C, activation="identity"))
+    net = nn.Sequential(
+        nn.Conv2d(3, C, 3, padding=1, bias=False),
+        InPlaceABNSync(C),
+        nn.Conv2d(C, C, 1, bias=False),
+        InPlaceABN(C, activation="identity"),
+    )
     twin = copy.deepcopy(net)
     assert set_inplace(twin, False) == 2 and not twin[1].inplace and net[1].inplace
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)

@@ -1,5 +1,6 @@
 """utils/labels.py: the labels.json format, its validation, the presets, where a set comes from, and
 every script refusing a bad set with one line before doing anything."""
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,11 @@ from utils.labels import (
     resolve_label_set,
 )
 
-ISSUE_EXAMPLE = {"names": ["background", "body", "left_wing", "right_wing"],
-                 "flip_pairs": [["left_wing", "right_wing"]],
-                 "palette": [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25]]}
+ISSUE_EXAMPLE = {
+    "names": ["background", "body", "left_wing", "right_wing"],
+    "flip_pairs": [["left_wing", "right_wing"]],
+    "palette": [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25]],
+}
 
 
 def write_json(path, data) -> str:
@@ -36,6 +39,7 @@ def write_json(path, data) -> str:
 # ---------------------------------------------------------------------------------------------
 # The format
 # ---------------------------------------------------------------------------------------------
+
 
 def test_the_documented_example_loads(tmp_path):
     labels = load_label_file(write_json(tmp_path / "labels.json", ISSUE_EXAMPLE))
@@ -55,8 +59,11 @@ def test_pairs_by_id_and_by_name_are_the_same_and_the_palette_is_optional():
     by_name = LabelSet.from_dict({"names": ISSUE_EXAMPLE["names"], "flip_pairs": [["left_wing", 3]]}, "names")
     assert by_id.flip_permutation() == by_name.flip_permutation() == [0, 1, 3, 2]
     # No palette: the authors' VOC bit pattern, the Dog set's own colours.
-    assert by_id.colours().tolist() == DOG.colours()[:4].tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0],
-                                                                        [128, 128, 0]]
+    assert (
+        by_id.colours().tolist()
+        == DOG.colours()[:4].tolist()
+        == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]]
+    )
 
 
 @pytest.mark.parametrize("pairs", [None, []], ids=["absent", "empty"])
@@ -101,8 +108,10 @@ BAD = {
     "duplicated name": ({"names": ["bg", "a", "a"]}, "names[2]: 'a' is also names[1]"),
     "pair id out of range": ({"names": NAMES, "flip_pairs": [[1, 4]]}, "flip_pairs[0]: id 4 is out of range"),
     "pair unknown name": ({"names": NAMES, "flip_pairs": [["a", "left"]]}, "unknown class name 'left'"),
-    "id in two pairs": ({"names": NAMES, "flip_pairs": [[1, 2], ["c", "a"]]},
-                        "flip_pairs[1]: 'a' (id 1) is already in flip_pairs[0]"),
+    "id in two pairs": (
+        {"names": NAMES, "flip_pairs": [[1, 2], ["c", "a"]]},
+        "flip_pairs[1]: 'a' (id 1) is already in flip_pairs[0]",
+    ),
     "paired with itself": ({"names": NAMES, "flip_pairs": [["a", 1]]}, "paired with itself"),
     "paired with the background": ({"names": NAMES, "flip_pairs": [[0, 1]]}, "is the background"),
     "not a pair": ({"names": NAMES, "flip_pairs": [[1, 2, 3]]}, "flip_pairs[0]: expected a pair"),
@@ -134,6 +143,7 @@ def test_missing_or_unknown_label_set(tmp_path):
 # Presets
 # ---------------------------------------------------------------------------------------------
 
+
 def test_presets_have_the_published_sizes_and_mirror_every_left_right_pair():
     sizes = {name: preset(name).num_classes for name in PRESETS}
     assert sizes == {"dog": 8, "lip": 20, "cihp": 20, "atr": 18, "pascal-person-part": 7}
@@ -149,13 +159,22 @@ def test_presets_have_the_published_sizes_and_mirror_every_left_right_pair():
     lip, cihp = preset("lip"), preset("cihp")
     assert [i for i in range(20) if lip.names[i] != cihp.names[i]] == [10]
     assert preset("pascal-person-part").flip_pairs == ()
-    assert DOG.names == ("Background", "head", "body", "left_arm", "right_arm", "left_leg", "right_leg",
-                         "tail")
+    assert DOG.names == (
+        "Background",
+        "head",
+        "body",
+        "left_arm",
+        "right_arm",
+        "left_leg",
+        "right_leg",
+        "tail",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Where the set comes from
 # ---------------------------------------------------------------------------------------------
+
 
 def test_resolution_order(tmp_path):
     data = tmp_path / "data"
@@ -193,6 +212,7 @@ def test_num_classes_and_other_sets_are_checked_naming_both(tmp_path):
 # Every script refuses a bad set at once: one line, exit 2, nothing written
 # ---------------------------------------------------------------------------------------------
 
+
 def _run(main, capsys) -> tuple[int, str]:
     try:
         code = main() or 0
@@ -214,8 +234,9 @@ SCRIPTS = ["train.py", "evaluate.py", "parse_images.py", "export.py", "dataset.c
 WITH_DATA = [s for s in SCRIPTS if s not in ("parse_images.py", "export.py")]  # (no data folder there)
 
 
-@pytest.mark.parametrize("script,where",
-                         [(s, "--labels") for s in SCRIPTS] + [(s, "data folder") for s in WITH_DATA])
+@pytest.mark.parametrize(
+    "script,where", [(s, "--labels") for s in SCRIPTS] + [(s, "data folder") for s in WITH_DATA]
+)
 def test_every_script_refuses_a_bad_set_before_any_work(script, where, tiny_data, tmp_path, capsys):
     import dataset.browse
     import dataset.check
@@ -234,14 +255,36 @@ def test_every_script_refuses_a_bad_set_before_any_work(script, where, tiny_data
     out = tmp_path / "out"
     calls = {
         "train.py": lambda: train.run(["--data-dir", str(data), "--snapshot-dir", str(out), *given]),
-        "evaluate.py": lambda: evaluate.main(evaluate.get_arguments(
-            ["--data-dir", str(data), "--restore-from", str(tmp_path / "none.pth"), "--metrics-out",
-             str(out / "m.json"), *given])),
-        "parse_images.py": lambda: parse_images.main(parse_images.get_arguments(
-            ["--restore-from", str(tmp_path / "none.pth"), "--out", str(out), str(data / "val_images"),
-             *given])),
-        "export.py": lambda: export.main(export.get_arguments(
-            ["--restore-from", str(tmp_path / "none.pth"), "--out", str(out / "m.onnx"), *given])),
+        "evaluate.py": lambda: evaluate.main(
+            evaluate.get_arguments(
+                [
+                    "--data-dir",
+                    str(data),
+                    "--restore-from",
+                    str(tmp_path / "none.pth"),
+                    "--metrics-out",
+                    str(out / "m.json"),
+                    *given,
+                ]
+            )
+        ),
+        "parse_images.py": lambda: parse_images.main(
+            parse_images.get_arguments(
+                [
+                    "--restore-from",
+                    str(tmp_path / "none.pth"),
+                    "--out",
+                    str(out),
+                    str(data / "val_images"),
+                    *given,
+                ]
+            )
+        ),
+        "export.py": lambda: export.main(
+            export.get_arguments(
+                ["--restore-from", str(tmp_path / "none.pth"), "--out", str(out / "m.onnx"), *given]
+            )
+        ),
         "dataset.check": lambda: dataset.check.main([str(data), *given]),
         "dataset.browse": lambda: dataset.browse.main([str(data), "--out", str(out), *given]),
     }

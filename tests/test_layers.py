@@ -6,6 +6,7 @@ package or from a layer below it, the module graph has no cycle (lazy imports co
 inside a function says why in a comment (they exist only to keep an optional dependency, such as
 onnxruntime or torch on the deployment path, out of the code paths that do not need it).
 """
+
 from __future__ import annotations
 
 import ast
@@ -101,7 +102,7 @@ def cycles(edges: dict[str, list[tuple[str, int, bool]]]) -> list[list[str]]:
             if target == "<lazy>" or target == module or target not in edges:
                 continue
             if state.get(target) == "open":
-                found.append(stack[stack.index(target):] + [target])
+                found.append(stack[stack.index(target) :] + [target])
             elif target not in state:
                 walk(target)
         stack.pop()
@@ -122,15 +123,18 @@ def uncommented_lazy_imports(files: dict[str, Path], edges) -> list[str]:
                 continue
             # One comment may speak for a block of imports: on one of its lines, or just above it.
             first = line
-            while first > 1 and (lines[first - 2].strip().startswith(("import ", "from "))
-                                 or not lines[first - 2].strip()):
+            while first > 1 and (
+                lines[first - 2].strip().startswith(("import ", "from ")) or not lines[first - 2].strip()
+            ):
                 first -= 1
-            block = lines[first - 1:line]
+            block = lines[first - 1 : line]
             above = lines[first - 2].strip() if first > 1 else ""
             here = lines[line - 1]
             if not any("#" in text for text in block) and not above.startswith("#"):
-                problems.append(f"{module} line {line}: an import inside a function without a comment "
-                                f"saying why it is lazy: {here.strip()}")
+                problems.append(
+                    f"{module} line {line}: an import inside a function without a comment "
+                    f"saying why it is lazy: {here.strip()}"
+                )
     return problems
 
 
@@ -162,27 +166,35 @@ def project_copy(tmp_path: Path) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
     for name in SCRIPTS:
-        (tmp_path / f"{name}.py").write_text((ROOT / f"{name}.py").read_text(encoding="utf-8"), encoding="utf-8")
+        (tmp_path / f"{name}.py").write_text(
+            (ROOT / f"{name}.py").read_text(encoding="utf-8"), encoding="utf-8"
+        )
     return tmp_path
 
 
 def test_the_checks_catch_an_upward_import_a_cycle_and_a_bare_lazy_import(project_copy: Path):
     labels = project_copy / "utils" / "labels.py"
-    labels.write_text(labels.read_text(encoding="utf-8") + "\nfrom dataset.layout import split_paths\n",
-                      encoding="utf-8")
+    labels.write_text(
+        labels.read_text(encoding="utf-8") + "\nfrom dataset.layout import split_paths\n", encoding="utf-8"
+    )
     edges, files = graph(project_copy)
     assert upward_imports(edges) == [
         f"utils.labels (line {len(labels.read_text().splitlines())}) imports dataset.layout: "
-        f"a layer at or above its own"]
+        f"a layer at or above its own"
+    ]
 
     layout = project_copy / "dataset" / "layout.py"
-    layout.write_text(layout.read_text(encoding="utf-8") + "\nfrom dataset.check import check_dataset\n",
-                      encoding="utf-8")
+    layout.write_text(
+        layout.read_text(encoding="utf-8") + "\nfrom dataset.check import check_dataset\n", encoding="utf-8"
+    )
     edges, files = graph(project_copy)
     assert ["dataset.layout", "dataset.check", "dataset.layout"] in cycles(edges)
 
-    layout.write_text(layout.read_text(encoding="utf-8") + "\n\ndef later():\n    import dataset.synthetic\n",
-                      encoding="utf-8")
+    layout.write_text(
+        layout.read_text(encoding="utf-8") + "\n\ndef later():\n    import dataset.synthetic\n",
+        encoding="utf-8",
+    )
     edges, files = graph(project_copy)
     assert [p.split(":")[0] for p in uncommented_lazy_imports(files, edges)] == [
-        f"dataset.layout line {len(layout.read_text().splitlines())}"]
+        f"dataset.layout line {len(layout.read_text().splitlines())}"
+    ]

@@ -1,4 +1,5 @@
 """training/loss.py: the five-output loss against the authors' CriterionAll written with stock ops."""
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,11 @@ def make_case(dtype, seed=0, ignored=0.2):
     return outputs, labels
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 1e-5)],
-                         ids=["fp64", "fp32", "bf16"])
+@pytest.mark.parametrize(
+    "dtype,tol",
+    [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 1e-5)],
+    ids=["fp64", "fp32", "bf16"],
+)
 def test_matches_the_authors_loss_and_gradients(dtype, tol):
     outputs, labels = make_case(dtype)
     ours_in = [o.clone().requires_grad_() for o in outputs]

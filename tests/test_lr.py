@@ -1,4 +1,5 @@
 """The poly LR schedule, the data order and the seeds that make a resumed run repeat an uninterrupted one."""
+
 from __future__ import annotations
 
 import random
@@ -16,7 +17,7 @@ from training.snapshots import capture_rng_state, restore_rng_state
 def test_poly_lr_values():
     base, total = 1e-3, 11000
     assert poly_lr(base, 0, total) == base  # the first step runs at the base LR
-    assert poly_lr(base, total // 2, total) == pytest.approx(base * 0.5 ** 0.9, rel=1e-12)
+    assert poly_lr(base, total // 2, total) == pytest.approx(base * 0.5**0.9, rel=1e-12)
     assert poly_lr(base, 1, total) == pytest.approx(base * (1 - 1 / total) ** 0.9, rel=1e-12)
     last = poly_lr(base, total - 1, total)
     assert last == pytest.approx(base * (1 / total) ** 0.9, rel=1e-12) and last > 0
@@ -58,13 +59,13 @@ def test_sampler_skips_done_batches_and_drops_the_incomplete_one():
 
 
 def test_sampler_splits_batches_across_ranks_like_one_process():
-    single = EpochShuffleSampler(10, 2, seed=1)                   # one process, batch 2
+    single = EpochShuffleSampler(10, 2, seed=1)  # one process, batch 2
     ranks = [EpochShuffleSampler(10, 1, seed=1, rank=r, world_size=2) for r in range(2)]  # two, batch 1
     for s in [single, *ranks]:
         s.set_epoch(5)
     one = [i for _, i in single]
     two = [[i for _, i in r] for r in ranks]
-    assert len(two[0]) == len(two[1]) == 5            # same number of steps on every rank
+    assert len(two[0]) == len(two[1]) == 5  # same number of steps on every rank
     assert [x for pair in zip(*two) for x in pair] == one  # step k holds the same two samples
 
 
@@ -86,15 +87,15 @@ def test_seeded_samples_reproduce_augmentation_and_leave_global_state():
     random.seed(0)
     np.random.seed(0)
     first = data[(1, 2)]
-    assert data[(1, 2)] == first                     # same (epoch, index): same draws
-    assert data[(2, 2)] != first                     # another epoch: other draws
+    assert data[(1, 2)] == first  # same (epoch, index): same draws
+    assert data[(2, 2)] != first  # another epoch: other draws
     assert (random.random(), float(np.random.rand())) == before  # global generators untouched
 
 
 def test_derive_seed_is_stable():
     assert derive_seed(1234, "order", 0) == derive_seed(1234, "order", 0)
     assert derive_seed(1234, "order", 0) != derive_seed(1234, "order", 1)
-    assert 0 <= derive_seed(5) < 2 ** 63
+    assert 0 <= derive_seed(5) < 2**63
 
 
 def test_rng_state_round_trip_through_weights_only_checkpoint(tmp_path):

@@ -1,4 +1,6 @@
-"""ConfusionMatrix against hand-computed numbers and a brute-force reference; inference.visualize's pictures."""
+"""ConfusionMatrix against hand-computed numbers and a brute-force reference; inference.visualize's
+pictures."""
+
 from __future__ import annotations
 
 import os
@@ -37,8 +39,13 @@ def brute_force(gt: np.ndarray, pred: np.ndarray, n: int, ignore: int = 255) -> 
     pred_count = [sum(mat[r][c] for r in range(n)) for c in range(n)]
     acc = [tp[c] / max(1, gt_count[c]) for c in range(n)]
     iou = [tp[c] / max(1, gt_count[c] + pred_count[c] - tp[c]) for c in range(n)]
-    return {"mat": mat, "pixel_accuracy": 100 * sum(tp) / max(1, total), "mean_accuracy": 100 * sum(acc) / n,
-            "mean_iou": 100 * sum(iou) / n, "per_class_iou": [100 * v for v in iou]}
+    return {
+        "mat": mat,
+        "pixel_accuracy": 100 * sum(tp) / max(1, total),
+        "mean_accuracy": 100 * sum(acc) / n,
+        "mean_iou": 100 * sum(iou) / n,
+        "per_class_iou": [100 * v for v in iou],
+    }
 
 
 def test_hand_computed_example():
@@ -48,10 +55,7 @@ def test_hand_computed_example():
     pred = np.array([[0, 1, 1, 1], [0, 3, 2, 0]], dtype=np.uint8)
     cm = ConfusionMatrix(4)
     cm.update(gt, pred)
-    assert cm.mat.tolist() == [[2, 1, 0, 0],
-                               [0, 2, 0, 0],
-                               [1, 0, 1, 0],
-                               [0, 0, 0, 0]]
+    assert cm.mat.tolist() == [[2, 1, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
     stats = cm.compute()
     # tp = 2 + 2 + 1 = 5 of 7 scored pixels
     assert stats["pixel_accuracy"] == pytest.approx(100 * 5 / 7)
@@ -112,6 +116,7 @@ def test_empty_and_to_dict():
 
 def _reduce_worker(rank: int, world: int, init: str, out: str) -> None:
     import torch.distributed as dist
+
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     cm = ConfusionMatrix(3)
     cm.update(np.array([rank, 2]), np.array([rank, rank]))  # rank 0: (0,0),(2,0); rank 1: (1,1),(2,1)
@@ -132,6 +137,7 @@ def test_reduce_sums_over_processes(tmp_path):
 # inference.visualize
 # ---------------------------------------------------------------------------------------------
 
+
 def test_confusion_matrix_figure_is_row_normalised(tmp_path):
     mat = np.array([[3, 1, 0], [0, 0, 0], [2, 2, 4]])
     fig = confusion_matrix_figure(mat, ["a", "b", "c"])
@@ -144,8 +150,9 @@ def test_confusion_matrix_figure_is_row_normalised(tmp_path):
     assert cv2.imread(str(path)) is not None
 
 
-THREE = LabelSet.from_dict({"names": ["x", "y", "z"], "palette": [[0, 0, 0], [255, 0, 0], [0, 0, 255]]},
-                           "three")
+THREE = LabelSet.from_dict(
+    {"names": ["x", "y", "z"], "palette": [[0, 0, 0], [255, 0, 0], [0, 0, 255]]}, "three"
+)
 
 
 def test_iou_bar_figure(tmp_path):

@@ -2,6 +2,7 @@
 classes, the one left/right pair at ids 5 and 2): the loader mirrors exactly its pairs; train.py,
 evaluate.py and parse_images.py need no class flag; checkpoints carry the set; fine-tuning from an
 8-class checkpoint re-initialises the classifiers only; other sets are refused, naming both."""
+
 from __future__ import annotations
 
 import glob
@@ -60,11 +61,13 @@ def _run(main, capsys) -> tuple[int, str, str]:
 # The loader
 # ---------------------------------------------------------------------------------------------
 
+
 def test_mirrored_samples_swap_exactly_the_sets_pairs(tmp_path):
     # 64 x 64 pictures into a 63 x 63 crop: the loader's affine is then the identity (scale 1, the
     # center (w-1)/2 onto crop_w/2), so each crop is the label file's own pixels, mirrored or not.
-    data = remapped_dataset(str(tmp_path / "data"), QUAD6, DOG_TO_QUAD6, 6, 0, 0, seed=2, min_size=64,
-                            max_size=64)
+    data = remapped_dataset(
+        str(tmp_path / "data"), QUAD6, DOG_TO_QUAD6, 6, 0, 0, seed=2, min_size=64, max_size=64
+    )
     lut = np.arange(256, dtype=np.uint8)
     lut[[2, 5]] = [5, 2]  # left_legs <-> right_legs, written out by hand
     common = dict(crop_size=(63, 63), scale_factor=0, rotation_factor=0)
@@ -87,10 +90,14 @@ def test_mirrored_samples_swap_exactly_the_sets_pairs(tmp_path):
 # Fine-tuning across label sets
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("target", ["quad6", "renamed8", "dog"])
 def test_fine_tuning_loads_every_layer_but_the_classifiers_of_another_set(dog_checkpoint, target, capsys):
-    label_set = {"quad6": LabelSet.from_dict(QUAD6, "quad6"), "renamed8": LabelSet.from_dict(RENAMED8, "r8"),
-                 "dog": DOG}[target]
+    label_set = {
+        "quad6": LabelSet.from_dict(QUAD6, "quad6"),
+        "renamed8": LabelSet.from_dict(RENAMED8, "r8"),
+        "dog": DOG,
+    }[target]
     torch.manual_seed(1)
     model = DFPNet(label_set.num_classes)
     fresh = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(CLASSIFIERS)}
@@ -115,17 +122,39 @@ def test_fine_tuning_loads_every_layer_but_the_classifiers_of_another_set(dog_ch
 # End to end, no class flag anywhere
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_own_label_set_end_to_end(quad_data, quad, dog_checkpoint, tmp_path, capsys):
     snap = str(tmp_path / "snap")
-    train_args = ["--data-dir", quad_data, "--input-size", "48,48", "--batch-size", "4", "--epochs", "1",
-                  "--restore-from", dog_checkpoint, "--snapshot-dir", snap, "--workers", "0",
-                  "--val-datasets", "val", "--log-every", "1", "--image-every", "2"]
+    train_args = [
+        "--data-dir",
+        quad_data,
+        "--input-size",
+        "48,48",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--restore-from",
+        dog_checkpoint,
+        "--snapshot-dir",
+        snap,
+        "--workers",
+        "0",
+        "--val-datasets",
+        "val",
+        "--log-every",
+        "1",
+        "--image-every",
+        "2",
+    ]
     code, out, err = _run(lambda: train.run(train_args), capsys)
     assert code == 0, err
     labels_json = os.path.join(quad_data, "labels.json")
-    assert (f"label set: 6 classes from {labels_json}: background, tail, right_legs, torso, head, left_legs; "
-            f"mirror pairs: left_legs<->right_legs") in out
+    assert (
+        f"label set: 6 classes from {labels_json}: background, tail, right_legs, torso, head, left_legs; "
+        f"mirror pairs: left_legs<->right_legs"
+    ) in out
     assert "trained with another label set (8 classes: Background" in out and "outc.2 re-initialised" in out
 
     # Every checkpoint records the set; the epoch snapshot stays the authors' plain DataParallel state_dict.
@@ -140,6 +169,7 @@ def test_own_label_set_end_to_end(quad_data, quad, dog_checkpoint, tmp_path, cap
 
     # TensorBoard: one IoU curve per class of the set, by name.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     for name in QUAD6["names"]:
         events = EventAccumulator(os.path.join(snap, "mIoUval", name))
         events.Reload()
@@ -148,9 +178,24 @@ def test_own_label_set_end_to_end(quad_data, quad, dog_checkpoint, tmp_path, cap
     # evaluate.py: no class flag; the names in its table and JSON, the colours in its pictures.
     best, metrics, pictures = os.path.join(snap, "best.pth"), tmp_path / "m.json", tmp_path / "pics"
     common = ["--input-size", "48,48", "--workers", "0", "--no-progress", "--device", "cpu"]
-    code, out, err = _run(lambda: evaluate.main(evaluate.get_arguments(
-        ["--restore-from", best, "--data-dir", quad_data, "--metrics-out", str(metrics),
-         "--save-path", str(pictures), *common])), capsys)
+    code, out, err = _run(
+        lambda: evaluate.main(
+            evaluate.get_arguments(
+                [
+                    "--restore-from",
+                    best,
+                    "--data-dir",
+                    quad_data,
+                    "--metrics-out",
+                    str(metrics),
+                    "--save-path",
+                    str(pictures),
+                    *common,
+                ]
+            )
+        ),
+        capsys,
+    )
     assert code == 0, err
     for name in ("right_legs", "torso", "left_legs"):
         assert any(line.startswith(name) for line in out.splitlines()), out
@@ -161,9 +206,22 @@ def test_own_label_set_end_to_end(quad_data, quad, dog_checkpoint, tmp_path, cap
 
     # parse_images.py: coloured with the set's palette, which it reads from the checkpoint.
     parsed = tmp_path / "parsed"
-    code, out, err = _run(lambda: parse_images.main(parse_images.get_arguments(
-        ["--restore-from", best, "--out", str(parsed), "--flip", *common,
-         os.path.join(quad_data, "val_images")])), capsys)
+    code, out, err = _run(
+        lambda: parse_images.main(
+            parse_images.get_arguments(
+                [
+                    "--restore-from",
+                    best,
+                    "--out",
+                    str(parsed),
+                    "--flip",
+                    *common,
+                    os.path.join(quad_data, "val_images"),
+                ]
+            )
+        ),
+        capsys,
+    )
     assert code == 0, err
     parsed_labels = glob.glob(str(parsed / "*_label.png"))
     assert len(parsed_labels) == 4
@@ -176,12 +234,16 @@ def test_own_label_set_end_to_end(quad_data, quad, dog_checkpoint, tmp_path, cap
     # Data of another label set, or --labels of other classes: refused in one line naming both.
     other = tmp_path / "other"
     shutil.copytree(quad_data, other)
-    (other / "labels.json").write_text(json.dumps({"names": ["bg", "b", "c", "d", "e", "f"],
-                                                   "flip_pairs": [["f", "c"]]}))
-    for extra, needle in ((["--data-dir", str(other)], str(other / "labels.json")),
-                          (["--data-dir", quad_data, "--labels", "dog"], "the preset 'dog' (--labels dog)")):
-        code, out, err = _run(lambda: evaluate.main(evaluate.get_arguments(
-            ["--restore-from", best, *extra, *common])), capsys)
+    (other / "labels.json").write_text(
+        json.dumps({"names": ["bg", "b", "c", "d", "e", "f"], "flip_pairs": [["f", "c"]]})
+    )
+    for extra, needle in (
+        (["--data-dir", str(other)], str(other / "labels.json")),
+        (["--data-dir", quad_data, "--labels", "dog"], "the preset 'dog' (--labels dog)"),
+    ):
+        code, out, err = _run(
+            lambda: evaluate.main(evaluate.get_arguments(["--restore-from", best, *extra, *common])), capsys
+        )
         assert code == 2 and len(err.strip().splitlines()) == 1, err
         assert f"the checkpoint {best} was trained with 6 classes (background, tail" in err and needle in err
 
@@ -194,8 +256,12 @@ def test_own_label_set_end_to_end(quad_data, quad, dog_checkpoint, tmp_path, cap
 
 
 def test_num_classes_that_disagrees_with_the_set_is_one_line(quad_data, tmp_path, capsys):
-    code, _, err = _run(lambda: train.run(["--data-dir", quad_data, "--num-classes", "8",
-                                           "--snapshot-dir", str(tmp_path / "s")]), capsys)
+    code, _, err = _run(
+        lambda: train.run(
+            ["--data-dir", quad_data, "--num-classes", "8", "--snapshot-dir", str(tmp_path / "s")]
+        ),
+        capsys,
+    )
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "--num-classes 8" in err and f"6 classes from {os.path.join(quad_data, 'labels.json')}" in err
     assert not (tmp_path / "s").exists()
@@ -206,6 +272,7 @@ def test_num_classes_that_disagrees_with_the_set_is_one_line(quad_data, tmp_path
 # dataset.check and dataset.browse follow the set
 # ---------------------------------------------------------------------------------------------
 
+
 def test_check_names_ids_outside_the_set_and_warns_of_unused_classes(quad_data, tmp_path, capsys):
     import dataset.check
 
@@ -213,8 +280,9 @@ def test_check_names_ids_outside_the_set_and_warns_of_unused_classes(quad_data, 
     assert code == 0 and "OK" in out and "warning" not in out
     assert "left_legs " in out and "right_legs " in out  # label pixels per class, by name
     # LIP's 20 classes: the data uses ids 0..5 of them; the other 14 are named in one warning.
-    code, out, _ = _run(lambda: dataset.check.main([quad_data, "--splits", "train", "val", "--labels",
-                                                    "lip"]), capsys)
+    code, out, _ = _run(
+        lambda: dataset.check.main([quad_data, "--splits", "train", "val", "--labels", "lip"]), capsys
+    )
     warnings = [line for line in out.splitlines() if line.startswith("warning")]
     assert code == 0 and len(warnings) == 1
     assert "Dress (6)" in warnings[0] and "Right-shoe (19)" in warnings[0]
@@ -222,20 +290,23 @@ def test_check_names_ids_outside_the_set_and_warns_of_unused_classes(quad_data, 
     # Four classes: ids 4 and 5 are not in the set; each label holding them is named with the set.
     small = tmp_path / "four.json"
     small.write_text(json.dumps({"names": ["bg", "tail", "legs", "torso"]}))
-    code, out, _ = _run(lambda: dataset.check.main([quad_data, "--splits", "train", "--labels", str(small)]),
-                        capsys)
+    code, out, _ = _run(
+        lambda: dataset.check.main([quad_data, "--splits", "train", "--labels", str(small)]), capsys
+    )
     problems = [line for line in out.splitlines() if "are not in the label set" in line]
     assert code == 1 and problems and all(str(small) in p and "ids 0..3" in p for p in problems)
     assert any("[4, 5]" in p for p in problems) and "NOT USABLE" in out
 
 
-def test_browse_pictures_show_the_files_and_the_augmentation_in_the_sets_colours(quad_data, quad, tmp_path,
-                                                                                 capsys):
+def test_browse_pictures_show_the_files_and_the_augmentation_in_the_sets_colours(
+    quad_data, quad, tmp_path, capsys
+):
     import dataset.browse
 
     out = tmp_path / "plain"
-    code, stdout, err = _run(lambda: dataset.browse.main([quad_data, "--split", "val", "--out", str(out)]),
-                             capsys)
+    code, stdout, err = _run(
+        lambda: dataset.browse.main([quad_data, "--split", "val", "--out", str(out)]), capsys
+    )
     assert code == 0, err
     assert sorted(os.listdir(out)) == [f"syn_{k:05d}.png" for k in range(16, 20)]
     paths = CartoonDataSet(quad_data, "val")
@@ -245,15 +316,18 @@ def test_browse_pictures_show_the_files_and_the_augmentation_in_the_sets_colours
         label = cv2.imread(paths.label_path(index), cv2.IMREAD_UNCHANGED)
         h, w = label.shape
         np.testing.assert_array_equal(picture[:h, :w], image)
-        np.testing.assert_array_equal(picture[:h, w + 6:2 * w + 6], quad.colorize(label)[:, :, ::-1])
-        legend = picture[h + 22:].reshape(-1, 3)
+        np.testing.assert_array_equal(picture[:h, w + 6 : 2 * w + 6], quad.colorize(label)[:, :, ::-1])
+        legend = picture[h + 22 :].reshape(-1, 3)
         for colour in quad.colours()[:, ::-1]:  # every class's swatch is in the legend
             assert (legend == colour).all(1).any(), colour
 
     out = tmp_path / "augmented"
-    code, stdout, err = _run(lambda: dataset.browse.main(
-        [quad_data, "--out", str(out), "--num", "8", "--augment", "--input-size", "40,40", "--seed", "5"]),
-        capsys)
+    code, stdout, err = _run(
+        lambda: dataset.browse.main(
+            [quad_data, "--out", str(out), "--num", "8", "--augment", "--input-size", "40,40", "--seed", "5"]
+        ),
+        capsys,
+    )
     assert code == 0, err
     files = sorted(os.listdir(out))
     mirrored = [f for f in files if f.endswith("_mirrored.png")]

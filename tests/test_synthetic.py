@@ -1,4 +1,5 @@
 """dataset.synthetic: determinism, the authors' layout, exact labels and the left/right rule."""
+
 from __future__ import annotations
 
 import os
@@ -71,7 +72,7 @@ def test_layout_and_id_lists(tmp_path):
             assert 40 <= min(label.shape) and max(label.shape) <= 80
             assert set(np.unique(label).tolist()) <= set(range(8))
             shapes.add(label.shape)
-    assert any(h != w for h, w in shapes)   # non-square pictures occur
+    assert any(h != w for h, w in shapes)  # non-square pictures occur
     assert check_dataset(tmp_path).ok
 
 
@@ -100,8 +101,11 @@ def test_both_orientations_and_the_label_shows_them(samples):
 def test_near_legs_are_the_visible_side_and_front_legs_by_the_head(samples):
     for s in samples:
         # Facing right shows the dog's left side: left legs drawn over the body.
-        near, far = ((LEFT_ARM, LEFT_LEG), (RIGHT_ARM, RIGHT_LEG)) if s.facing == "right" else \
-                    ((RIGHT_ARM, RIGHT_LEG), (LEFT_ARM, LEFT_LEG))
+        near, far = (
+            ((LEFT_ARM, LEFT_LEG), (RIGHT_ARM, RIGHT_LEG))
+            if s.facing == "right"
+            else ((RIGHT_ARM, RIGHT_LEG), (LEFT_ARM, LEFT_LEG))
+        )
         for n, f in zip(near, far, strict=True):
             assert rows_inside_body(s.label, n) > rows_inside_body(s.label, f)
         forward = 1 if s.facing == "right" else -1
@@ -128,8 +132,27 @@ def test_contact_sheet_and_cli(tmp_path):
     sheet = contact_sheet(samples, cell=32, columns=2)
     assert sheet.dtype == np.uint8 and sheet.shape == (2 * 38 + 6, 2 * (64 + 18) + 6, 3)
     png = tmp_path / "sheet.png"
-    assert main(["--out", str(tmp_path / "d"), "--train", "2", "--val", "1", "--trainTest", "1",
-                 "--min-size", "32", "--max-size", "48", "--contact-sheet", str(png)]) == 0
+    assert (
+        main(
+            [
+                "--out",
+                str(tmp_path / "d"),
+                "--train",
+                "2",
+                "--val",
+                "1",
+                "--trainTest",
+                "1",
+                "--min-size",
+                "32",
+                "--max-size",
+                "48",
+                "--contact-sheet",
+                str(png),
+            ]
+        )
+        == 0
+    )
     assert cv2.imread(str(png)).shape[2] == 3
     assert (tmp_path / "d" / "trainTest_id.txt").read_text() == "syn_00003\n"
 

@@ -1,4 +1,5 @@
 """train.py end to end on tiny synthetic sets (CPU): learning, logs, checkpoints, resume, errors."""
+
 from __future__ import annotations
 
 import glob
@@ -36,8 +37,14 @@ def _env(threads: int | None = None) -> dict[str, str]:
 
 
 def _train(args: list[str], threads: int | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=_env(threads),
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "train.py", *args],
+        cwd=ROOT,
+        env=_env(threads),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _scalars(logdir: str, tag: str) -> dict[int, float]:
@@ -60,15 +67,40 @@ def _tags(logdir: str) -> dict[str, list[str]]:
 # A short real run
 # ------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_tiny_run_learns_logs_and_writes_checkpoints(data_dir, tmp_path, capsys):
     snap = str(tmp_path / "snap")
     missing = str(tmp_path / "no-such-resnet101.pth")
     # 16 images, batch 4: 4 iterations per epoch, 4 epochs = 16 iterations; default amp/channels-last.
-    result = _train(["--data-dir", data_dir, "--input-size", "64,64", "--batch-size", "4", "--epochs", "4",
-                     "--learning-rate", "1e-2", "--restore-from", missing, "--snapshot-dir", snap,
-                     "--workers", "0", "--log-every", "1", "--image-every", "8", "--eval-every", "2",
-                     "--snapshot-every", "2"])
+    result = _train(
+        [
+            "--data-dir",
+            data_dir,
+            "--input-size",
+            "64,64",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "4",
+            "--learning-rate",
+            "1e-2",
+            "--restore-from",
+            missing,
+            "--snapshot-dir",
+            snap,
+            "--workers",
+            "0",
+            "--log-every",
+            "1",
+            "--image-every",
+            "8",
+            "--eval-every",
+            "2",
+            "--snapshot-every",
+            "2",
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     # A missing ImageNet file is loud, and training goes on from random weights.
     assert "FILE NOT FOUND" in result.stderr and "RANDOM" in result.stderr and missing in result.stderr
@@ -91,8 +123,16 @@ def test_tiny_run_learns_logs_and_writes_checkpoints(data_dir, tmp_path, capsys)
 
     tags = _tags(snap)
     assert {"loss", "learning_rate", "images_per_second"} <= set(tags["scalars"])
-    assert {"Images", "Labels", "Preds", "val/prediction", "val/ground_truth", "val/confusion_matrix",
-            "val/per_class_iou", "trainTest/confusion_matrix"} <= set(tags["images"])
+    assert {
+        "Images",
+        "Labels",
+        "Preds",
+        "val/prediction",
+        "val/ground_truth",
+        "val/confusion_matrix",
+        "val/per_class_iou",
+        "trainTest/confusion_matrix",
+    } <= set(tags["images"])
     # add_scalars: one run per curve under <snapshot-dir>/<main tag>/<name>, the authors' tags and names.
     for name in ("Mean IU", "Pixel accuracy", "Mean accuracy", "Background", "tail"):
         values = _scalars(os.path.join(snap, "mIoUval", name), "mIoUval")
@@ -120,9 +160,27 @@ def test_tiny_run_learns_logs_and_writes_checkpoints(data_dir, tmp_path, capsys)
 
     # Running it again resumes from last.pth, finds the run complete and does nothing.
     capsys.readouterr()
-    code = train.run(["--data-dir", data_dir, "--input-size", "64,64", "--batch-size", "4", "--epochs", "4",
-                      "--restore-from", "none", "--snapshot-dir", snap, "--workers", "0"])
-    assert code == 0 and "nothing to do: the training state is at iteration 16 of 16" in capsys.readouterr().out
+    code = train.run(
+        [
+            "--data-dir",
+            data_dir,
+            "--input-size",
+            "64,64",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "4",
+            "--restore-from",
+            "none",
+            "--snapshot-dir",
+            snap,
+            "--workers",
+            "0",
+        ]
+    )
+    assert (
+        code == 0 and "nothing to do: the training state is at iteration 16 of 16" in capsys.readouterr().out
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -131,24 +189,53 @@ def test_tiny_run_learns_logs_and_writes_checkpoints(data_dir, tmp_path, capsys)
 
 # 16 images, batch 4, 48x48: 4 iterations per epoch, 2 epochs. Deterministic CPU maths, one thread,
 # no workers, float32: two runs with the same seed give bit-identical weights.
-DETERMINISTIC = ["--input-size", "48,48", "--batch-size", "4", "--epochs", "2", "--learning-rate", "1e-2",
-                 "--restore-from", "none", "--workers", "0", "--amp", "off", "--deterministic",
-                 "--random-seed", "7", "--log-every", "1", "--val-datasets", "val", "--eval-every", "1"]
+DETERMINISTIC = [
+    "--input-size",
+    "48,48",
+    "--batch-size",
+    "4",
+    "--epochs",
+    "2",
+    "--learning-rate",
+    "1e-2",
+    "--restore-from",
+    "none",
+    "--workers",
+    "0",
+    "--amp",
+    "off",
+    "--deterministic",
+    "--random-seed",
+    "7",
+    "--log-every",
+    "1",
+    "--val-datasets",
+    "val",
+    "--eval-every",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
 def whole_run(data_dir, tmp_path_factory) -> str:
     """The snapshot folder of the deterministic run, uninterrupted: what every interrupted run must equal."""
     whole = str(tmp_path_factory.mktemp("whole"))
-    result = _train(["--data-dir", data_dir, *DETERMINISTIC, "--snapshot-dir", whole, "--save-every", "0"],
-                    threads=1)
+    result = _train(
+        ["--data-dir", data_dir, *DETERMINISTIC, "--snapshot-dir", whole, "--save-every", "0"], threads=1
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return whole
 
 
 def _start(args: list[str], **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=_env(threads=1), text=True,
-                            stderr=subprocess.PIPE, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "train.py", *args],
+        cwd=ROOT,
+        env=_env(threads=1),
+        text=True,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )
 
 
 def _wait_for(path: str, process: subprocess.Popen, contains: str = "") -> None:
@@ -206,7 +293,8 @@ def test_killed_refused_and_terminated_runs_resume_to_the_same_weights(data_dir,
     assert intruder.returncode == 1
     assert intruder.stderr.strip() == (
         f"train.py: error: {cut} is in use by another training run (pid {resumed.pid} on host "
-        f"{socket.gethostname()}); wait for it to end, stop it, or choose another --snapshot-dir")
+        f"{socket.gethostname()}); wait for it to end, stop it, or choose another --snapshot-dir"
+    )
     assert "images" not in intruder.stdout  # refused before the dataset was even checked
 
     # 3. SIGTERM once it has started training again: it saves where it is and says so.
@@ -219,8 +307,10 @@ def test_killed_refused_and_terminated_runs_resume_to_the_same_weights(data_dir,
     assert resumed.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     stopped = torch.load(last, map_location="cpu", weights_only=True)
     message = stderr.strip().splitlines()[-1]
-    assert message == (f"train.py: interrupted by SIGTERM; {last} holds iteration {stopped['iteration']}: "
-                       f"run the same command again to continue from there")
+    assert message == (
+        f"train.py: interrupted by SIGTERM; {last} holds iteration {stopped['iteration']}: "
+        f"run the same command again to continue from there"
+    )
     assert killed["iteration"] <= stopped["iteration"] < 8 and "Traceback" not in stderr
 
     # 4. To the end: bit-identical to the run that was never interrupted.
@@ -229,8 +319,9 @@ def test_killed_refused_and_terminated_runs_resume_to_the_same_weights(data_dir,
     assert f"iteration {stopped['iteration']} " in final.stdout
     _assert_same_weights(whole_run, cut)
     whole = torch.load(os.path.join(whole_run, "last.pth"), map_location="cpu", weights_only=True)
-    moved = max((whole["model"][k].float() - killed["model"][k].float()).abs().max().item()
-                for k in whole["model"])
+    moved = max(
+        (whole["model"][k].float() - killed["model"][k].float()).abs().max().item() for k in whole["model"]
+    )
     assert moved > 0  # the resumed runs did train
     # The LR continues on the same schedule across the resume boundaries. (A killed process may
     # not have written its last events: tensorboardX writes from a queue.)
@@ -246,12 +337,35 @@ def test_killed_refused_and_terminated_runs_resume_to_the_same_weights(data_dir,
 # Failures
 # ------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_state(data_dir, tmp_path):
     snap = str(tmp_path / "snap")
-    result = _train(["--data-dir", data_dir, "--input-size", "48,48", "--batch-size", "4", "--epochs", "2",
-                     "--learning-rate", "1e30", "--restore-from", "none", "--snapshot-dir", snap,
-                     "--workers", "0", "--amp", "off", "--save-every", "1", "--val-datasets"])
+    result = _train(
+        [
+            "--data-dir",
+            data_dir,
+            "--input-size",
+            "48,48",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "2",
+            "--learning-rate",
+            "1e30",
+            "--restore-from",
+            "none",
+            "--snapshot-dir",
+            snap,
+            "--workers",
+            "0",
+            "--amp",
+            "off",
+            "--save-every",
+            "1",
+            "--val-datasets",
+        ]
+    )
     assert result.returncode == 1
     message = result.stderr.strip().splitlines()[-1]
     assert "non-finite loss in iteration" in message and "output " in message
@@ -272,32 +386,51 @@ def _run_inprocess(argv: list[str], capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--input-size", "0,5"], "argument --input-size"),
-    (["--input-size", "64"], "argument --input-size"),
-    (["--learning-rate", "-1e-3"], "argument --learning-rate"),
-    (["--learning-rate", "nan"], "argument --learning-rate"),
-    (["--amp", "fp8"], "argument --amp: invalid choice"),
-    (["--epochs", "0"], "argument --epochs"),
-    (["--batch-size", "-2"], "argument --batch-size"),
-    (["--start-epoch", "6", "--epochs", "6"], "argument --start-epoch"),
-    (["--weight-decay", "-1"], "argument --weight-decay"),
-    (["--momentum", "1.5"], "argument --momentum"),
-    (["--batch-size", "17"], "argument --batch-size: 17 x 1 process(es) needs at least 17 training images"),
-    (["--resume", "/no/such/last.pth"], "argument --resume"),
-    (["--amp", "fp16", "--device", "cpu"], "argument --amp: fp16 needs a CUDA device"),
-    (["--device", "tpu"], "argument --device"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--input-size", "0,5"], "argument --input-size"),
+        (["--input-size", "64"], "argument --input-size"),
+        (["--learning-rate", "-1e-3"], "argument --learning-rate"),
+        (["--learning-rate", "nan"], "argument --learning-rate"),
+        (["--amp", "fp8"], "argument --amp: invalid choice"),
+        (["--epochs", "0"], "argument --epochs"),
+        (["--batch-size", "-2"], "argument --batch-size"),
+        (["--start-epoch", "6", "--epochs", "6"], "argument --start-epoch"),
+        (["--weight-decay", "-1"], "argument --weight-decay"),
+        (["--momentum", "1.5"], "argument --momentum"),
+        (
+            ["--batch-size", "17"],
+            "argument --batch-size: 17 x 1 process(es) needs at least 17 training images",
+        ),
+        (["--resume", "/no/such/last.pth"], "argument --resume"),
+        (["--amp", "fp16", "--device", "cpu"], "argument --amp: fp16 needs a CUDA device"),
+        (["--device", "tpu"], "argument --device"),
+    ],
+)
 def test_bad_values_exit_2_with_a_message(flags, message, data_dir, tmp_path, capsys):
-    code, err = _run_inprocess(["--data-dir", data_dir, "--snapshot-dir", str(tmp_path),
-                                "--input-size", "64,64", "--restore-from", "none", *flags], capsys)
+    code, err = _run_inprocess(
+        [
+            "--data-dir",
+            data_dir,
+            "--snapshot-dir",
+            str(tmp_path),
+            "--input-size",
+            "64,64",
+            "--restore-from",
+            "none",
+            *flags,
+        ],
+        capsys,
+    )
     assert code == 2
     assert message in err and "usage: train.py" in err
 
 
 def test_missing_dataset_exits_1_before_training(tmp_path, capsys):
-    code, err = _run_inprocess(["--data-dir", str(tmp_path / "Dog"), "--snapshot-dir", str(tmp_path / "s")],
-                               capsys)
+    code, err = _run_inprocess(
+        ["--data-dir", str(tmp_path / "Dog"), "--snapshot-dir", str(tmp_path / "s")], capsys
+    )
     assert code == 1
     assert "data directory missing" in err and str(tmp_path / "Dog") in err and "run.sh" in err
     assert not os.path.exists(tmp_path / "s")
@@ -322,10 +455,13 @@ def test_dataset_problem_is_reported_with_its_file(data_dir, tmp_path, capsys):
 def test_trainval_without_its_own_lists_trains_on_train_plus_val(data_dir):
     from torch.utils.data import ConcatDataset
 
-    from training.config import get_args_parser, setup
+    from training.config import setup
     from training.data import build_train_dataset, training_splits
+    from training.flags import get_args_parser
 
-    cfg = setup(get_args_parser().parse_args(["--data-dir", data_dir, "--input-size", "64,64", "--device", "cpu"]))
+    cfg = setup(
+        get_args_parser().parse_args(["--data-dir", data_dir, "--input-size", "64,64", "--device", "cpu"])
+    )
     assert training_splits(data_dir, "trainval") == ["train", "val"]
     assert training_splits(data_dir, "train") == ["train"]
     dataset = build_train_dataset(cfg, ["train", "val"], DOG)
@@ -337,10 +473,28 @@ def test_trainval_without_its_own_lists_trains_on_train_plus_val(data_dir):
 def test_checkpoint_of_another_network_exits_2(data_dir, tmp_path, capsys):
     # torchvision-like ResNet keys: a 7x7 stem and nothing of DFPnet's deep stem.
     other = str(tmp_path / "resnet101-torchvision.pth")
-    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "bn1.weight": torch.ones(64),
-                "fc.weight": torch.zeros(1000, 2048)}, other)
-    common = ["--data-dir", data_dir, "--snapshot-dir", str(tmp_path / "s"), "--input-size", "64,64",
-              "--batch-size", "4", "--epochs", "1", "--workers", "0"]
+    torch.save(
+        {
+            "conv1.weight": torch.zeros(64, 3, 7, 7),
+            "bn1.weight": torch.ones(64),
+            "fc.weight": torch.zeros(1000, 2048),
+        },
+        other,
+    )
+    common = [
+        "--data-dir",
+        data_dir,
+        "--snapshot-dir",
+        str(tmp_path / "s"),
+        "--input-size",
+        "64,64",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+    ]
     code, err = _run_inprocess(common + ["--restore-from", other], capsys)
     assert code == 2
     line = err.strip().splitlines()[-1]
@@ -359,9 +513,23 @@ def test_out_of_memory_prints_a_hint(data_dir, tmp_path, capsys, monkeypatch):
     import training.trainer
 
     monkeypatch.setattr(training.trainer, "train_one_epoch", out_of_memory)
-    code, err = _run_inprocess(["--data-dir", data_dir, "--snapshot-dir", str(tmp_path / "s"),
-                                "--input-size", "64,64", "--batch-size", "4", "--restore-from", "none",
-                                "--workers", "0"], capsys)
+    code, err = _run_inprocess(
+        [
+            "--data-dir",
+            data_dir,
+            "--snapshot-dir",
+            str(tmp_path / "s"),
+            "--input-size",
+            "64,64",
+            "--batch-size",
+            "4",
+            "--restore-from",
+            "none",
+            "--workers",
+            "0",
+        ],
+        capsys,
+    )
     assert code == 1
     assert "out of memory" in err and "--batch-size" in err and "--amp bf16" in err and "Traceback" not in err
 
@@ -370,18 +538,23 @@ def test_out_of_memory_prints_a_hint(data_dir, tmp_path, capsys, monkeypatch):
 # --time-budget
 # ------------------------------------------------------------------------------------------
 
+
 def test_plan_epochs_fits_steps_evaluations_and_saves_into_the_budget():
     from training.schedule import plan_epochs
 
     rules = {"eval_every": 5, "snapshot_every": 99}
     # 10 steps of 1 s per epoch, 3 done; a 2 s save per epoch, 4 s per evaluation (+ 1 s best.pth),
     # snapshots (1 s) after epoch 0 and the last.
-    epochs, seconds = plan_epochs(200.0, iters_per_epoch=10, done=3, step_s=1.0, eval_s=4.0, save_s=2.0, **rules)
+    epochs, seconds = plan_epochs(
+        200.0, iters_per_epoch=10, done=3, step_s=1.0, eval_s=4.0, save_s=2.0, **rules
+    )
     # 15 epochs: 147 steps + 30 (saves) + 3 evaluations x 5 + 2 snapshots x 1 = 194 s; 16 would be 211 s.
     assert (epochs, seconds) == (15, 194.0)
     assert plan_epochs(1.0, iters_per_epoch=10, done=3, step_s=1.0, eval_s=4.0, save_s=2.0, **rules)[0] == 1
     # Without evaluation splits the same time holds more epochs.
-    assert plan_epochs(200.0, iters_per_epoch=10, done=3, step_s=1.0, eval_s=0.0, save_s=2.0, **rules)[0] == 16
+    assert (
+        plan_epochs(200.0, iters_per_epoch=10, done=3, step_s=1.0, eval_s=0.0, save_s=2.0, **rules)[0] == 16
+    )
 
 
 def test_time_budget_and_epochs_exclude_each_other(capsys):
@@ -392,9 +565,28 @@ def test_time_budget_and_epochs_exclude_each_other(capsys):
 @pytest.mark.slow
 def test_time_budget_fixes_the_schedule_and_resume_keeps_it(data_dir, tmp_path, capsys):
     snap = str(tmp_path / "snap")
-    common = ["--data-dir", data_dir, "--input-size", "48,48", "--batch-size", "4", "--learning-rate", "1e-2",
-              "--restore-from", "none", "--snapshot-dir", snap, "--workers", "0", "--log-every", "1",
-              "--val-datasets", "val", "--time-budget", "60"]
+    common = [
+        "--data-dir",
+        data_dir,
+        "--input-size",
+        "48,48",
+        "--batch-size",
+        "4",
+        "--learning-rate",
+        "1e-2",
+        "--restore-from",
+        "none",
+        "--snapshot-dir",
+        snap,
+        "--workers",
+        "0",
+        "--log-every",
+        "1",
+        "--val-datasets",
+        "val",
+        "--time-budget",
+        "60",
+    ]
     first = _train(common + ["--max-iters", "6"])
     assert first.returncode == 0, first.stderr[-3000:]
     plan = [line for line in first.stdout.splitlines() if line.startswith("--time-budget 60 min: ")]

@@ -5,6 +5,7 @@ the input normalisation.
 
 Every run is train.run() in this process on a tiny synthetic set: 32x32 crops, float32.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,8 +31,17 @@ SEED = 7
 LR = 1e-2
 POWER = 0.9  # docs/reference.md section 6: lr = base * (1 - it / total) ** 0.9
 # Flags of every run: a 32x32 crop, float32, deterministic kernels, only val evaluated.
-COMMON = ["--input-size", "32,32", "--amp", "off", "--deterministic", "--random-seed", str(SEED),
-          "--val-datasets", "val"]
+COMMON = [
+    "--input-size",
+    "32,32",
+    "--amp",
+    "off",
+    "--deterministic",
+    "--random-seed",
+    str(SEED),
+    "--val-datasets",
+    "val",
+]
 # 8 training images, batch 4: 2 iterations per epoch, 3 epochs = 6 iterations.
 SHAPE = ["--batch-size", "4", "--epochs", "3"]
 
@@ -103,8 +113,24 @@ def _poly(base: float, iteration: int, total: int) -> float:
 def interrupted(data_dir, tmp_path_factory):
     """last.pth of a run stopped by --max-iters 3, mid-epoch 1 (2 iterations per epoch), without workers."""
     snap = tmp_path_factory.mktemp("workers0")
-    code, out, err = _run(["--data-dir", data_dir, *COMMON, *SHAPE, "--learning-rate", LR, "--restore-from",
-                           "none", "--workers", "0", "--max-iters", "3", "--snapshot-dir", snap])
+    code, out, err = _run(
+        [
+            "--data-dir",
+            data_dir,
+            *COMMON,
+            *SHAPE,
+            "--learning-rate",
+            LR,
+            "--restore-from",
+            "none",
+            "--workers",
+            "0",
+            "--max-iters",
+            "3",
+            "--snapshot-dir",
+            snap,
+        ]
+    )
     assert code == 0, err[-3000:]
     yield snap / "last.pth"
     _drop_checkpoints(snap)
@@ -114,21 +140,37 @@ def interrupted(data_dir, tmp_path_factory):
 # 1. DataLoader workers do not change what is learnt
 # ------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_default_workers_learn_the_same_weights_as_no_workers(data_dir, interrupted, tmp_path):
     from utils import recipe
 
     snap = tmp_path / "snap"
-    code, out, err = _run(["--data-dir", data_dir, *COMMON, *SHAPE, "--learning-rate", LR, "--restore-from",
-                           "none", "--max-iters", "3", "--snapshot-dir", snap])  # no --workers: the default
+    code, out, err = _run(
+        [
+            "--data-dir",
+            data_dir,
+            *COMMON,
+            *SHAPE,
+            "--learning-rate",
+            LR,
+            "--restore-from",
+            "none",
+            "--max-iters",
+            "3",
+            "--snapshot-dir",
+            snap,
+        ]
+    )  # no --workers: the default
     assert code == 0, err[-3000:]
     with_workers, without = read_checkpoint(snap / "last.pth"), read_checkpoint(interrupted)
     assert with_workers["args"]["workers"] == recipe.WORKERS > 0 and without["args"]["workers"] == 0
     assert with_workers["iteration"] == without["iteration"] == 3
     # Every tensor, exactly: augmentation is seeded per sample, not per worker.
     _assert_equal_tensors(_weights(snap / "last.pth"), _weights(interrupted))
-    _assert_equal_tensors(_weights(snap / "DFPnet_epoch_0.pth"),
-                          _weights(interrupted.parent / "DFPnet_epoch_0.pth"))
+    _assert_equal_tensors(
+        _weights(snap / "DFPnet_epoch_0.pth"), _weights(interrupted.parent / "DFPnet_epoch_0.pth")
+    )
     # Not vacuous: the third step (the one after DFPnet_epoch_0.pth) changed the weights.
     after_2, after_3 = _weights(snap / "DFPnet_epoch_0.pth"), _weights(snap / "last.pth")
     assert max(_max_diff(after_2[k], after_3[k]) for k in after_3 if after_3[k].is_floating_point()) > 0
@@ -139,14 +181,32 @@ def test_default_workers_learn_the_same_weights_as_no_workers(data_dir, interrup
 # 2. best.pth holds the weights of the best val mean IU
 # ------------------------------------------------------------------------------------------
 
+
 def _evaluate(data_dir: str, checkpoint, channels_last: bool, metrics) -> float:
     """evaluate.py (in this process) on val with the settings of the run's evaluation; its mean IU."""
     import evaluate
 
-    argv = ["--data-dir", data_dir, "--dataset", "val", "--restore-from", str(checkpoint),
-            "--input-size", "32,32", "--workers", "0", "--device", "cpu", "--amp", "off", "--no-fuse",
-            "--channels-last" if channels_last else "--no-channels-last", "--no-progress",
-            "--metrics-out", str(metrics)]
+    argv = [
+        "--data-dir",
+        data_dir,
+        "--dataset",
+        "val",
+        "--restore-from",
+        str(checkpoint),
+        "--input-size",
+        "32,32",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--amp",
+        "off",
+        "--no-fuse",
+        "--channels-last" if channels_last else "--no-channels-last",
+        "--no-progress",
+        "--metrics-out",
+        str(metrics),
+    ]
     with contextlib.redirect_stdout(io.StringIO()):
         evaluate.main(evaluate.get_arguments(argv))
     with open(metrics) as f:
@@ -158,9 +218,29 @@ def test_best_pth_holds_the_weights_of_the_best_val_score(data_dir, tmp_path):
     snap = tmp_path / "snap"
     # Batch 8: one iteration per epoch. A high LR makes val mean IU go up and down: here the first epoch
     # scores best, so a best.pth that held the last epoch's weights fails (as would one of any other epoch).
-    code, out, err = _run(["--data-dir", data_dir, *COMMON, "--batch-size", "8", "--epochs", "3",
-                           "--learning-rate", "0.1", "--restore-from", "none", "--workers", "0",
-                           "--eval-every", "1", "--snapshot-every", "1", "--snapshot-dir", snap])
+    code, out, err = _run(
+        [
+            "--data-dir",
+            data_dir,
+            *COMMON,
+            "--batch-size",
+            "8",
+            "--epochs",
+            "3",
+            "--learning-rate",
+            "0.1",
+            "--restore-from",
+            "none",
+            "--workers",
+            "0",
+            "--eval-every",
+            "1",
+            "--snapshot-every",
+            "1",
+            "--snapshot-dir",
+            snap,
+        ]
+    )
     assert code == 0, err[-3000:]
     lines = re.findall(r"^epoch (\d+)/3 .*val mIoU ([0-9.]+).*$", out, re.M)
     printed = {int(epoch) - 1: float(score) for epoch, score in lines}
@@ -168,8 +248,12 @@ def test_best_pth_holds_the_weights_of_the_best_val_score(data_dir, tmp_path):
 
     # evaluate.py, with the run's evaluation settings, on the snapshot of every epoch: the scores printed.
     channels_last = read_checkpoint(snap / "last.pth")["args"]["channels_last"]
-    scores = {epoch: _evaluate(data_dir, snap / f"DFPnet_epoch_{epoch}.pth", channels_last,
-                               tmp_path / f"epoch_{epoch}.json") for epoch in printed}
+    scores = {
+        epoch: _evaluate(
+            data_dir, snap / f"DFPnet_epoch_{epoch}.pth", channels_last, tmp_path / f"epoch_{epoch}.json"
+        )
+        for epoch in printed
+    }
     for epoch, score in scores.items():
         assert score == pytest.approx(printed[epoch], abs=0.005 + 1e-9), epoch  # printed with 2 decimals
     best_epoch = min(epoch for epoch in scores if scores[epoch] == max(scores.values()))
@@ -193,15 +277,36 @@ def test_best_pth_holds_the_weights_of_the_best_val_score(data_dir, tmp_path):
 # 3. Resuming with another batch size, number of epochs or process count
 # ------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_resume_with_another_batch_size_starts_the_epoch_over(data_dir, interrupted, tmp_path):
     saved = read_checkpoint(interrupted)
     assert saved["iteration"] == 3 and saved["epoch"] == 1 and saved["schedule"]["iters_per_epoch"] == 2
     snap = tmp_path / "snap"
     # Batch 2: 4 iterations per epoch, 12 in all; one step after the resume.
-    code, out, err = _run(["--data-dir", data_dir, *COMMON, "--batch-size", "2", "--epochs", "3",
-                           "--learning-rate", LR, "--restore-from", "none", "--workers", "0",
-                           "--resume", interrupted, "--max-iters", "5", "--snapshot-dir", snap])
+    code, out, err = _run(
+        [
+            "--data-dir",
+            data_dir,
+            *COMMON,
+            "--batch-size",
+            "2",
+            "--epochs",
+            "3",
+            "--learning-rate",
+            LR,
+            "--restore-from",
+            "none",
+            "--workers",
+            "0",
+            "--resume",
+            interrupted,
+            "--max-iters",
+            "5",
+            "--snapshot-dir",
+            snap,
+        ]
+    )
     assert code == 0, err[-3000:]
     warned = [w for w in _warnings(err) if "iterations per epoch" in w]
     assert len(warned) == 1, err[-3000:]
@@ -220,9 +325,29 @@ def test_resume_with_another_batch_size_starts_the_epoch_over(data_dir, interrup
 def test_resume_with_more_epochs_stretches_the_lr_schedule(data_dir, interrupted, tmp_path):
     snap = tmp_path / "snap"
     # 4 epochs instead of 3: 8 iterations in all instead of 6; one step after the resume.
-    code, out, err = _run(["--data-dir", data_dir, *COMMON, "--batch-size", "4", "--epochs", "4",
-                           "--learning-rate", LR, "--restore-from", "none", "--workers", "0",
-                           "--resume", interrupted, "--max-iters", "4", "--snapshot-dir", snap])
+    code, out, err = _run(
+        [
+            "--data-dir",
+            data_dir,
+            *COMMON,
+            "--batch-size",
+            "4",
+            "--epochs",
+            "4",
+            "--learning-rate",
+            LR,
+            "--restore-from",
+            "none",
+            "--workers",
+            "0",
+            "--resume",
+            interrupted,
+            "--max-iters",
+            "4",
+            "--snapshot-dir",
+            snap,
+        ]
+    )
     assert code == 0, err[-3000:]
     warned = _warnings(err)
     assert len(warned) == 1, err[-3000:]
@@ -247,9 +372,26 @@ def test_resume_with_another_process_count_warns_about_the_random_states(data_di
     save_atomic(state, two)
     del state
     snap = tmp_path / "snap"
-    code, out, err = _run(["--data-dir", data_dir, *COMMON, *SHAPE, "--learning-rate", LR, "--restore-from",
-                           "none", "--workers", "0", "--resume", two, "--max-iters", "3",
-                           "--snapshot-dir", snap])
+    code, out, err = _run(
+        [
+            "--data-dir",
+            data_dir,
+            *COMMON,
+            *SHAPE,
+            "--learning-rate",
+            LR,
+            "--restore-from",
+            "none",
+            "--workers",
+            "0",
+            "--resume",
+            two,
+            "--max-iters",
+            "3",
+            "--snapshot-dir",
+            snap,
+        ]
+    )
     assert code == 0, err[-3000:]
     warned = _warnings(err)
     assert len(warned) == 1, err[-3000:]
@@ -293,11 +435,13 @@ def test_restore_from_a_dfpnet_checkpoint_starts_from_all_its_weights(data_dir, 
     checkpoint = tmp_path / "dfpnet-dog.pth"
     save_atomic(with_label_set(donor.state_dict(), DOG), checkpoint)
     snap = tmp_path / "snap"
-    code, out, err = _run(["--data-dir", data_dir, *INIT_RUN, "--restore-from", checkpoint,
-                           "--snapshot-dir", snap])
+    code, out, err = _run(
+        ["--data-dir", data_dir, *INIT_RUN, "--restore-from", checkpoint, "--snapshot-dir", snap]
+    )
     assert code == 0, err[-3000:]
-    assert re.fullmatch(rf"DFPnet: [0-9.]+ M parameters, all weights from {re.escape(str(checkpoint))}",
-                        _setup_line(out))
+    assert re.fullmatch(
+        rf"DFPnet: [0-9.]+ M parameters, all weights from {re.escape(str(checkpoint))}", _setup_line(out)
+    )
     trained = _weights(snap / "last.pth")
     params = dict(donor.named_parameters())
     assert len(params) > 300
@@ -333,11 +477,13 @@ def test_restore_from_imagenet_initialises_the_backbone_only(data_dir, tmp_path)
     torch.save(fake, imagenet)
 
     snap = tmp_path / "snap"
-    code, out, err = _run(["--data-dir", data_dir, *INIT_RUN, "--restore-from", imagenet,
-                           "--snapshot-dir", snap])
+    code, out, err = _run(
+        ["--data-dir", data_dir, *INIT_RUN, "--restore-from", imagenet, "--snapshot-dir", snap]
+    )
     assert code == 0, err[-3000:]
-    assert _setup_line(out).endswith(f", ImageNet backbone from {imagenet} "
-                                     f"({backbone_tensors} of {backbone_tensors} tensors)"), out[-3000:]
+    assert _setup_line(out).endswith(
+        f", ImageNet backbone from {imagenet} ({backbone_tensors} of {backbone_tensors} tensors)"
+    ), out[-3000:]
 
     trained = _weights(snap / "last.pth")
     # The rest keeps PyTorch's default initialisation under --random-seed (the authors' recipe).
@@ -355,6 +501,7 @@ def test_restore_from_imagenet_initialises_the_backbone_only(data_dir, tmp_path)
 # ------------------------------------------------------------------------------------------
 # 5. The recipe's defaults are the documented ones
 # ------------------------------------------------------------------------------------------
+
 
 def _doc_section(number: str) -> str:
     with open(os.path.join(ROOT, "docs", "reference.md"), encoding="utf-8") as f:
@@ -374,27 +521,29 @@ def _find(pattern: str, text: str) -> tuple[str, ...]:
 
 
 def test_recipe_defaults_are_those_of_docs_reference_section_6():
-    from training.config import get_args_parser, setup
+    from training.config import setup
+    from training.flags import get_args_parser
     from training.schedule import evaluation_due, snapshot_due
     from utils import recipe
     from utils.labels import DOG
 
     doc = _doc_section("6.")
     height, width = map(int, _find(r"(\d+)x(\d+) crops", doc))
-    batch, = map(int, _find(r"batch (\d+)", doc))
-    classes, = map(int, _find(r"(\d+) classes", doc))
-    epochs, = map(int, _find(r"(\d+) epochs", doc))
-    data_dir, = _find(r"data in `([^`]+)`", doc)
-    momentum, = map(float, _find(rf"momentum {NUMBER}", doc))
-    weight_decay, = map(float, _find(rf"weight decay {NUMBER}", doc))
-    base_lr, = map(float, _find(rf"base learning rate {NUMBER}", doc))
-    imagenet, = _find(r"`([^`]*resnet101-imagenet\.pth)`", doc)
-    power, = map(float, _find(rf"\(1 - it / total\) \*\* {NUMBER}", doc))
-    snapshot_every, = map(int, _find(r"when `e % (\d+) == 0`", doc))
-    released, = map(int, _find(r"`DFPnet_epoch_(\d+)\.pth`", doc[doc.index("released file"):]))
+    (batch,) = map(int, _find(r"batch (\d+)", doc))
+    (classes,) = map(int, _find(r"(\d+) classes", doc))
+    (epochs,) = map(int, _find(r"(\d+) epochs", doc))
+    (data_dir,) = _find(r"data in `([^`]+)`", doc)
+    (momentum,) = map(float, _find(rf"momentum {NUMBER}", doc))
+    (weight_decay,) = map(float, _find(rf"weight decay {NUMBER}", doc))
+    (base_lr,) = map(float, _find(rf"base learning rate {NUMBER}", doc))
+    (imagenet,) = _find(r"`([^`]*resnet101-imagenet\.pth)`", doc)
+    (power,) = map(float, _find(rf"\(1 - it / total\) \*\* {NUMBER}", doc))
+    (snapshot_every,) = map(int, _find(r"when `e % (\d+) == 0`", doc))
+    (released,) = map(int, _find(r"`DFPnet_epoch_(\d+)\.pth`", doc[doc.index("released file") :]))
     log_every, image_every = map(int, _find(r"every (\d+) iterations, image grids .*? every (\d+);", doc))
-    eval_every, eval_late, late_from = map(int, _find(r"every (\d+) epochs \(every (\d+) past epoch (\d+)\)",
-                                                      doc))
+    eval_every, eval_late, late_from = map(
+        int, _find(r"every (\d+) epochs \(every (\d+) past epoch (\d+)\)", doc)
+    )
     assert (height, width, batch, classes, epochs) == (384, 384, 12, 8, 500)  # the documented recipe itself
     assert (momentum, weight_decay, base_lr, power, snapshot_every) == (0.9, 5e-4, 1e-3, 0.9, 99)
 
@@ -413,22 +562,38 @@ def test_recipe_defaults_are_those_of_docs_reference_section_6():
     assert args.labels is None and args.num_classes is None and DOG.num_classes == classes  # the Dog set
     assert setup(get_args_parser().parse_args(["--device", "cpu"])).epochs == epochs == recipe.EPOCHS
     # The cadences those numbers give over the authors' 500 epochs (e counted from 0).
-    assert [e for e in range(epochs) if snapshot_due(e, epochs, args.snapshot_every)] == \
-        [e for e in range(epochs) if e % snapshot_every == 0] + [epochs - 1]
+    assert [e for e in range(epochs) if snapshot_due(e, epochs, args.snapshot_every)] == [
+        e for e in range(epochs) if e % snapshot_every == 0
+    ] + [epochs - 1]
     assert released == max(e for e in range(epochs) if e % snapshot_every == 0)
     assert os.path.basename(recipe.EVAL_CHECKPOINT) == f"DFPnet_epoch_{released}.pth"
     long_run = late_from + 100
     assert [e for e in range(long_run) if evaluation_due(e, long_run, args.eval_every)] == (
         [e for e in range(late_from) if (e + 1) % eval_every == 0]
-        + [e for e in range(late_from, long_run) if (e + 1) % eval_late == 0 or e == long_run - 1])
+        + [e for e in range(late_from, long_run) if (e + 1) % eval_late == 0 or e == long_run - 1]
+    )
 
 
 # ------------------------------------------------------------------------------------------
 # 6. run.sh passes the settings of its environment to train.py
 # ------------------------------------------------------------------------------------------
 
-RUN_SETTINGS = ("DATA_DIR", "INPUT_SIZE", "BATCH_SIZE", "LEARNING_RATE", "WEIGHT_DECAY", "EPOCHS", "LABELS",
-                "NUM_CLASSES", "RESTORE_FROM", "SNAPSHOT_DIR", "GPU", "NPROC", "EXTRA_ARGS", "DEMO_MINUTES")
+RUN_SETTINGS = (
+    "DATA_DIR",
+    "INPUT_SIZE",
+    "BATCH_SIZE",
+    "LEARNING_RATE",
+    "WEIGHT_DECAY",
+    "EPOCHS",
+    "LABELS",
+    "NUM_CLASSES",
+    "RESTORE_FROM",
+    "SNAPSHOT_DIR",
+    "GPU",
+    "NPROC",
+    "EXTRA_ARGS",
+    "DEMO_MINUTES",
+)
 
 
 @pytest.fixture
@@ -442,16 +607,20 @@ def fake_checkout(tmp_path):
     venv_bin = tmp_path / ".venv" / "bin"
     venv_bin.mkdir(parents=True)
     # env.sh's stamp: sha256 of requirements.txt + utils/env.sh, 16 hex digits.
-    with open(os.path.join(ROOT, "requirements.txt"), "rb") as a, open(os.path.join(ROOT, "utils", "env.sh"),
-                                                                         "rb") as b:
+    with (
+        open(os.path.join(ROOT, "requirements.txt"), "rb") as a,
+        open(os.path.join(ROOT, "utils", "env.sh"), "rb") as b,
+    ):
         stamp = hashlib.sha256(a.read() + b.read()).hexdigest()[:16]
     (tmp_path / ".venv" / ".dfpnet-stamp").write_text(stamp + "\n")
     python = venv_bin / "python"
-    python.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
-                      f"with open(os.environ['FAKE_PYTHON_LOG'], 'a') as f:\n"
-                      f"    f.write(json.dumps(sys.argv[1:]) + '\\n')\n"
-                      f"if sys.argv[1:3] == ['-m', 'utils.recipe']:\n"
-                      f"    os.execv({sys.executable!r}, [{sys.executable!r}, *sys.argv[1:]])\n")
+    python.write_text(
+        f"#!{sys.executable}\nimport json, os, sys\n"
+        f"with open(os.environ['FAKE_PYTHON_LOG'], 'a') as f:\n"
+        f"    f.write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        f"if sys.argv[1:3] == ['-m', 'utils.recipe']:\n"
+        f"    os.execv({sys.executable!r}, [{sys.executable!r}, *sys.argv[1:]])\n"
+    )
     python.chmod(python.stat().st_mode | stat.S_IXUSR)
     (tmp_path / "data").mkdir()
     return tmp_path
@@ -462,8 +631,9 @@ def _run_sh(checkout, **settings: str) -> list[list[str]]:
     log = checkout / "calls.jsonl"
     env = {k: v for k, v in os.environ.items() if k not in RUN_SETTINGS}
     env.update(settings, FAKE_PYTHON_LOG=str(log))
-    result = subprocess.run(["bash", str(checkout / "run.sh")], env=env, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        ["bash", str(checkout / "run.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[setup]" not in result.stderr  # the stamp was current: no venv set up, nothing downloaded
     with open(log) as f:
@@ -471,24 +641,69 @@ def _run_sh(checkout, **settings: str) -> list[list[str]]:
 
 
 def test_run_sh_passes_each_setting_as_its_flag(fake_checkout):
-    from training.config import get_args_parser
+    from training.flags import get_args_parser
 
-    settings = dict(DATA_DIR="./data", INPUT_SIZE="256,320", BATCH_SIZE="8", LEARNING_RATE="2e-3",
-                    WEIGHT_DECAY="1e-4", EPOCHS="40", LABELS="lip", NUM_CLASSES="20",
-                    RESTORE_FROM="/w/a b.pth", SNAPSHOT_DIR="/s/out", GPU="0,1",
-                    EXTRA_ARGS="--amp bf16  --workers 8")
+    settings = dict(
+        DATA_DIR="./data",
+        INPUT_SIZE="256,320",
+        BATCH_SIZE="8",
+        LEARNING_RATE="2e-3",
+        WEIGHT_DECAY="1e-4",
+        EPOCHS="40",
+        LABELS="lip",
+        NUM_CLASSES="20",
+        RESTORE_FROM="/w/a b.pth",
+        SNAPSHOT_DIR="/s/out",
+        GPU="0,1",
+        EXTRA_ARGS="--amp bf16  --workers 8",
+    )
     calls = _run_sh(fake_checkout, **settings)
-    flags = ["--data-dir", "./data", "--input-size", "256,320", "--batch-size", "8",
-             "--learning-rate", "2e-3", "--weight-decay", "1e-4", "--epochs", "40", "--labels", "lip",
-             "--num-classes", "20",
-             "--restore-from", "/w/a b.pth", "--snapshot-dir", "/s/out", "--gpu", "0,1", "--amp", "bf16",
-             "--workers", "8"]
+    flags = [
+        "--data-dir",
+        "./data",
+        "--input-size",
+        "256,320",
+        "--batch-size",
+        "8",
+        "--learning-rate",
+        "2e-3",
+        "--weight-decay",
+        "1e-4",
+        "--epochs",
+        "40",
+        "--labels",
+        "lip",
+        "--num-classes",
+        "20",
+        "--restore-from",
+        "/w/a b.pth",
+        "--snapshot-dir",
+        "/s/out",
+        "--gpu",
+        "0,1",
+        "--amp",
+        "bf16",
+        "--workers",
+        "8",
+    ]
     assert calls == [["train.py", *flags]]
     args = get_args_parser().parse_args(calls[0][1:])  # flags train.py knows, with the values given
     assert (args.input_size, args.batch_size, args.learning_rate, args.weight_decay, args.epochs) == (
-        (256, 320), 8, 2e-3, 1e-4, 40)
-    assert (args.labels, args.num_classes, args.restore_from, args.snapshot_dir, args.gpu, args.amp,
-            args.workers) == ("lip", 20, "/w/a b.pth", "/s/out", "0,1", "bf16", 8)
+        (256, 320),
+        8,
+        2e-3,
+        1e-4,
+        40,
+    )
+    assert (
+        args.labels,
+        args.num_classes,
+        args.restore_from,
+        args.snapshot_dir,
+        args.gpu,
+        args.amp,
+        args.workers,
+    ) == ("lip", 20, "/w/a b.pth", "/s/out", "0,1", "bf16", 8)
 
     # Unset settings pass nothing: train.py's defaults, the recipe's.
     (fake_checkout / "calls.jsonl").unlink()
@@ -497,13 +712,23 @@ def test_run_sh_passes_each_setting_as_its_flag(fake_checkout):
     # NPROC > 1: torchrun on this machine, the same flags after train.py.
     (fake_checkout / "calls.jsonl").unlink()
     assert _run_sh(fake_checkout, DATA_DIR="./data", BATCH_SIZE="6", NPROC="3") == [
-        ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", "train.py",
-         "--data-dir", "./data", "--batch-size", "6"]]
+        [
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=3",
+            "train.py",
+            "--data-dir",
+            "./data",
+            "--batch-size",
+            "6",
+        ]
+    ]
 
 
 def test_run_sh_without_a_dataset_trains_the_demo(fake_checkout):
     from dataset.synthetic import get_args_parser as synthetic_parser
-    from training.config import check_args, get_args_parser
+    from training.flags import check_args, get_args_parser
     from utils import recipe
 
     calls = _run_sh(fake_checkout, DATA_DIR="./no-such-dataset", DEMO_MINUTES="2", EXTRA_ARGS="--workers 1")

@@ -1,5 +1,6 @@
 """The data of a training run: the checked splits, the training set with its reproducible augmentation
 and its loader, and the evaluation splits."""
+
 from __future__ import annotations
 
 import os
@@ -45,7 +46,7 @@ class SeededSamples(Dataset):
         seed = du.derive_seed(self.seed, "augment", epoch, index)
         saved_python, saved_numpy = random.getstate(), np.random.get_state()
         random.seed(seed)
-        np.random.seed(seed % 2 ** 32)
+        np.random.seed(seed % 2**32)
         try:
             return self.dataset[index]
         finally:
@@ -90,24 +91,37 @@ def check_data(cfg: TrainConfig, splits: list[str], label_set: LabelSet) -> bool
 
 
 def _print_problems(data_dir: str, splits: list[str], report) -> None:
-    print(f"{PROG}: error: {data_dir} failed the dataset check (splits {', '.join(splits)}):", file=sys.stderr)
+    print(
+        f"{PROG}: error: {data_dir} failed the dataset check (splits {', '.join(splits)}):", file=sys.stderr
+    )
     for problem in report.problems:
         print(f"  {problem}", file=sys.stderr)
     hidden = report.total_problems - len(report.problems)
     if hidden > 0:
-        print(f"  ... and {hidden} more (python -m dataset.check {data_dir} --splits {' '.join(splits)})",
-              file=sys.stderr)
+        print(
+            f"  ... and {hidden} more (python -m dataset.check {data_dir} --splits {' '.join(splits)})",
+            file=sys.stderr,
+        )
     print(report.summary, file=sys.stderr)
     if not os.path.isdir(data_dir):
-        print("Get the Dog dataset from the authors' Google Drive folder (see README.md), or try ./run.sh, "
-              "which trains a demo on a generated synthetic set.", file=sys.stderr)
+        print(
+            "Get the Dog dataset from the authors' Google Drive folder (see README.md), or try ./run.sh, "
+            "which trains a demo on a generated synthetic set.",
+            file=sys.stderr,
+        )
 
 
 def build_train_dataset(cfg: TrainConfig, splits: list[str], label_set: LabelSet) -> Dataset:
     parts = []
     for split in splits:
-        part = CartoonDataSet(cfg.data_dir, split, crop_size=cfg.input_size, ignore_label=cfg.ignore_label,
-                              transform=default_transform(), label_set=label_set)
+        part = CartoonDataSet(
+            cfg.data_dir,
+            split,
+            crop_size=cfg.input_size,
+            ignore_label=cfg.ignore_label,
+            transform=default_transform(),
+            label_set=label_set,
+        )
         # `trainval` built from train + val: the val part must be augmented like the training split.
         part.is_train = True
         parts.append(part)
@@ -118,22 +132,32 @@ def build_eval_sets(cfg: TrainConfig, splits: list[str], label_set: LabelSet) ->
     """``{split: (dataset, loader)}``: un-augmented crops, this process's shard of each split."""
     sets = {}
     for split in splits:
-        dataset = CartoonDataSet(cfg.data_dir, split, crop_size=cfg.eval_size, ignore_label=cfg.ignore_label,
-                                 transform=default_transform(), label_set=label_set)
-        sets[split] = (dataset, make_eval_loader(dataset, batch_size=1, workers=min(cfg.workers, 2),
-                                                 pin_memory=cfg.device.type == "cuda"))
+        dataset = CartoonDataSet(
+            cfg.data_dir,
+            split,
+            crop_size=cfg.eval_size,
+            ignore_label=cfg.ignore_label,
+            transform=default_transform(),
+            label_set=label_set,
+        )
+        sets[split] = (
+            dataset,
+            make_eval_loader(
+                dataset, batch_size=1, workers=min(cfg.workers, 2), pin_memory=cfg.device.type == "cuda"
+            ),
+        )
     return sets
 
 
 @dataclass
 class TrainData:
-    label_set: LabelSet           # the classes, their names, mirror pairs and colours
-    splits: list[str]             # the id lists the training set is made of
+    label_set: LabelSet  # the classes, their names, mirror pairs and colours
+    splits: list[str]  # the id lists the training set is made of
     dataset: Dataset
     sampler: du.EpochShuffleSampler
     loader: DataLoader
-    generator: torch.Generator    # reseeded per epoch: worker seeds from (seed, epoch, rank)
-    eval_sets: dict               # {split: (dataset, loader)}, in the order they are evaluated
+    generator: torch.Generator  # reseeded per epoch: worker seeds from (seed, epoch, rank)
+    eval_sets: dict  # {split: (dataset, loader)}, in the order they are evaluated
 
     @property
     def iters_per_epoch(self) -> int:
@@ -151,16 +175,26 @@ def build_data(cfg: TrainConfig, label_set: LabelSet) -> TrainData | None:
         du.log(f"--dataset {cfg.dataset}: no {cfg.dataset}_id.txt, training on {' + '.join(train_splits)}")
     dataset = build_train_dataset(cfg, train_splits, label_set)
     world = cfg.world_size
-    sampler = du.EpochShuffleSampler(len(dataset), cfg.batch_size, seed=cfg.random_seed, rank=cfg.rank,
-                                     world_size=world)
+    sampler = du.EpochShuffleSampler(
+        len(dataset), cfg.batch_size, seed=cfg.random_seed, rank=cfg.rank, world_size=world
+    )
     if sampler.batches_per_epoch == 0:
-        raise UsageError(f"argument --batch-size: {cfg.batch_size} x {world} process(es) needs at least "
-                         f"{cfg.batch_size * world} training images, {'+'.join(train_splits)} has "
-                         f"{len(dataset)} (incomplete batches are dropped)")
+        raise UsageError(
+            f"argument --batch-size: {cfg.batch_size} x {world} process(es) needs at least "
+            f"{cfg.batch_size * world} training images, {'+'.join(train_splits)} has "
+            f"{len(dataset)} (incomplete batches are dropped)"
+        )
     generator = torch.Generator()
-    loader = DataLoader(SeededSamples(dataset, cfg.random_seed), batch_size=cfg.batch_size, sampler=sampler,
-                        num_workers=cfg.workers, pin_memory=cfg.device.type == "cuda", drop_last=True,
-                        generator=generator, persistent_workers=cfg.workers > 0,
-                        worker_init_fn=ignore_stop_signals)
+    loader = DataLoader(
+        SeededSamples(dataset, cfg.random_seed),
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        pin_memory=cfg.device.type == "cuda",
+        drop_last=True,
+        generator=generator,
+        persistent_workers=cfg.workers > 0,
+        worker_init_fn=ignore_stop_signals,
+    )
     eval_sets = build_eval_sets(cfg, val_splits, label_set)
     return TrainData(label_set, train_splits, dataset, sampler, loader, generator, eval_sets)

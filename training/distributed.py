@@ -4,6 +4,7 @@
 RANK, WORLD_SIZE and LOCAL_RANK; without them everything runs as a single process and every
 helper here degrades to the obvious single-process answer.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,6 +57,7 @@ def launched_rank() -> int:
 @dataclass(frozen=True)
 class Processes:
     """Where this process stands among torchrun's (one process without torchrun)."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -68,8 +70,9 @@ class Processes:
 def launched_processes() -> Processes:
     """torchrun's RANK, WORLD_SIZE and LOCAL_RANK, readable before the process group starts."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return Processes(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
-                         int(os.environ.get("LOCAL_RANK", "0")))
+        return Processes(
+            int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
+        )
     return Processes()
 
 
@@ -83,8 +86,9 @@ def init_distributed_mode(processes: Processes, device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     kwargs = {"device_id": device} if device.type == "cuda" else {}
-    dist.init_process_group(backend=backend, init_method="env://", world_size=processes.world_size,
-                            rank=processes.rank, **kwargs)
+    dist.init_process_group(
+        backend=backend, init_method="env://", world_size=processes.world_size, rank=processes.rank, **kwargs
+    )
     dist.barrier()
     if processes.rank == 0:
         print(f"distributed: {processes.world_size} processes, backend {backend}", flush=True)
@@ -136,8 +140,9 @@ class EpochShuffleSampler(Sampler):
     wrapper (:class:`training.data.SeededSamples`) can seed each sample's augmentation.
     """
 
-    def __init__(self, dataset_size: int, batch_size: int, *, seed: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, dataset_size: int, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
         self.dataset_size = dataset_size
         self.batch_size = batch_size
         self.seed = seed
@@ -159,12 +164,11 @@ class EpochShuffleSampler(Sampler):
         g = torch.Generator().manual_seed(derive_seed(self.seed, "order", epoch))
         used = self.batches_per_epoch * self.world_size * self.batch_size
         order = torch.randperm(self.dataset_size, generator=g)[:used].tolist()
-        return order[self.rank::self.world_size]
+        return order[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = self.epoch_order(self.epoch)[self.skip_batches * self.batch_size:]
+        order = self.epoch_order(self.epoch)[self.skip_batches * self.batch_size :]
         return iter([(self.epoch, i) for i in order])
 
     def __len__(self) -> int:
         return (self.batches_per_epoch - self.skip_batches) * self.batch_size
-

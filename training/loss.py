@@ -1,5 +1,6 @@
 """DFPnet's training loss: the sum of the cross-entropies of its five outputs (docs/reference.md
 section 6)."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -48,16 +49,18 @@ class _CrossEntropy(torch.autograd.Function):
         return grad_x.to(logits.dtype), None, None
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
-                  ignore_label: int = IGNORE_LABEL) -> torch.Tensor:
+def cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_label: int = IGNORE_LABEL
+) -> torch.Tensor:
     """Mean float32 cross-entropy of N x C x H x W ``logits`` against N x H x W ``labels``."""
     if not (logits.requires_grad and torch.is_grad_enabled()):
         return F.cross_entropy(_at_least_float32(logits), labels, ignore_index=ignore_label)
     return _CrossEntropy.apply(logits, labels, ignore_label)
 
 
-def parsing_loss(outputs: Sequence[torch.Tensor], labels: torch.Tensor,
-                 ignore_label: int = IGNORE_LABEL) -> torch.Tensor:
+def parsing_loss(
+    outputs: Sequence[torch.Tensor], labels: torch.Tensor, ignore_label: int = IGNORE_LABEL
+) -> torch.Tensor:
     """Sum over outputs of CE(ignore ``ignore_label``), each resized to the label size first.
 
     Resizing is bilinear with align_corners=True, as the authors' ``CriterionAll``; the loss is

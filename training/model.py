@@ -1,6 +1,7 @@
 """The network of a training run: DFPnet for the label set's classes, its initial weights (ImageNet
 backbone, a whole checkpoint to fine-tune, random, or the training state it resumes), its
 InPlace-ABN mode, DDP / torch.compile wrapping, and the optimizer."""
+
 from __future__ import annotations
 
 import os
@@ -43,12 +44,17 @@ def initialise_weights(model: torch.nn.Module, restore_from: str, label_set: Lab
         return "random initialisation (--restore-from none)"
     if not os.path.isfile(restore_from):
         if du.launched_rank() == 0:
-            lines = [f"--restore-from {restore_from}: FILE NOT FOUND.",
-                     "Training starts from RANDOM weights: expect far lower accuracy than the paper's.",
-                     "Put resnet101-imagenet.pth there (see Trained_Models/README.md), or pass",
-                     "--restore-from none to train from scratch on purpose."]
-            print("\n".join([LOUD] + [f"WARNING: {line}" for line in lines] + [LOUD]), file=sys.stderr,
-                  flush=True)
+            lines = [
+                f"--restore-from {restore_from}: FILE NOT FOUND.",
+                "Training starts from RANDOM weights: expect far lower accuracy than the paper's.",
+                "Put resnet101-imagenet.pth there (see Trained_Models/README.md), or pass",
+                "--restore-from none to train from scratch on purpose.",
+            ]
+            print(
+                "\n".join([LOUD] + [f"WARNING: {line}" for line in lines] + [LOUD]),
+                file=sys.stderr,
+                flush=True,
+            )
         return f"RANDOM initialisation ({restore_from} not found)"
     weights = read_weights(restore_from)
     if any(key.startswith("outc.") for key in weights.state):  # a whole DFPnet: fine-tune / continue from it
@@ -69,23 +75,27 @@ def fine_tune_from(model: torch.nn.Module, weights: Weights, label_set: LabelSet
         return f"all weights from {weights.path}"
     load_state_dict_strict(model, weights.state, weights.path, skip=DFPNet.CLASSIFIERS)
     was = f"{other.num_classes} classes: {other.names_text()}" if other else f"{count} classes"
-    du.log(f"--restore-from {weights.path}: trained with another label set ({was}) than this run's "
-           f"({label_set.describe()}): loaded every layer but the class-specific ones, which start anew: "
-           f"{', '.join(DFPNet.CLASSIFIERS)} re-initialised")
+    du.log(
+        f"--restore-from {weights.path}: trained with another label set ({was}) than this run's "
+        f"({label_set.describe()}): loaded every layer but the class-specific ones, which start anew: "
+        f"{', '.join(DFPNet.CLASSIFIERS)} re-initialised"
+    )
     return f"weights from {weights.path}, classifiers {', '.join(DFPNet.CLASSIFIERS)} re-initialised"
 
 
 @dataclass
 class Network:
-    model: torch.nn.Module        # the weights: what is saved and evaluated (no DDP wrapper)
+    model: torch.nn.Module  # the weights: what is saved and evaluated (no DDP wrapper)
     train_model: torch.nn.Module  # what a step runs: `model` inside DDP and/or torch.compile
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
-    inplace: bool                 # InPlace-ABN in place (else the same math under plain autograd)
-    init_note: str                # where the weights came from, for the log
+    inplace: bool  # InPlace-ABN in place (else the same math under plain autograd)
+    init_note: str  # where the weights came from, for the log
 
 
-def build_model(cfg: TrainConfig, resume_path: str | None, label_set: LabelSet) -> tuple[Network, dict | None]:
+def build_model(
+    cfg: TrainConfig, resume_path: str | None, label_set: LabelSet
+) -> tuple[Network, dict | None]:
     """DFPnet for the label set's classes with its initial weights (or those of the training state it
     resumes), on the device, wrapped for DDP / compile, and its optimizer. Returns the network and the
     training state read (None when not resuming)."""
@@ -97,18 +107,26 @@ def build_model(cfg: TrainConfig, resume_path: str | None, label_set: LabelSet) 
     inplace = default_inplace_abn(cfg.device) if cfg.inplace_abn == "auto" else cfg.inplace_abn == "on"
     set_inplace(model, inplace)
     state = read_training_state(resume_path, model, label_set) if resume_path else None
-    init_note = f"resumed from {resume_path}" if state else initialise_weights(model, cfg.restore_from, label_set)
+    init_note = (
+        f"resumed from {resume_path}" if state else initialise_weights(model, cfg.restore_from, label_set)
+    )
     model.to(cfg.device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     train_model = model
     if cfg.distributed:
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[cfg.device.index] if cfg.device.type == "cuda" else None,
-            gradient_as_bucket_view=True)
+            model,
+            device_ids=[cfg.device.index] if cfg.device.type == "cuda" else None,
+            gradient_as_bucket_view=True,
+        )
     if cfg.compile:
         train_model = torch.compile(train_model)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
-                                momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=cfg.learning_rate,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+    )
     scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
     return Network(model, train_model, optimizer, scaler, inplace, init_note), state

@@ -1,5 +1,6 @@
 """When things happen in a run: the learning rate of each step (the authors' poly schedule), which
 epochs are evaluated and snapshotted, and how many epochs fit a --time-budget."""
+
 from __future__ import annotations
 
 import torch
@@ -34,23 +35,38 @@ def evaluation_due(epoch: int, epochs: int, every: int | None = None) -> bool:
 
 
 def snapshot_due(epoch: int, epochs: int, every: int) -> bool:
-    """Is ``DFPnet_epoch_<epoch>.pth`` written? When ``epoch % every == 0`` (the authors'), and after the last."""
+    """Is ``DFPnet_epoch_<epoch>.pth`` written? When ``epoch % every == 0`` (the authors'), and after
+    the last."""
     return epoch % every == 0 or epoch == epochs - 1
 
 
-def plan_epochs(left_s: float, *, iters_per_epoch: int, done: int, step_s: float, eval_s: float, save_s: float,
-                eval_every: int | None, snapshot_every: int) -> tuple[int, float]:
+def plan_epochs(
+    left_s: float,
+    *,
+    iters_per_epoch: int,
+    done: int,
+    step_s: float,
+    eval_s: float,
+    save_s: float,
+    eval_every: int | None,
+    snapshot_every: int,
+) -> tuple[int, float]:
     """The most epochs (at least one) whose remaining work fits in ``left_s`` seconds, and its seconds.
 
     Counts the steps not yet ``done``, last.pth at each epoch end, each evaluation (``eval_s``,
     0 without evaluation splits) with a best.pth, and the epoch snapshots (weights only: about
     half a last.pth each), under the --eval-every / --snapshot-every rules.
     """
+
     def seconds(epochs: int) -> float:
         evals = sum(evaluation_due(e, epochs, eval_every) for e in range(epochs)) if eval_s else 0
         snapshots = sum(snapshot_due(e, epochs, snapshot_every) for e in range(epochs))
-        return ((epochs * iters_per_epoch - done) * step_s + epochs * save_s
-                + evals * (eval_s + save_s / 2) + snapshots * save_s / 2)
+        return (
+            (epochs * iters_per_epoch - done) * step_s
+            + epochs * save_s
+            + evals * (eval_s + save_s / 2)
+            + snapshots * save_s / 2
+        )
 
     epochs = 1
     while seconds(epochs + 1) <= left_s:

@@ -1,4 +1,5 @@
 """Stopping a run cleanly on SIGINT / SIGTERM: finish the step, save, exit 128 + the signal."""
+
 from __future__ import annotations
 
 import contextlib
@@ -43,8 +44,12 @@ class StopSignals:
         if not self.signum:
             self.signum = signum
             if launched_rank() == 0:
-                print(f"\n{self.prog}: {signal.Signals(signum).name} received: stopping after this step "
-                      f"(send it again to stop at once, without saving)", file=sys.stderr, flush=True)
+                print(
+                    f"\n{self.prog}: {signal.Signals(signum).name} received: stopping after this step "
+                    f"(send it again to stop at once, without saving)",
+                    file=sys.stderr,
+                    flush=True,
+                )
         elif not self._saving:
             raise KeyboardInterrupt
 

@@ -15,6 +15,7 @@ Every write goes through :func:`utils.checkpoint.save_atomic` (temporary file, t
 a run killed mid-save leaves the previous file whole, and every file records the run's label set
 (:func:`utils.checkpoint.with_label_set`).
 """
+
 from __future__ import annotations
 
 import errno
@@ -55,6 +56,7 @@ def epoch_snapshot_name(epoch: int) -> str:
 # One run per folder
 # ------------------------------------------------------------------------------------------
 
+
 class SnapshotDirBusy(Exception):
     """Another live process holds the folder's lock; the message names the folder and the holder."""
 
@@ -86,8 +88,10 @@ class SnapshotLock:
             os.close(fd)
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            raise SnapshotDirBusy(f"{self.folder} is in use by another training run ({holder}); wait for it "
-                                  f"to end, stop it, or choose another --snapshot-dir") from None
+            raise SnapshotDirBusy(
+                f"{self.folder} is in use by another training run ({holder}); wait for it "
+                f"to end, stop it, or choose another --snapshot-dir"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
         self._fd = fd
@@ -122,8 +126,14 @@ def lock_for_run(folder: str) -> SnapshotLock | None:
         try:
             lock.acquire()
         except (SnapshotDirBusy, OSError) as exc:
-            lock, refusal = None, [str(exc) if isinstance(exc, SnapshotDirBusy)
-                                   else f"{folder}: cannot create its lock file ({exc.strerror})"]
+            lock, refusal = (
+                None,
+                [
+                    str(exc)
+                    if isinstance(exc, SnapshotDirBusy)
+                    else f"{folder}: cannot create its lock file ({exc.strerror})"
+                ],
+            )
     if du.is_dist_avail_and_initialized():
         torch.distributed.broadcast_object_list(refusal, src=0)
     if refusal[0] is not None:
@@ -134,6 +144,7 @@ def lock_for_run(folder: str) -> SnapshotLock | None:
 # ------------------------------------------------------------------------------------------
 # Writing
 # ------------------------------------------------------------------------------------------
+
 
 class Snapshots:
     """The files of one snapshot folder, written from rank 0 only (every rank holds the same weights),
@@ -162,8 +173,9 @@ class Snapshots:
     def save_epoch(self, model: nn.Module, epoch: int) -> None:
         # The authors trained under DataParallel: every key of their files starts with `module.`.
         state = {f"module.{k}": v for k, v in model.state_dict().items()}
-        self._save(with_label_set(state, self.label_set),
-                          os.path.join(self.folder, epoch_snapshot_name(epoch)))
+        self._save(
+            with_label_set(state, self.label_set), os.path.join(self.folder, epoch_snapshot_name(epoch))
+        )
 
     def where(self) -> str:
         """What a stopped run leaves to continue from, for its last message."""
@@ -172,9 +184,18 @@ class Snapshots:
         return f"{self.last_path} holds iteration {self.last_saved}"
 
 
-def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, *, epoch: int,
-                   iteration: int, schedule: dict[str, Any], rng: list[dict], best: dict[str, Any],
-                   args: dict[str, Any]) -> dict[str, Any]:
+def training_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: Any,
+    *,
+    epoch: int,
+    iteration: int,
+    schedule: dict[str, Any],
+    rng: list[dict],
+    best: dict[str, Any],
+    args: dict[str, Any],
+) -> dict[str, Any]:
     """What last.pth holds: enough to continue the run exactly (see :func:`resume_position`).
 
     ``epoch`` is the epoch the run continues with; ``rng`` every process's random states;
@@ -198,6 +219,7 @@ def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: A
 # Reading and the resume rule
 # ------------------------------------------------------------------------------------------
 
+
 def find_resume(resume: str, folder: str) -> str | None:
     """--resume: ``auto`` = the folder's last.pth if there is one; ``none``; or a path (must exist)."""
     if resume.lower() == "none":
@@ -215,20 +237,25 @@ def read_training_state(path: str, model: nn.Module, label_set: LabelSet) -> dic
     returned. A state of another label set is refused (CheckpointError)."""
     state = read_checkpoint(path)
     if not isinstance(state, dict) or "optimizer" not in state or "iteration" not in state:
-        raise CheckpointError(f"{path}: holds weights only, not a training state to resume "
-                              f"(pass it as --restore-from, or --resume none)")
+        raise CheckpointError(
+            f"{path}: holds weights only, not a training state to resume "
+            f"(pass it as --restore-from, or --resume none)"
+        )
     stored = stored_label_set(state, path)
     if stored is not None and not stored.same_classes(label_set):
-        raise CheckpointError(f"{path}: the run it continues has {stored.num_classes} classes "
-                              f"({stored.names_text()}), this one {label_set.describe()} "
-                              f"({label_set.names_text()}): --resume none to start anew, or another "
-                              f"--snapshot-dir (to fine-tune from it: --restore-from {path})")
+        raise CheckpointError(
+            f"{path}: the run it continues has {stored.num_classes} classes "
+            f"({stored.names_text()}), this one {label_set.describe()} "
+            f"({label_set.names_text()}): --resume none to start anew, or another "
+            f"--snapshot-dir (to fine-tune from it: --restore-from {path})"
+        )
     load_state_dict_strict(model, extract_state_dict(state, path), path)
     return state
 
 
-def resume_position(state: dict[str, Any], path: str, iters_per_epoch: int, total_iters: int,
-                    warn: Callable[[str], None]) -> int:
+def resume_position(
+    state: dict[str, Any], path: str, iters_per_epoch: int, total_iters: int, warn: Callable[[str], None]
+) -> int:
     """The iteration to continue from.
 
     The same run shape continues exactly where it stopped. Another number of iterations per
@@ -240,18 +267,32 @@ def resume_position(state: dict[str, Any], path: str, iters_per_epoch: int, tota
     saved = state.get("schedule", {})
     if saved.get("iters_per_epoch") != iters_per_epoch:
         epoch = int(state.get("epoch", 0))
-        warn(f"{path} was saved with {saved.get('iters_per_epoch')} iterations per epoch, this run has "
-             f"{iters_per_epoch} (other --batch-size or process count): epoch {epoch} starts over")
+        warn(
+            f"{path} was saved with {saved.get('iters_per_epoch')} iterations per epoch, this run has "
+            f"{iters_per_epoch} (other --batch-size or process count): epoch {epoch} starts over"
+        )
         return epoch * iters_per_epoch
     if saved.get("total_iters") != total_iters:
-        warn(f"{path}: the run had {saved.get('total_iters')} iterations in all, this one has {total_iters} "
-             f"(other --epochs): the LR schedule is stretched from here on")
+        warn(
+            f"{path}: the run had {saved.get('total_iters')} iterations in all, this one has {total_iters} "
+            f"(other --epochs): the LR schedule is stretched from here on"
+        )
     return iteration
 
 
-def restore_training_state(state: dict[str, Any], path: str, *, optimizer: torch.optim.Optimizer,
-                           scaler: Any, device: torch.device, seed: int, rank: int, world_size: int,
-                           iters_per_epoch: int, total_iters: int | None) -> tuple[int, dict[str, Any]]:
+def restore_training_state(
+    state: dict[str, Any],
+    path: str,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scaler: Any,
+    device: torch.device,
+    seed: int,
+    rank: int,
+    world_size: int,
+    iters_per_epoch: int,
+    total_iters: int | None,
+) -> tuple[int, dict[str, Any]]:
     """Put a training state read by :func:`read_training_state` back (its weights already are): the
     optimizer, the loss scaler and this process's random states. Returns the iteration to continue
     from (:func:`resume_position`) and the best score so far."""
@@ -263,8 +304,10 @@ def restore_training_state(state: dict[str, Any], path: str, *, optimizer: torch
     if len(rng) == world_size:
         restore_rng_state(rng[rank], device)
     else:
-        du.warn(f"{path} holds the random states of {len(rng)} process(es), this run has {world_size}: "
-                f"dropout draws differ from the interrupted run's")
+        du.warn(
+            f"{path} holds the random states of {len(rng)} process(es), this run has {world_size}: "
+            f"dropout draws differ from the interrupted run's"
+        )
         torch.manual_seed(du.derive_seed(seed, "dropout", rank, iteration))
     return iteration, dict(state.get("best") or {})
 
@@ -281,6 +324,7 @@ def planned_epochs(state: dict[str, Any]) -> int | None:
 # Random generator states (saved in last.pth)
 # ------------------------------------------------------------------------------------------
 
+
 def capture_rng_state(device: torch.device | None = None) -> dict[str, Any]:
     """This process's Python, numpy, torch CPU and (for a CUDA device) CUDA generator states.
 
@@ -289,8 +333,13 @@ def capture_rng_state(device: torch.device | None = None) -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if device is not None and device.type == "cuda":
@@ -302,8 +351,15 @@ def restore_rng_state(state: dict[str, Any], device: torch.device | None = None)
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     np_state = state["numpy"]
-    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    np.random.set_state(
+        (
+            np_state["kind"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     if device is not None and device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)

@@ -4,6 +4,7 @@ float32, backward, a finiteness check agreed by every process, then the SGD upda
 ``training.trainer`` drives ``train_one_epoch``; tests call ``train_step`` directly (the DDP test
 runs it in two gloo processes).
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,9 @@ class NonFiniteLossError(RuntimeError):
         super().__init__(f"non-finite loss in iteration {iteration + 1} (output {bad})")
 
 
-def output_losses(outputs: list[torch.Tensor], labels: torch.Tensor,
-                  ignore_label: int = IGNORE_LABEL) -> torch.Tensor:
+def output_losses(
+    outputs: list[torch.Tensor], labels: torch.Tensor, ignore_label: int = IGNORE_LABEL
+) -> torch.Tensor:
     """Cross-entropy of each of DFPnet's outputs, float32, shape ``[len(outputs)]``; the loss is the sum.
 
     One ``training.loss.parsing_loss`` per output (same resizing and float32 maths), kept apart so a
@@ -45,10 +47,18 @@ def output_losses(outputs: list[torch.Tensor], labels: torch.Tensor,
     return torch.stack([parsing_loss([out], labels, ignore_label) for out in outputs])
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-               labels: torch.Tensor, *, lr: float, iteration: int, amp: str = "off",
-               scaler: torch.amp.GradScaler | None = None,
-               ignore_label: int = IGNORE_LABEL) -> tuple[list[float], list[torch.Tensor]]:
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    lr: float,
+    iteration: int,
+    amp: str = "off",
+    scaler: torch.amp.GradScaler | None = None,
+    ignore_label: int = IGNORE_LABEL,
+) -> tuple[list[float], list[torch.Tensor]]:
     """One SGD step at learning rate ``lr``; returns (per-output losses averaged over ranks, outputs).
 
     The network runs under autocast (``amp``), the loss in float32 outside it. The losses are
@@ -84,13 +94,14 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
 @dataclass
 class StepInfo:
     """What ``train_one_epoch`` hands its ``on_step`` callback after each step."""
-    iteration: int                # steps done over the whole run, this one included
+
+    iteration: int  # steps done over the whole run, this one included
     lr: float
-    losses: list[float]           # per output, averaged over ranks
+    losses: list[float]  # per output, averaged over ranks
     images: torch.Tensor
     labels: torch.Tensor
     outputs: list[torch.Tensor]
-    seconds: float                # wall time of this step, data loading included
+    seconds: float  # wall time of this step, data loading included
 
     @property
     def loss(self) -> float:
@@ -100,7 +111,7 @@ class StepInfo:
 @dataclass
 class EpochStats:
     iterations: int = 0
-    images: int = 0               # over all ranks
+    images: int = 0  # over all ranks
     loss_sum: float = 0.0
     seconds: float = 0.0
     last_lr: float = 0.0
@@ -114,12 +125,22 @@ class EpochStats:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader, device: torch.device, *,
-                    iteration: int, lr_at: Callable[[int], float], amp: str = "off",
-                    scaler: torch.amp.GradScaler | None = None, channels_last: bool = False,
-                    ignore_label: int = IGNORE_LABEL, stop_at: int | None = None,
-                    on_step: Callable[[StepInfo], None] | None = None,
-                    should_stop: Callable[[], bool] | None = None) -> EpochStats:
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader,
+    device: torch.device,
+    *,
+    iteration: int,
+    lr_at: Callable[[int], float],
+    amp: str = "off",
+    scaler: torch.amp.GradScaler | None = None,
+    channels_last: bool = False,
+    ignore_label: int = IGNORE_LABEL,
+    stop_at: int | None = None,
+    on_step: Callable[[StepInfo], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> EpochStats:
     """Run the loader's batches (what is left of an epoch), starting at global step ``iteration``.
 
     ``lr_at(i)`` gives the learning rate of step ``i``; ``stop_at`` ends the epoch early once that
@@ -139,8 +160,17 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader, 
             images = images.contiguous(memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)
         lr = lr_at(iteration)
-        losses, outputs = train_step(model, optimizer, images, labels, lr=lr, iteration=iteration, amp=amp,
-                                     scaler=scaler, ignore_label=ignore_label)
+        losses, outputs = train_step(
+            model,
+            optimizer,
+            images,
+            labels,
+            lr=lr,
+            iteration=iteration,
+            amp=amp,
+            scaler=scaler,
+            ignore_label=ignore_label,
+        )
         iteration += 1
         now = time.perf_counter()
         stats.iterations += 1

@@ -1,5 +1,6 @@
 """The training loop: epochs of steps, the evaluation and snapshot cadence, TensorBoard, saves, stop
 signals, --time-budget planning, and the run's last line."""
+
 from __future__ import annotations
 
 import datetime
@@ -63,9 +64,17 @@ class Trainer:
             self.epochs = planned_epochs(state)
             self.total_iters = self.epochs * self.iters_per_epoch
         self.iteration, best = restore_training_state(
-            state, path, optimizer=self.net.optimizer, scaler=self.net.scaler, device=self.device,
-            seed=cfg.random_seed, rank=cfg.rank, world_size=cfg.world_size,
-            iters_per_epoch=self.iters_per_epoch, total_iters=self.total_iters)
+            state,
+            path,
+            optimizer=self.net.optimizer,
+            scaler=self.net.scaler,
+            device=self.device,
+            seed=cfg.random_seed,
+            rank=cfg.rank,
+            world_size=cfg.world_size,
+            iters_per_epoch=self.iters_per_epoch,
+            total_iters=self.total_iters,
+        )
         self.best = best or self.best
 
     def save_last(self) -> None:
@@ -73,11 +82,24 @@ class Trainer:
             self.writer.flush()  # best effort: a kill still loses what tensorboardX's queue holds
         cfg = self.cfg
         rng = du.all_gather_objects(capture_rng_state(self.device))  # every process's, for an exact resume
-        schedule = {"base_lr": cfg.learning_rate, "power": cfg.power, "total_iters": self.total_iters,
-                    "iters_per_epoch": self.iters_per_epoch, "epochs": self.epochs}
-        state = training_state(self.net.model, self.net.optimizer, self.net.scaler,
-                               epoch=self.iteration // self.iters_per_epoch, iteration=self.iteration,
-                               schedule=schedule, rng=rng, best=self.best, args=cfg.record())
+        schedule = {
+            "base_lr": cfg.learning_rate,
+            "power": cfg.power,
+            "total_iters": self.total_iters,
+            "iters_per_epoch": self.iters_per_epoch,
+            "epochs": self.epochs,
+        }
+        state = training_state(
+            self.net.model,
+            self.net.optimizer,
+            self.net.scaler,
+            epoch=self.iteration // self.iters_per_epoch,
+            iteration=self.iteration,
+            schedule=schedule,
+            rng=rng,
+            best=self.best,
+            args=cfg.record(),
+        )
         with self.signals.saving():
             self.snapshots.save_last(state)
 
@@ -118,16 +140,28 @@ class Trainer:
         data.sampler.set_epoch(epoch, self.iteration - epoch * self.iters_per_epoch)
         data.generator.manual_seed(du.derive_seed(cfg.random_seed, "loader", epoch, cfg.rank))
         self.bar.set_description(f"epoch {epoch + 1}/{self.epochs or '?'}")
-        stats = train_one_epoch(self.net.train_model, self.net.optimizer, data.loader, self.device,
-                                iteration=self.iteration, lr_at=self.lr_at, amp=cfg.amp, scaler=self.net.scaler,
-                                channels_last=cfg.channels_last, ignore_label=cfg.ignore_label,
-                                stop_at=min(filter(None, (cfg.max_iters, stop_at)), default=None),
-                                on_step=self.on_step, should_stop=self.should_stop)
+        stats = train_one_epoch(
+            self.net.train_model,
+            self.net.optimizer,
+            data.loader,
+            self.device,
+            iteration=self.iteration,
+            lr_at=self.lr_at,
+            amp=cfg.amp,
+            scaler=self.net.scaler,
+            channels_last=cfg.channels_last,
+            ignore_label=cfg.ignore_label,
+            stop_at=min(filter(None, (cfg.max_iters, stop_at)), default=None),
+            on_step=self.on_step,
+            should_stop=self.should_stop,
+        )
         if self.iteration < (epoch + 1) * self.iters_per_epoch:  # --max-iters or a stop signal
             return False
-        line = (f"epoch {epoch + 1}/{self.epochs}  iter {self.iteration}/{self.total_iters}  "
-                f"loss {stats.mean_loss:.4f}  lr {stats.last_lr:.3e}  {stats.images_per_second:.2f} img/s  "
-                f"{datetime.timedelta(seconds=round(time.perf_counter() - epoch_start))}")
+        line = (
+            f"epoch {epoch + 1}/{self.epochs}  iter {self.iteration}/{self.total_iters}  "
+            f"loss {stats.mean_loss:.4f}  lr {stats.last_lr:.3e}  {stats.images_per_second:.2f} img/s  "
+            f"{datetime.timedelta(seconds=round(time.perf_counter() - epoch_start))}"
+        )
         if data.eval_sets and evaluation_due(epoch, self.epochs, cfg.eval_every):
             results = evaluate(self.net.model, data.eval_sets, cfg, self.writer, epoch, data.label_set)
             line += "  " + "  ".join(f"{split} mIoU {r['mean_iou']:.2f}" for split, r in results.items())
@@ -147,23 +181,34 @@ class Trainer:
     def fit(self) -> int:
         """Train to the end of the schedule, --max-iters or a stop signal; the exit status."""
         if self.total_iters is not None and self.iteration >= self.total_iters:
-            du.log(f"nothing to do: the training state is at iteration {self.iteration} of {self.total_iters}, "
-                   f"the run is complete (--resume none starts anew)")
+            du.log(
+                f"nothing to do: the training state is at iteration {self.iteration} of {self.total_iters}, "
+                f"the run is complete (--resume none starts anew)"
+            )
             return 0
         run_start = time.perf_counter()
         try:
             # From the first line on, a stop signal is a clean stop (the last step is saved).
             with self.signals:
                 if self.iteration:
-                    du.log(f"starting at epoch {self.iteration // self.iters_per_epoch}, iteration "
-                           f"{self.iteration} (lr {self.lr_at(self.iteration):.3e})")
+                    du.log(
+                        f"starting at epoch {self.iteration // self.iters_per_epoch}, iteration "
+                        f"{self.iteration} (lr {self.lr_at(self.iteration):.3e})"
+                    )
                 if du.is_main_process():
                     # purge_step hides what an interrupted run logged after its last save.
-                    self.writer = SummaryWriter(logdir=self.cfg.snapshot_dir,
-                                                purge_step=self.iteration + 1 if self.iteration else None)
+                    self.writer = SummaryWriter(
+                        logdir=self.cfg.snapshot_dir,
+                        purge_step=self.iteration + 1 if self.iteration else None,
+                    )
                     self.writer.add_text("label_set", self.data.label_set.summary(), self.iteration)
-                self.bar = tqdm(total=self.total_iters, initial=self.iteration, unit="it", dynamic_ncols=True,
-                                disable=not (du.is_main_process() and sys.stderr.isatty()))
+                self.bar = tqdm(
+                    total=self.total_iters,
+                    initial=self.iteration,
+                    unit="it",
+                    dynamic_ncols=True,
+                    disable=not (du.is_main_process() and sys.stderr.isatty()),
+                )
                 if self.total_iters is None:
                     self.plan_schedule()
                 self.run_epochs()
@@ -194,19 +239,29 @@ class Trainer:
             self.bar.close()
         signum = self.signals.signum or signal.SIGINT
         if du.launched_rank() == 0:  # every rank stopped at the same step; one says so
-            print(f"{PROG}: interrupted by {signal.Signals(signum).name}; {self.snapshots.where()}: run the "
-                  f"same command again to continue from there", file=sys.stderr, flush=True)
+            print(
+                f"{PROG}: interrupted by {signal.Signals(signum).name}; {self.snapshots.where()}: run the "
+                f"same command again to continue from there",
+                file=sys.stderr,
+                flush=True,
+            )
         return 128 + signum
 
     def stopped_by_nan(self, exc: NonFiniteLossError) -> int:
         if self.bar is not None:
             self.bar.close()
-        where = (f"{self.snapshots.last_path} (saved after iteration {self.snapshots.last_saved}) is the "
-                 f"last good state" if self.snapshots.last_saved is not None
-                 else "no training state was saved by this run")
+        where = (
+            f"{self.snapshots.last_path} (saved after iteration {self.snapshots.last_saved}) is the "
+            f"last good state"
+            if self.snapshots.last_saved is not None
+            else "no training state was saved by this run"
+        )
         hint = "lower --learning-rate" + (" or try --amp off" if self.cfg.amp != "off" else "")
-        print(f"{PROG}: error: {exc}; stopped before updating the weights. {where}; {hint}.",
-              file=sys.stderr, flush=True)
+        print(
+            f"{PROG}: error: {exc}; stopped before updating the weights. {where}; {hint}.",
+            file=sys.stderr,
+            flush=True,
+        )
         return 1
 
     def plan_schedule(self) -> None:
@@ -234,16 +289,25 @@ class Trainer:
         self.save_last()
         save_s = time.perf_counter() - tick
         left = cfg.time_budget * 60 - (time.perf_counter() - self.started)
-        epochs, planned = plan_epochs(left, iters_per_epoch=ipe, done=self.iteration, step_s=step_s,
-                                      eval_s=eval_s if self.data.eval_sets else 0.0, save_s=save_s,
-                                      eval_every=cfg.eval_every, snapshot_every=cfg.snapshot_every)
+        epochs, planned = plan_epochs(
+            left,
+            iters_per_epoch=ipe,
+            done=self.iteration,
+            step_s=step_s,
+            eval_s=eval_s if self.data.eval_sets else 0.0,
+            save_s=save_s,
+            eval_every=cfg.eval_every,
+            snapshot_every=cfg.snapshot_every,
+        )
         self.epochs, self.total_iters = epochs, epochs * ipe
         self.save_last()  # the fixed schedule, for --resume
         self.bar.reset(total=self.total_iters)
         self.bar.update(self.iteration)
-        du.log(f"--time-budget {cfg.time_budget:g} min: {step_s:.2f} s per step (median of {len(counted)} "
-               f"timed), ~{eval_s:.0f} s per evaluation, {save_s:.1f} s per save, {left:.0f} s left: {epochs} "
-               f"epochs = {self.total_iters} iterations (poly LR over them), planned to end in {planned:.0f} s")
+        du.log(
+            f"--time-budget {cfg.time_budget:g} min: {step_s:.2f} s per step (median of {len(counted)} "
+            f"timed), ~{eval_s:.0f} s per evaluation, {save_s:.1f} s per save, {left:.0f} s left: {epochs} "
+            f"epochs = {self.total_iters} iterations (poly LR over them), planned to end in {planned:.0f} s"
+        )
 
     def time_evaluation(self) -> float:
         """Seconds one evaluation of every split takes, from two timed forward passes of one image."""
@@ -268,11 +332,15 @@ class Trainer:
         if self.iteration < self.total_iters:  # --max-iters
             if self.snapshots.last_saved != self.iteration:
                 self.save_last()
-            du.log(f"stopped at iteration {self.iteration} of {self.total_iters} (--max-iters) after {elapsed}; "
-                   f"{self.snapshots.last_path} saved: run again (--resume is the default) to continue")
+            du.log(
+                f"stopped at iteration {self.iteration} of {self.total_iters} (--max-iters) after {elapsed}; "
+                f"{self.snapshots.last_path} saved: run again (--resume is the default) to continue"
+            )
         elif self.best["epoch"] >= 0:
-            du.log(f"done in {elapsed}: best {self.best['split']} mean IU {self.best['mean_iou']:.2f} after "
-                   f"epoch {self.best['epoch'] + 1} ({self.snapshots.best_path})")
+            du.log(
+                f"done in {elapsed}: best {self.best['split']} mean IU {self.best['mean_iou']:.2f} after "
+                f"epoch {self.best['epoch'] + 1} ({self.snapshots.best_path})"
+            )
         else:
             du.log(f"done in {elapsed}")
 
@@ -284,15 +352,25 @@ class Trainer:
         du.log(f"DFPnet: {n_params:.2f} M parameters, {net.init_note}")
         # Synchronised layers keep the in-place Function under DDP whatever --inplace-abn says.
         abn_mode = "in place" if net.inplace or cfg.distributed else "under plain autograd"
-        du.log(f"device {cfg.device} x {cfg.world_size} process(es), amp {cfg.amp}, channels-last "
-               f"{cfg.channels_last}, compile {cfg.compile}, InPlace-ABN {abn_mode}, {BACKEND_DESCRIPTION}")
+        du.log(
+            f"device {cfg.device} x {cfg.world_size} process(es), amp {cfg.amp}, channels-last "
+            f"{cfg.channels_last}, compile {cfg.compile}, InPlace-ABN {abn_mode}, {BACKEND_DESCRIPTION}"
+        )
         if cfg.device.type == "cpu":
-            reuse = ("glibc malloc keeps freed memory for reuse (--malloc system to turn off)"
-                     if cfg.malloc_reuse else "system malloc")
+            reuse = (
+                "glibc malloc keeps freed memory for reuse (--malloc system to turn off)"
+                if cfg.malloc_reuse
+                else "system malloc"
+            )
             du.log(f"{cpu_defaults().describe()}; {reuse}")
         ipe = data.iters_per_epoch
-        length = (f"{self.epochs} epochs = {ipe * self.epochs} iterations" if self.epochs
-                  else f"epochs to fit --time-budget {cfg.time_budget:g} min")
-        du.log(f"training {'+'.join(data.splits)}: {len(data.dataset)} images, batch {cfg.batch_size} x "
-               f"{cfg.world_size}, {ipe} iterations/epoch x {length}; "
-               f"evaluating {', '.join(data.eval_sets) or 'nothing'}")
+        length = (
+            f"{self.epochs} epochs = {ipe * self.epochs} iterations"
+            if self.epochs
+            else f"epochs to fit --time-budget {cfg.time_budget:g} min"
+        )
+        du.log(
+            f"training {'+'.join(data.splits)}: {len(data.dataset)} images, batch {cfg.batch_size} x "
+            f"{cfg.world_size}, {ipe} iterations/epoch x {length}; "
+            f"evaluating {', '.join(data.eval_sets) or 'nothing'}"
+        )

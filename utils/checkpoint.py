@@ -10,6 +10,7 @@ Checkpoints carry the label set they were trained with in their state_dict's ``_
 versions: the file stays a plain state_dict that ``load_state_dict`` reads as before (the
 authors' format included), and ``weights_only=True`` loads it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,12 +51,15 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path}: refused: the file holds Python objects other than tensors and "
-                              f"plain containers, which could run code (weights_only=True): "
-                              f"{first_line(exc)}") from None
+        raise CheckpointError(
+            f"{path}: refused: the file holds Python objects other than tensors and "
+            f"plain containers, which could run code (weights_only=True): "
+            f"{first_line(exc)}"
+        ) from None
     except Exception as exc:  # torch raises many types for foreign or cut files (KeyError for text)
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or another format): "
-                              f"{first_line(exc)}") from None
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (truncated or another format): {first_line(exc)}"
+        ) from None
 
 
 def extract_state_dict(obj: Any, path: str | os.PathLike = "<checkpoint>") -> dict[str, torch.Tensor]:
@@ -69,11 +73,14 @@ def extract_state_dict(obj: Any, path: str | os.PathLike = "<checkpoint>") -> di
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
-    if not isinstance(obj, Mapping) or not obj or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+    if (
+        not isinstance(obj, Mapping)
+        or not obj
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    ):
         raise CheckpointError(f"{path}: does not hold a state_dict (a mapping of names to tensors)")
     if all(k.startswith("module.") for k in obj):  # saved from DataParallel / DDP
-        return {k[len("module."):]: v for k, v in obj.items()}
+        return {k[len("module.") :]: v for k, v in obj.items()}
     return dict(obj)
 
 
@@ -94,8 +101,13 @@ def _in(key: str, prefixes: Sequence[str]) -> bool:
     return any(key.startswith(p + ".") for p in prefixes)
 
 
-def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor],
-                           path: str | os.PathLike = "<checkpoint>", *, skip: Sequence[str] = ()) -> None:
+def load_state_dict_strict(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    path: str | os.PathLike = "<checkpoint>",
+    *,
+    skip: Sequence[str] = (),
+) -> None:
     """Copy ``state`` into ``model``, all or nothing; ``num_batches_tracked`` may be absent on either side.
 
     The modules named in ``skip`` (``"outc.2"``) are left as they are in ``model`` and not compared.
@@ -104,8 +116,11 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor],
     state = {k: v for k, v in state.items() if not _in(k, skip)}
     missing = [k for k in own if k not in state and not _optional(k)]
     unexpected = [k for k in state if k not in own and not _optional(k)]
-    mismatched = [f"{k}: file {_shape(state[k])}, model {_shape(own[k])}"
-                  for k in own if k in state and state[k].shape != own[k].shape]
+    mismatched = [
+        f"{k}: file {_shape(state[k])}, model {_shape(own[k])}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or mismatched:
         parts = []
         if missing:
@@ -132,6 +147,7 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike) -> None:
 # ------------------------------------------------------------------------------------------
 # The label set a checkpoint was trained with
 # ------------------------------------------------------------------------------------------
+
 
 def with_label_set(state: Mapping[str, torch.Tensor], label_set: LabelSet) -> OrderedDict:
     """``state`` (a state_dict) with ``label_set`` recorded in its ``_metadata``."""
@@ -160,6 +176,7 @@ def stored_label_set(obj: Any, path: str | os.PathLike = "<checkpoint>") -> Labe
 @dataclass
 class Weights:
     """A DFPnet checkpoint read once: its tensors (``module.`` stripped) and its label set, if recorded."""
+
     path: str
     state: dict[str, torch.Tensor]
     label_set: LabelSet | None
@@ -172,8 +189,9 @@ def read_weights(path: str | os.PathLike) -> Weights:
     return Weights(str(path), extract_state_dict(obj, path), label_set)
 
 
-def load_imagenet_backbone(model: nn.Module, path: str | os.PathLike,
-                           min_fraction: float = 0.9) -> tuple[int, int]:
+def load_imagenet_backbone(
+    model: nn.Module, path: str | os.PathLike, min_fraction: float = 0.9
+) -> tuple[int, int]:
     """Initialise the backbone from the deep-stem ImageNet ResNet-101 (CE2P / MIT CSAIL release).
 
     Same-named, same-shaped tensors are copied (``module.`` stripped, ``fc.*`` skipped), as the
@@ -184,8 +202,9 @@ def load_imagenet_backbone(model: nn.Module, path: str | os.PathLike,
     state = extract_state_dict(read_checkpoint(path), path)
     prefixes = model.backbone_prefixes()  # type: ignore[attr-defined]
     own = {k: v for k, v in model.state_dict().items() if k.startswith(prefixes) and not _optional(k)}
-    usable = {k: v for k, v in state.items()
-              if not k.startswith("fc.") and k in own and v.shape == own[k].shape}
+    usable = {
+        k: v for k, v in state.items() if not k.startswith("fc.") and k in own and v.shape == own[k].shape
+    }
     # torchvision's ResNet-101 shares every name past the stem, so counting alone would let its
     # 7x7 stem through with a random deep stem: the stem must match too.
     stem = [k for k in own if k.startswith(("conv1.", "conv2.", "conv3.")) and k not in usable]
@@ -194,7 +213,8 @@ def load_imagenet_backbone(model: nn.Module, path: str | os.PathLike,
         raise CheckpointError(
             f"{path}: {len(usable)} of {len(own)} backbone tensors match by name and shape; {why}this is "
             f"not the deep-stem ImageNet ResNet-101 (resnet101-imagenet.pth) DFPnet starts from "
-            f"(torchvision's 7x7-stem ResNet-101 does not fit)")
+            f"(torchvision's 7x7-stem ResNet-101 does not fit)"
+        )
     with torch.no_grad():
         for k, v in usable.items():
             own[k].copy_(v)

@@ -4,6 +4,7 @@ the prediction flags, and the one-line error exit.
 No torch here: ``parse_images.py --onnx`` parses its arguments with this module where torch is
 not installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,9 @@ def show_default(value: object) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, (tuple, list)):
-        return ("," if all(isinstance(v, (int, float)) for v in value) else " ").join(map(str, value)) or "none"
+        return ("," if all(isinstance(v, (int, float)) for v in value) else " ").join(
+            map(str, value)
+        ) or "none"
     return str(value)
 
 
@@ -47,6 +50,7 @@ class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
 # --------------------------------------------------------------------------------------------
 # Errors for people: one line, the file first
 # --------------------------------------------------------------------------------------------
+
 
 def first_line(exc: BaseException, default: str | None = None) -> str:
     """The first line of an exception's message (``default``, else its type name, when it has none)."""
@@ -126,54 +130,99 @@ def non_negative_float(text: str) -> float:
     return _number(text, float, 0.0, False, "a number >= 0")
 
 
-def add_label_arguments(parser: argparse.ArgumentParser, *, data_dir: bool = True,
-                        stored: bool = True) -> None:
+def add_label_arguments(
+    parser: argparse.ArgumentParser, *, data_dir: bool = True, stored: bool = True
+) -> None:
     """``--labels`` and ``--num-classes``, with where the set comes from when ``--labels`` is not given:
     ``labels.json`` in the data folder (``data_dir``), the checkpoint's or model's own set (``stored``),
     the Dog set."""
-    fallbacks = (["labels.json in --data-dir"] if data_dir else []) \
-        + (["the set stored with the checkpoint or ONNX model"] if stored else []) + ["dog"]
-    parser.add_argument("--labels", default=None, metavar="NAME|PATH",
-                        help=f"label set (class names, left/right flip pairs, colours; docs/labels.md): a "
-                             f"preset ({', '.join(PRESETS)}) or a labels.json (or a folder holding one); "
-                             f"default: {', else '.join(fallbacks)}")
-    parser.add_argument("--num-classes", type=positive_int, default=None,
-                        help="number of classes, background included (default: the label set's count); given, "
-                             "it must agree with the label set (a check)")
+    fallbacks = (
+        (["labels.json in --data-dir"] if data_dir else [])
+        + (["the set stored with the checkpoint or ONNX model"] if stored else [])
+        + ["dog"]
+    )
+    parser.add_argument(
+        "--labels",
+        default=None,
+        metavar="NAME|PATH",
+        help=f"label set (class names, left/right flip pairs, colours; docs/labels.md): a "
+        f"preset ({', '.join(PRESETS)}) or a labels.json (or a folder holding one); "
+        f"default: {', else '.join(fallbacks)}",
+    )
+    parser.add_argument(
+        "--num-classes",
+        type=positive_int,
+        default=None,
+        help="number of classes, background included (default: the label set's count); given, "
+        "it must agree with the label set (a check)",
+    )
 
 
-def add_inference_arguments(parser: argparse.ArgumentParser, *, onnx: bool = False,
-                            data_dir: bool = False) -> None:
+def add_inference_arguments(
+    parser: argparse.ArgumentParser, *, onnx: bool = False, data_dir: bool = False
+) -> None:
     """The prediction flags evaluate.py and parse_images.py share; ``onnx`` adds ``--onnx`` and ``--fuse``."""
-    parser.add_argument("--input-size", type=parse_size, default=recipe.INPUT_SIZE, metavar="H,W",
-                        help="crop the network sees, height,width (authors' run: 384,384)")
+    parser.add_argument(
+        "--input-size",
+        type=parse_size,
+        default=recipe.INPUT_SIZE,
+        metavar="H,W",
+        help="crop the network sees, height,width (authors' run: 384,384)",
+    )
     add_label_arguments(parser, data_dir=data_dir)
     parser.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass")
-    parser.add_argument("--workers", type=non_negative_int, default=2,
-                        help="DataLoader worker processes reading and warping images")
-    parser.add_argument("--device", default="auto",
-                        help="auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--amp", choices=AMP_MODES, default=None,
-                        help="autocast precision for the network: off (float32), bf16 or fp16; default bf16 "
-                             "where the device runs it natively, else off (bf16 moves mean IU by under "
-                             "0.1 point, see bench/RESULTS.md; --amp off reproduces float32 exactly)")
-    parser.add_argument("--flip", action="store_true",
-                        help="flip testing: average with the mirrored image's prediction "
-                             "(the label set's left/right classes swapped)")
-    parser.add_argument("--scales", type=parse_scales, default=(1.0,), metavar="S1,S2,...",
-                        help="multi-scale testing: average predictions at these input scales, "
-                             "e.g. 0.75,1.0,1.25")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                        help="run the network in channels-last memory format (faster on recent GPUs "
-                             "and CPUs; same numbers)")
+    parser.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=2,
+        help="DataLoader worker processes reading and warping images",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ..."
+    )
+    parser.add_argument(
+        "--amp",
+        choices=AMP_MODES,
+        default=None,
+        help="autocast precision for the network: off (float32), bf16 or fp16; default bf16 "
+        "where the device runs it natively, else off (bf16 moves mean IU by under "
+        "0.1 point, see bench/RESULTS.md; --amp off reproduces float32 exactly)",
+    )
+    parser.add_argument(
+        "--flip",
+        action="store_true",
+        help="flip testing: average with the mirrored image's prediction "
+        "(the label set's left/right classes swapped)",
+    )
+    parser.add_argument(
+        "--scales",
+        type=parse_scales,
+        default=(1.0,),
+        metavar="S1,S2,...",
+        help="multi-scale testing: average predictions at these input scales, e.g. 0.75,1.0,1.25",
+    )
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the network in channels-last memory format (faster on recent GPUs and CPUs; same numbers)",
+    )
     if onnx:
-        parser.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=True,
-                            help="fold each InPlace-ABN into the convolution before it (networks/fuse.py): "
-                                 "faster on the CPU, same numbers within float rounding")
-        parser.add_argument("--onnx", default=None, metavar="MODEL.onnx",
-                            help="run this export.py model through onnxruntime on the CPU instead of a "
-                                 "checkpoint through PyTorch (in place of --restore-from; --device, --amp, "
-                                 "--channels-last and --fuse do not apply)")
+        parser.add_argument(
+            "--fuse",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="fold each InPlace-ABN into the convolution before it (networks/fuse.py): "
+            "faster on the CPU, same numbers within float rounding",
+        )
+        parser.add_argument(
+            "--onnx",
+            default=None,
+            metavar="MODEL.onnx",
+            help="run this export.py model through onnxruntime on the CPU instead of a "
+            "checkpoint through PyTorch (in place of --restore-from; --device, --amp, "
+            "--channels-last and --fuse do not apply)",
+        )
 
 
 def given_labels(args: argparse.Namespace, fail: Fail, *, data_dir: str | None = None) -> LabelSet | None:

@@ -20,6 +20,7 @@ as the differences it would measure, and a cached wrong answer would stay wrong.
 
 Torch-light: imports torch only, so train.py / evaluate.py can call it before building anything.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -28,13 +29,21 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["CpuDefaults", "RULES", "cpu_capability", "cpu_class", "cpu_defaults", "native_bf16",
-           "keep_freed_memory"]
+__all__ = [
+    "CpuDefaults",
+    "RULES",
+    "cpu_capability",
+    "cpu_class",
+    "cpu_defaults",
+    "native_bf16",
+    "keep_freed_memory",
+]
 
 
 @dataclass(frozen=True)
 class CpuDefaults:
     """What train.py's ``--amp``, ``--channels-last`` and ``--inplace-abn auto`` resolve to on this CPU."""
+
     amp: str  # "bf16" or "off" (float32)
     channels_last: bool
     inplace: bool  # InPlace-ABN in place (libs.set_inplace)
@@ -49,15 +58,26 @@ class CpuDefaults:
 # cpu_class -> (amp, channels_last, inplace, why). The AVX2 row is what bench.train_step measured
 # fastest in float32 under emulated AVX2 (bench/RESULTS.md section 11).
 RULES: dict[str, tuple[str, bool, bool, str]] = {
-    "avx512-bf16": ("bf16", True, True,
-                    "AVX-512 with native bf16: bf16, channels-last, in place (0.43x the baseline's step)"),
-    "avx512": ("off", True, True,
-               "AVX-512 without native bf16: bf16 emulated, so float32; channels-last + in place as on AVX2"),
-    "avx2": ("off", True, True,
-             "AVX2 only, bf16 emulated: float32, channels-last, in place "
-             "(measured fastest float32 config on this class)"),
-    "other": ("off", False, True,
-              "no AVX2 (or not x86): float32, NCHW (the authors' layout), in place"),
+    "avx512-bf16": (
+        "bf16",
+        True,
+        True,
+        "AVX-512 with native bf16: bf16, channels-last, in place (0.43x the baseline's step)",
+    ),
+    "avx512": (
+        "off",
+        True,
+        True,
+        "AVX-512 without native bf16: bf16 emulated, so float32; channels-last + in place as on AVX2",
+    ),
+    "avx2": (
+        "off",
+        True,
+        True,
+        "AVX2 only, bf16 emulated: float32, channels-last, in place "
+        "(measured fastest float32 config on this class)",
+    ),
+    "other": ("off", False, True, "no AVX2 (or not x86): float32, NCHW (the authors' layout), in place"),
 }
 
 

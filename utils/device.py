@@ -3,6 +3,7 @@
 ``resolve_device`` (--device), ``default_amp`` (--amp's default: bf16 where native) and
 ``autocast`` (the network under --amp). Training and prediction both use them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,7 +39,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-
 def autocast(device_type: str, amp: str = "off") -> contextlib.AbstractContextManager:
     """``torch.autocast`` for ``amp`` in {"bf16", "fp16"} on ``device_type``; a no-op for "off"."""
     if amp not in AMP_MODES:
@@ -46,5 +46,3 @@ def autocast(device_type: str, amp: str = "off") -> contextlib.AbstractContextMa
     if amp == "off":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device_type, dtype=_AMP_DTYPES[amp])
-
-

@@ -4,6 +4,7 @@ whole new one, never half of one, even if the process is killed or the disk fill
 ``atomic_file`` is used for checkpoints (``utils.checkpoint.save_atomic``), ONNX models
 (export.py) and metrics files (``write_json_atomic``). No torch here.
 """
+
 from __future__ import annotations
 
 import contextlib

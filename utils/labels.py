@@ -13,6 +13,7 @@ model, else the Dog set. This module loads and validates sets and derives what t
 the code needs from one: the flip table of the loader, the channel permutation of flip
 testing, colours. It imports only numpy: the torch-free deployment reads it too.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,8 @@ from typing import Any
 import numpy as np
 
 IGNORE_LABEL = 255
-MAX_CLASSES = 255              # ids 0..254 fit an 8-bit PNG beside the ignore label 255
-LABELS_FILE = "labels.json"    # looked for in the data folder
+MAX_CLASSES = 255  # ids 0..254 fit an 8-bit PNG beside the ignore label 255
+LABELS_FILE = "labels.json"  # looked for in the data folder
 FILE_KEYS = ("names", "flip_pairs", "palette")
 
 
@@ -58,6 +59,7 @@ class LabelSet:
     Build one with :func:`load_label_set`, :func:`preset`, :meth:`from_dict`; ``source`` says
     where it came from, for messages ("the preset 'dog' (the default)", "data/labels.json").
     """
+
     names: tuple[str, ...]
     flip_pairs: tuple[tuple[int, int], ...]
     palette: tuple[tuple[int, int, int], ...]
@@ -74,9 +76,11 @@ class LabelSet:
 
     def to_dict(self) -> dict[str, Any]:
         """The ``labels.json`` form (pairs by name): what checkpoints and ONNX metadata store."""
-        return {"names": list(self.names),
-                "flip_pairs": [[self.names[a], self.names[b]] for a, b in self.flip_pairs],
-                "palette": [list(c) for c in self.palette]}
+        return {
+            "names": list(self.names),
+            "flip_pairs": [[self.names[a], self.names[b]] for a, b in self.flip_pairs],
+            "palette": [list(c) for c in self.palette],
+        }
 
     def same_classes(self, other: LabelSet) -> bool:
         """The same ids meaning the same classes (names, in order); pairs and colours may differ."""
@@ -93,7 +97,7 @@ class LabelSet:
     def flip_lut(self) -> np.ndarray:
         """A 256-entry uint8 table for label maps: swaps each pair, keeps every other id and 255."""
         lut = np.arange(256, dtype=np.uint8)
-        lut[:self.num_classes] = self.flip_permutation()
+        lut[: self.num_classes] = self.flip_permutation()
         return lut
 
     def colours(self) -> np.ndarray:
@@ -104,7 +108,7 @@ class LabelSet:
         """256 x 3 uint8 RGB for any label map: the set's colours, the ignore label white, ids beyond
         the set in the default palette."""
         table = DEFAULT_PALETTE.copy()
-        table[:self.num_classes] = self.colours()
+        table[: self.num_classes] = self.colours()
         table[IGNORE_LABEL] = IGNORE_COLOUR
         return table
 
@@ -131,13 +135,15 @@ class LabelSet:
         return shown + (f", ... ({self.num_classes - limit} more)" if self.num_classes > limit else "")
 
     def __repr__(self) -> str:
-        return (f"LabelSet({self.num_classes} classes: {self.names_text()}; {self.pairs_text()}; "
-                f"{self.source})")
+        return (
+            f"LabelSet({self.num_classes} classes: {self.names_text()}; {self.pairs_text()}; {self.source})"
+        )
 
 
 # ------------------------------------------------------------------------------------------
 # Validation: one line per problem, the file and the entry first
 # ------------------------------------------------------------------------------------------
+
 
 def _fail(source: str, entry: str, problem: str) -> LabelSetError:
     return LabelSetError(f"{source}: {entry}: {problem}")
@@ -149,8 +155,10 @@ def _is_int(value: Any) -> bool:
 
 def _parse(data: Any, source: str) -> LabelSet:
     if not isinstance(data, Mapping):
-        raise LabelSetError(f"{source}: expected a JSON object with 'names' (and optionally 'flip_pairs', "
-                            f"'palette'), got {type(data).__name__}")
+        raise LabelSetError(
+            f"{source}: expected a JSON object with 'names' (and optionally 'flip_pairs', "
+            f"'palette'), got {type(data).__name__}"
+        )
     unknown = [k for k in data if k not in FILE_KEYS]
     if unknown:
         raise _fail(source, repr(unknown[0]), f"unknown entry (expected {', '.join(FILE_KEYS)})")
@@ -171,11 +179,18 @@ def _parse_names(names: Any, source: str) -> tuple[str, ...]:
         if name != name.strip():
             raise _fail(source, f"names[{i}]", f"{name!r} starts or ends with white space")
     if len(names) < 2:
-        raise _fail(source, "names", f"{len(names)} class(es): a label set needs at least 2 (background "
-                                     f"and one class)")
+        raise _fail(
+            source,
+            "names",
+            f"{len(names)} class(es): a label set needs at least 2 (background and one class)",
+        )
     if len(names) > MAX_CLASSES:
-        raise _fail(source, "names", f"{len(names)} classes: at most {MAX_CLASSES} fit 8-bit label PNGs "
-                                     f"beside the ignore label {IGNORE_LABEL}")
+        raise _fail(
+            source,
+            "names",
+            f"{len(names)} classes: at most {MAX_CLASSES} fit 8-bit label PNGs "
+            f"beside the ignore label {IGNORE_LABEL}",
+        )
     first: dict[str, int] = {}
     for i, name in enumerate(names):
         if name in first:
@@ -188,8 +203,9 @@ def _parse_pairs(pairs: Any, names: tuple[str, ...], source: str) -> tuple[tuple
     if pairs is None:
         return ()
     if not isinstance(pairs, list):
-        raise _fail(source, "flip_pairs",
-                    f"expected a list of [left, right] pairs, got {type(pairs).__name__}")
+        raise _fail(
+            source, "flip_pairs", f"expected a list of [left, right] pairs, got {type(pairs).__name__}"
+        )
     ids = {name: i for i, name in enumerate(names)}
     used: dict[int, int] = {}
     out = []
@@ -201,8 +217,9 @@ def _parse_pairs(pairs: Any, names: tuple[str, ...], source: str) -> tuple[tuple
         for item in pair:
             if _is_int(item):
                 if not 0 <= item < len(names):
-                    raise _fail(source, entry,
-                                f"id {item} is out of range: the set has ids 0..{len(names) - 1}")
+                    raise _fail(
+                        source, entry, f"id {item} is out of range: the set has ids 0..{len(names) - 1}"
+                    )
                 both.append(item)
             elif isinstance(item, str):
                 if item not in ids:
@@ -217,8 +234,12 @@ def _parse_pairs(pairs: Any, names: tuple[str, ...], source: str) -> tuple[tuple
             if c == 0:
                 raise _fail(source, entry, f"id 0 ({names[0]!r}) is the background and has no mirror class")
             if c in used:
-                raise _fail(source, entry, f"{names[c]!r} (id {c}) is already in flip_pairs[{used[c]}]: "
-                                           f"a class has one mirror class")
+                raise _fail(
+                    source,
+                    entry,
+                    f"{names[c]!r} (id {c}) is already in flip_pairs[{used[c]}]: "
+                    f"a class has one mirror class",
+                )
             used[c] = k
         out.append((a, b))
     return tuple(out)
@@ -232,8 +253,11 @@ def _parse_palette(palette: Any, n: int, source: str) -> tuple[tuple[int, int, i
         raise _fail(source, "palette", f"expected {n} colours (one [R, G, B] per class), got {got}")
     out = []
     for i, colour in enumerate(palette):
-        if (not isinstance(colour, list) or len(colour) != 3
-                or not all(_is_int(v) and 0 <= v <= 255 for v in colour)):
+        if (
+            not isinstance(colour, list)
+            or len(colour) != 3
+            or not all(_is_int(v) and 0 <= v <= 255 for v in colour)
+        ):
             raise _fail(source, f"palette[{i}]", f"expected [R, G, B] with integers 0..255, got {colour!r}")
         out.append((colour[0], colour[1], colour[2]))
     return tuple(out)
@@ -246,6 +270,7 @@ def _parse_palette(palette: Any, n: int, source: str) -> tuple[tuple[int, int, i
 _HUMAN_LIMBS = ["Left-arm", "Right-arm", "Left-leg", "Right-leg", "Left-shoe", "Right-shoe"]
 _LEFT_RIGHT = [["Left-arm", "Right-arm"], ["Left-leg", "Right-leg"], ["Left-shoe", "Right-shoe"]]
 
+# fmt: off
 PRESETS: dict[str, dict[str, Any]] = {
     # The authors' names exactly as they log them (TensorBoard tags, the evaluation table); "left"
     # and "right" are the dog's own sides, so a horizontal mirror exchanges them.
@@ -268,6 +293,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                                      "Lower Legs"],
                            "flip_pairs": []},
 }
+# fmt: on
 DEFAULT_PRESET = "dog"
 
 
@@ -285,6 +311,7 @@ DOG = preset(DEFAULT_PRESET, "the default")
 # Reading and resolving
 # ------------------------------------------------------------------------------------------
 
+
 def load_label_file(path: str) -> LabelSet:
     """A ``labels.json`` file, validated; :class:`LabelSetError` names the file."""
     try:
@@ -298,8 +325,9 @@ def load_label_file(path: str) -> LabelSet:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise LabelSetError(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") \
-            from None
+        raise LabelSetError(
+            f"{path}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
     return LabelSet.from_dict(data, path)
 
 
@@ -330,8 +358,9 @@ def given_label_set(labels: str | None = None, data_dir: str | None = None) -> L
     return load_label_file(in_data) if in_data is not None else None
 
 
-def resolve_label_set(labels: str | None = None, data_dir: str | None = None,
-                      stored: LabelSet | None = None) -> LabelSet:
+def resolve_label_set(
+    labels: str | None = None, data_dir: str | None = None, stored: LabelSet | None = None
+) -> LabelSet:
     """The label set a script works with: ``--labels``, else ``labels.json`` in ``data_dir``, else the
     set ``stored`` with the checkpoint or ONNX model, else the Dog set."""
     return given_label_set(labels, data_dir) or stored or DOG
@@ -341,25 +370,34 @@ def check_flags(label_set: LabelSet, num_classes: int | None = None, ignore_labe
     """The flags that depend on the set: ``--num-classes`` (derived from it; given, it must agree) and
     ``--ignore-label`` (not one of its ids)."""
     if num_classes is not None and num_classes != label_set.num_classes:
-        raise LabelSetError(f"--num-classes {num_classes} disagrees with the label set: "
-                            f"{label_set.describe()} ({label_set.names_text()}); drop --num-classes, or give "
-                            f"the set of your data with --labels or a {LABELS_FILE} in the data folder")
+        raise LabelSetError(
+            f"--num-classes {num_classes} disagrees with the label set: "
+            f"{label_set.describe()} ({label_set.names_text()}); drop --num-classes, or give "
+            f"the set of your data with --labels or a {LABELS_FILE} in the data folder"
+        )
     if ignore_label is not None and ignore_label < label_set.num_classes:
-        raise LabelSetError(f"--ignore-label {ignore_label} is a class id of the label set "
-                            f"({label_set.describe()}: ids 0..{label_set.num_classes - 1})")
+        raise LabelSetError(
+            f"--ignore-label {ignore_label} is a class id of the label set "
+            f"({label_set.describe()}: ids 0..{label_set.num_classes - 1})"
+        )
 
 
-def check_same_classes(label_set: LabelSet, other: LabelSet | None, num_classes: int | None,
-                       what: str) -> None:
+def check_same_classes(
+    label_set: LabelSet, other: LabelSet | None, num_classes: int | None, what: str
+) -> None:
     """``what`` (a checkpoint or a model, trained with ``other`` when it records its set, with
     ``num_classes`` outputs) must predict the classes of ``label_set``."""
     if other is not None and not label_set.same_classes(other):
-        raise LabelSetError(f"{what} was trained with {other.num_classes} classes ({other.names_text()}), "
-                            f"but the label set is {label_set.describe()} ({label_set.names_text()})")
+        raise LabelSetError(
+            f"{what} was trained with {other.num_classes} classes ({other.names_text()}), "
+            f"but the label set is {label_set.describe()} ({label_set.names_text()})"
+        )
     if num_classes is not None and num_classes != label_set.num_classes:
-        raise LabelSetError(f"{what} predicts {num_classes} classes, but the label set is "
-                            f"{label_set.describe()} ({label_set.names_text()}); give its label set "
-                            f"with --labels")
+        raise LabelSetError(
+            f"{what} predicts {num_classes} classes, but the label set is "
+            f"{label_set.describe()} ({label_set.names_text()}); give its label set "
+            f"with --labels"
+        )
 
 
 def stored_form(label_set: LabelSet) -> str:

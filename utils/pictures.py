@@ -3,6 +3,7 @@
 numpy and OpenCV only (no torch): ``dataset.browse``, ``inference.pipeline`` (the pictures of
 parse_images.py and evaluate.py) and the torch-free deployment draw with the same code.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -30,7 +31,6 @@ def overlay(image_bgr: np.ndarray, label: np.ndarray, label_set: LabelSet, alpha
     return out
 
 
-
 _ROW, _SWATCH, _FONT, _SCALE = 18, 12, cv2.FONT_HERSHEY_SIMPLEX, 0.4
 
 
@@ -38,14 +38,20 @@ def legend_picture(label_set: LabelSet, *, ignore: bool = False, rows_per_column
     """A BGR picture naming each class's colour (``<id> <name>``, with its mirror class if it has one),
     and the ignore label's white with ``ignore``."""
     mirror = {a: b for a, b in label_set.flip_pairs} | {b: a for a, b in label_set.flip_pairs}
-    entries = [(tuple(int(v) for v in colour[::-1]),
-                f"{i} {name}" + (f"  (mirror: {label_set.names[mirror[i]]})" if i in mirror else ""))
-               for i, (name, colour) in enumerate(zip(label_set.names, label_set.colours()))]
+    entries = [
+        (
+            tuple(int(v) for v in colour[::-1]),
+            f"{i} {name}" + (f"  (mirror: {label_set.names[mirror[i]]})" if i in mirror else ""),
+        )
+        for i, (name, colour) in enumerate(zip(label_set.names, label_set.colours()))
+    ]
     if ignore:
         entries.append((IGNORE_COLOUR, f"{IGNORE_LABEL} ignored"))
-    columns = [entries[k:k + rows_per_column] for k in range(0, len(entries), rows_per_column)]
-    widths = [max(cv2.getTextSize(text, _FONT, _SCALE, 1)[0][0] for _, text in column) + _SWATCH + 18
-              for column in columns]
+    columns = [entries[k : k + rows_per_column] for k in range(0, len(entries), rows_per_column)]
+    widths = [
+        max(cv2.getTextSize(text, _FONT, _SCALE, 1)[0][0] for _, text in column) + _SWATCH + 18
+        for column in columns
+    ]
     picture = np.full((6 + _ROW * len(columns[0]), sum(widths) + 6, 3), 255, np.uint8)
     x = 6
     for column, width in zip(columns, widths):
@@ -53,9 +59,8 @@ def legend_picture(label_set: LabelSet, *, ignore: bool = False, rows_per_column
             y = 4 + row * _ROW
             cv2.rectangle(picture, (x, y), (x + _SWATCH, y + _SWATCH), colour, -1)
             cv2.rectangle(picture, (x, y), (x + _SWATCH, y + _SWATCH), (120, 120, 120), 1)
-            cv2.putText(picture, text, (x + _SWATCH + 6, y + _SWATCH - 1), _FONT, _SCALE, (30, 30, 30), 1,
-                        cv2.LINE_AA)
+            cv2.putText(
+                picture, text, (x + _SWATCH + 6, y + _SWATCH - 1), _FONT, _SCALE, (30, 30, 30), 1, cv2.LINE_AA
+            )
         x += width
     return picture
-
-

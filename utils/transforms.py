@@ -5,6 +5,7 @@ The box -> (center, scale) rule and ``get_affine_transform`` follow the authors'
 (Microsoft pose-estimation style, as in CE2P): three point pairs, the source width
 ``scale[0]`` maps onto the crop width.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -51,8 +52,13 @@ def _third_point(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return b + np.array([-d[1], d[0]], dtype=np.float32)
 
 
-def get_affine_transform(center: np.ndarray, scale: np.ndarray, rotation: float,
-                         output_size: tuple[int, int], inverse: bool = False) -> np.ndarray:
+def get_affine_transform(
+    center: np.ndarray,
+    scale: np.ndarray,
+    rotation: float,
+    output_size: tuple[int, int],
+    inverse: bool = False,
+) -> np.ndarray:
     """2 x 3 matrix taking image coordinates to crop coordinates (or back with ``inverse``).
 
     ``output_size`` is the crop's ``(height, width)``; ``rotation`` is in degrees.
@@ -77,18 +83,30 @@ def get_affine_transform(center: np.ndarray, scale: np.ndarray, rotation: float,
     return cv2.getAffineTransform(src, dst)
 
 
-def warp_to_crop(image: np.ndarray, matrix: np.ndarray, crop_size: tuple[int, int], *,
-                 nearest: bool, border_value: int) -> np.ndarray:
+def warp_to_crop(
+    image: np.ndarray, matrix: np.ndarray, crop_size: tuple[int, int], *, nearest: bool, border_value: int
+) -> np.ndarray:
     """Warp ``image`` into a ``(height, width)`` crop: bilinear for images, nearest for labels."""
     h, w = crop_size
-    return cv2.warpAffine(image, matrix, (int(w), int(h)),
-                          flags=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT,
-                          borderValue=(border_value, border_value, border_value))
+    return cv2.warpAffine(
+        image,
+        matrix,
+        (int(w), int(h)),
+        flags=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(border_value, border_value, border_value),
+    )
 
 
-def crop_to_image(pred: np.ndarray, center: np.ndarray, scale: np.ndarray, width: int, height: int,
-                  crop_size: tuple[int, int], truncate_center: bool = False) -> np.ndarray:
+def crop_to_image(
+    pred: np.ndarray,
+    center: np.ndarray,
+    scale: np.ndarray,
+    width: int,
+    height: int,
+    crop_size: tuple[int, int],
+    truncate_center: bool = False,
+) -> np.ndarray:
     """Warp a crop-sized label map back onto the original ``height x width`` image (nearest, border 0).
 
     ``truncate_center`` reproduces the authors' evaluation, which stored centers as int32 and so
@@ -98,5 +116,11 @@ def crop_to_image(pred: np.ndarray, center: np.ndarray, scale: np.ndarray, width
     if truncate_center:
         center = center.astype(np.int32).astype(np.float32)
     matrix = get_affine_transform(center, scale, 0.0, crop_size, inverse=True)
-    return cv2.warpAffine(np.ascontiguousarray(pred, dtype=np.uint8), matrix, (int(width), int(height)),
-                          flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.warpAffine(
+        np.ascontiguousarray(pred, dtype=np.uint8),
+        matrix,
+        (int(width), int(height)),
+        flags=cv2.INTER_NEAREST,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )

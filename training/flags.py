@@ -1,0 +1,278 @@
+"""train.py's flags, each with its default (the recipe's, from ``utils.recipe``), and the cross-flag
+checks argparse cannot make. ``training.config.setup`` turns the parsed flags into the run's
+configuration."""
+
+from __future__ import annotations
+
+import argparse
+
+from training import PROG
+from utils import recipe
+from utils.cli import (
+    AMP_MODES,
+    DefaultsHelpFormatter,
+    add_label_arguments,
+    non_negative_float,
+    non_negative_int,
+    parse_size,
+    positive_float,
+    positive_int,
+)
+from utils.labels import IGNORE_LABEL
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        add_help=add_help,
+        formatter_class=DefaultsHelpFormatter,
+        description="Train DFPnet (cartoon dog parsing), the authors' recipe.",
+    )
+    _add_authors_flags(parser)
+    _add_our_flags(parser)
+    return parser
+
+
+def _add_authors_flags(parser: argparse.ArgumentParser) -> None:
+    """The authors' train.py flags, with their defaults (the recipe's)."""
+    parser.add_argument(
+        "--data-dir",
+        default=recipe.DATA_DIR,
+        help="dataset root holding <split>_id.txt, <split>_images/, <split>_segmentations/",
+    )
+    parser.add_argument(
+        "--dataset",
+        default="train",
+        help="training split: train, or trainval (its own lists if present, else train+val)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=recipe.BATCH_SIZE,
+        help="images per step PER PROCESS (torchrun with N processes trains on N x this)",
+    )
+    parser.add_argument(
+        "--input-size",
+        type=parse_size,
+        default=recipe.INPUT_SIZE,
+        metavar="H,W",
+        help="training crop height,width (the authors' run.sh: 384,384; their train.py's "
+        "parser said 473,473, unused)",
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=positive_float,
+        default=recipe.LEARNING_RATE,
+        help="base learning rate of the poly schedule",
+    )
+    parser.add_argument("--momentum", type=non_negative_float, default=recipe.MOMENTUM, help="SGD momentum")
+    parser.add_argument(
+        "--weight-decay", type=non_negative_float, default=recipe.WEIGHT_DECAY, help="SGD weight decay (L2)"
+    )
+    parser.add_argument(
+        "--power",
+        type=non_negative_float,
+        default=recipe.POWER,
+        help="poly exponent: lr = base * (1 - iteration / total) ** power",
+    )
+    add_label_arguments(parser, stored=False)
+    parser.add_argument(
+        "--ignore-label", type=int, default=IGNORE_LABEL, help="label id that gets no loss and no score"
+    )
+    parser.add_argument(
+        "--random-mirror",
+        action="store_true",
+        help="accepted for the authors' scripts; ignored: training splits are always "
+        "augmented (flip, scale, rotation), as in the original",
+    )
+    parser.add_argument(
+        "--random-scale",
+        action="store_true",
+        help="accepted for the authors' scripts; ignored (see --random-mirror)",
+    )
+    parser.add_argument(
+        "--random-seed",
+        type=int,
+        default=recipe.RANDOM_SEED,
+        help="seed of the initial weights, the data order, the augmentation and dropout",
+    )
+    parser.add_argument(
+        "--restore-from",
+        default=recipe.IMAGENET_WEIGHTS,
+        help="initial weights: the ImageNet deep-stem ResNet-101 (backbone only) or a full "
+        "DFPnet checkpoint (fine-tuning; of another label set: its classifiers are "
+        "re-initialised); 'none' trains from scratch",
+    )
+    parser.add_argument(
+        "--snapshot-dir", default=recipe.SNAPSHOT_DIR, help="where checkpoints and TensorBoard events go"
+    )
+    parser.add_argument(
+        "--gpu",
+        default=None,
+        help="authors' flag: GPU ids to expose through CUDA_VISIBLE_DEVICES (e.g. 0 or 0,1); "
+        "--device auto then uses the first (or, under torchrun, the local rank's)",
+    )
+    parser.add_argument(
+        "--start-epoch",
+        type=non_negative_int,
+        default=0,
+        help="first epoch when not resuming (the LR schedule starts at that epoch)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=None,
+        help=f"number of epochs of the whole run (default: {recipe.EPOCHS}, or what --time-budget allows)",
+    )
+    parser.add_argument(
+        "--save-num-images",
+        type=positive_int,
+        default=recipe.SAVE_NUM_IMAGES,
+        help="images per TensorBoard training grid (input, label, prediction)",
+    )
+
+
+def _add_our_flags(parser: argparse.ArgumentParser) -> None:
+    """What the authors' script did not have: resuming, devices, precision, cadences, budgets."""
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default="auto",
+        metavar="PATH|auto|none",
+        help="continue a run from a training state: auto (default) = <snapshot-dir>/last.pth "
+        "if it exists; a path; none = start anew (overwriting last.pth later)",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N"
+    )
+    parser.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=recipe.WORKERS,
+        help="DataLoader worker processes per process",
+    )
+    parser.add_argument(
+        "--amp",
+        choices=AMP_MODES,
+        default=None,
+        help="autocast precision of the network: off, bf16 or fp16 (CUDA, with loss "
+        "scaling); default bf16 where the device supports it, else off",
+    )
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels-last memory format (default: on, except on CPUs without AVX2, where "
+        "the authors' NCHW is kept)",
+    )
+    parser.add_argument(
+        "--inplace-abn",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="InPlace-ABN's in-place memory saving: on, off (the same math under plain "
+        "autograd: more memory, fewer kernel launches) or auto (default: on for the "
+        "CPU, off for CUDA, where it is faster; synchronised layers under DDP stay "
+        "in place)",
+    )
+    parser.add_argument(
+        "--malloc",
+        choices=("reuse", "system"),
+        default="reuse",
+        help="on the CPU, glibc malloc keeps freed memory for reuse (reuse, the default: "
+        "7-11%% faster steps, no page faults for every activation; at large batches "
+        "up to a third more peak memory) or behaves as it does by default (system)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the network (off by default: slower to train on the CPU)",
+    )
+    parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic algorithms only (bit-exact reruns on the CPU; slower)",
+    )
+    parser.add_argument(
+        "--eval-every",
+        type=positive_int,
+        default=None,
+        help=f"evaluate every N epochs and after the last (default: the authors' {recipe.EVAL_EVERY}, "
+        f"{recipe.EVAL_EVERY_LATE} from epoch {recipe.EVAL_LATE_FROM} on)",
+    )
+    parser.add_argument(
+        "--val-datasets",
+        nargs="*",
+        default=["val", "trainTest"],
+        metavar="SPLIT",
+        help="splits evaluated during training; one whose id list is missing is skipped "
+        "with a warning; best.pth follows the first one evaluated (val)",
+    )
+    parser.add_argument(
+        "--eval-input-size",
+        type=parse_size,
+        default=None,
+        metavar="H,W",
+        help="crop size for evaluation (default: --input-size)",
+    )
+    parser.add_argument(
+        "--save-every",
+        type=non_negative_int,
+        default=recipe.SAVE_EVERY,
+        help="also write last.pth every N iterations (0: only at the end of each epoch)",
+    )
+    parser.add_argument(
+        "--snapshot-every",
+        type=positive_int,
+        default=recipe.SNAPSHOT_EVERY,
+        help="write DFPnet_epoch_<e>.pth when e %% N == 0 (authors: 99) and after the last epoch",
+    )
+    parser.add_argument(
+        "--log-every",
+        type=positive_int,
+        default=recipe.LOG_EVERY,
+        help="TensorBoard scalars (loss, learning_rate, images_per_second) every N iterations",
+    )
+    parser.add_argument(
+        "--image-every",
+        type=positive_int,
+        default=recipe.IMAGE_EVERY,
+        help="TensorBoard image grids (input, label, prediction) every N iterations",
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=positive_float,
+        default=None,
+        metavar="MINUTES",
+        help="fit the run into this wall time: time the first steps, then fix the number of "
+        "epochs (and the poly schedule over them) so that training, evaluations and "
+        "saves end within it; a resumed run keeps the schedule it fixed (instead of "
+        "--epochs)",
+    )
+    parser.add_argument(
+        "--max-iters",
+        type=positive_int,
+        default=None,
+        help="stop once the run has made N steps in all (demos, tests); the LR schedule "
+        "still spans --epochs, so --resume continues it",
+    )
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Cross-flag checks that argparse's types cannot make; each failure exits 2 like argparse."""
+    if not 0 <= args.ignore_label <= 255:
+        parser.error(
+            f"argument --ignore-label: expected 0..255 (labels are 8-bit PNGs), got {args.ignore_label}"
+        )
+    if args.time_budget is not None and args.epochs is not None:
+        parser.error("argument --time-budget: not with --epochs (the budget decides the number of epochs)")
+    epochs = args.epochs or (None if args.time_budget else recipe.EPOCHS)
+    if epochs is not None and args.start_epoch >= epochs:
+        parser.error(f"argument --start-epoch: {args.start_epoch} is not below --epochs {epochs}")
+    if args.momentum >= 1:
+        parser.error(f"argument --momentum: expected a value below 1, got {args.momentum}")
+    if min(args.input_size) < 16:
+        parser.error(
+            f"argument --input-size: {args.input_size[0]},{args.input_size[1]} is too small; "
+            f"DFPnet downsamples 16 times (use at least 16,16)"
+        )
