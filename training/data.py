@@ -20,6 +20,7 @@ from training import PROG
 from training import distributed as du
 from training.config import TrainConfig, UsageError
 from training.signals import ignore_stop_signals
+from utils import recipe
 from utils.labels import LabelSet
 
 
@@ -143,7 +144,10 @@ def build_eval_sets(cfg: TrainConfig, splits: list[str], label_set: LabelSet) ->
         sets[split] = (
             dataset,
             make_eval_loader(
-                dataset, batch_size=1, workers=min(cfg.workers, 2), pin_memory=cfg.device.type == "cuda"
+                dataset,
+                batch_size=1,
+                workers=min(cfg.workers, recipe.EVAL_WORKERS),
+                pin_memory=cfg.device.type == "cuda",
             ),
         )
     return sets

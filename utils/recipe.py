@@ -13,41 +13,44 @@ No imports: the shell scripts read this module without loading torch.
 
 from __future__ import annotations
 
-DATA_DIR = "./dataset/Cartoon_sketches/Dog/"  # <split>_id.txt, <split>_images/, <split>_segmentations/
-INPUT_SIZE = (384, 384)  # crop height, width (training and evaluation)
-BATCH_SIZE = 12  # images per step (per process under torchrun)
-LEARNING_RATE = 1e-3  # base LR of the poly schedule
-MOMENTUM = 0.9  # SGD
-WEIGHT_DECAY = 5e-4  # SGD, L2
-POWER = 0.9  # poly exponent: lr = base * (1 - it / total) ** power
-EPOCHS = 500  # the authors' run.sh
-RANDOM_SEED = 1234  # the authors' train.py
-SNAPSHOT_EVERY = 99  # DFPnet_epoch_<e>.pth when e % 99 == 0 (authors)
-IMAGENET_WEIGHTS = "./Trained_Models/resnet101-imagenet.pth"  # the backbone's initialisation
-SNAPSHOT_DIR = "./snapshots"
-EVAL_SPLIT = "val"
-EVAL_CHECKPOINT = "./snapshots/DFPnet_epoch_495.pth"  # the authors' released model
-# Ours: where run.sh generates the synthetic demo set (data beside the Dog folder, not beside the code).
-DEMO_DATA_DIR = "./dataset/Cartoon_sketches/Synthetic/"
+# Each value says where it comes from: "authors" = their run.sh / train.py / loader as
+# docs/reference.md describes them (the section named), "ours" = a choice of this repository.
+# fmt: off
+DATA_DIR = "./dataset/Cartoon_sketches/Dog/"              # authors, s. 6
+INPUT_SIZE = (384, 384)                                   # authors' run.sh, s. 6 (their parser: 473)
+BATCH_SIZE = 12                                           # authors, s. 6: per process under torchrun
+LEARNING_RATE = 1e-3                                      # authors, s. 6: base LR of the poly schedule
+MOMENTUM = 0.9                                            # authors, s. 6: SGD
+WEIGHT_DECAY = 5e-4                                       # authors, s. 6: SGD, L2
+POWER = 0.9                                               # authors, s. 6: poly exponent
+EPOCHS = 500                                              # authors, s. 6
+SNAPSHOT_EVERY = 99                                       # authors, s. 6: DFPnet_epoch_<e>.pth, e % 99 == 0
+IMAGENET_WEIGHTS = "./Trained_Models/resnet101-imagenet.pth"  # authors, s. 6
+SNAPSHOT_DIR = "./snapshots"                              # authors, s. 6
+EVAL_SPLIT = "val"                                        # authors' run_evaluate.sh, s. 7
+EVAL_CHECKPOINT = "./snapshots/DFPnet_epoch_495.pth"      # authors, s. 7: their released model
+RANDOM_SEED = 1234                                        # ours: --random-seed's default
+DEMO_DATA_DIR = "./dataset/Cartoon_sketches/Synthetic/"   # ours: run.sh's generated demo set
 
-# The training run's cadence. The authors' (their train.py, docs/reference.md section 6):
-LOG_EVERY = 100  # TensorBoard loss / learning_rate every N iterations
-IMAGE_EVERY = 500  # TensorBoard input / label / prediction grids
-SAVE_NUM_IMAGES = 2  # images per grid (their --save-num-images)
-EVAL_EVERY = 5  # val and trainTest evaluated every N epochs ...
-EVAL_EVERY_LATE = 20  # ... and every N from epoch EVAL_LATE_FROM on
-EVAL_LATE_FROM = 500
-# Ours (the authors had no resume, no workers flag and no time budget):
-SAVE_EVERY = 500  # last.pth every N iterations, besides each epoch end
-WORKERS = 2  # DataLoader worker processes per process
-TIMING_STEPS = 5  # steps --time-budget times; the first 2 are warm-up
+# The training run's cadence.
+LOG_EVERY = 100                                           # authors, s. 6: loss, learning_rate; iterations
+IMAGE_EVERY = 500                                         # authors, s. 6: image grids; iterations
+SAVE_NUM_IMAGES = 2                                       # authors' --save-num-images: images per grid
+EVAL_EVERY = 5                                            # authors, s. 6: val and trainTest, every N epochs,
+EVAL_EVERY_LATE = 20                                      # authors, s. 6: ... every N from EVAL_LATE_FROM on
+EVAL_LATE_FROM = 500                                      # authors, s. 6
+SAVE_EVERY = 500                                          # ours: last.pth every N iterations, and each epoch
+WORKERS = 2                                               # ours: DataLoader workers per process
+EVAL_WORKERS = 2                                          # ours: at most this many for evaluation in training
+TIMING_STEPS = 5                                          # ours: steps --time-budget times (2 are warm-up)
 
-# Augmentation of the training splits (their loader): scale 1 +- 0.25, rotation +- 30 degrees
-# for 60 % of the samples, horizontal flip half of the time.
+# Augmentation of the training splits, the authors' loader (s. 3.3): scale 1 +- 0.25, rotation
+# +- 30 degrees for 60 % of the samples, horizontal flip half of the time.
 SCALE_FACTOR = 0.25
 ROTATION_FACTOR = 30.0
 ROTATION_PROB = 0.6
 FLIP_PROB = 0.5
+# fmt: on
 
 
 if __name__ == "__main__":  # `python -m utils.recipe NAME`: one value, for the shell scripts
