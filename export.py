@@ -34,6 +34,7 @@ import os
 import warnings
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
@@ -163,8 +164,6 @@ def export_onnx(
     module: nn.Module, example: torch.Tensor, path: str, *, opset: int, dynamic: bool, props: dict[str, str]
 ) -> None:
     """Export ``module`` with torch.export + onnxscript (``dynamo=True``) and add ``props`` as metadata."""
-    import onnx  # only to write the metadata; the rest of the module never needs it
-
     dims = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
     # The exporter narrates every step on stdout, logs that torchvision's ops are absent and warns
     # about opset conversion: none of it is for users.

@@ -26,7 +26,9 @@ def resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
 
 
 def _default_norm_layer() -> NormLayer:
-    from libs import InPlaceABNSync  # imported lazily so `networks` loads without choosing a backend
+    # libs picks its backend when first imported: it tries the optional compiled inplace-abn and reads
+    # DFPNET_PURE_ABN. Importing it here, at the first network built, lets a script set that first.
+    from libs import InPlaceABNSync
 
     return InPlaceABNSync
 
