@@ -607,3 +607,16 @@ def test_time_budget_fixes_the_schedule_and_resume_keeps_it(data_dir, tmp_path, 
     assert code == 0 and "--time-budget 60 min: " not in out and f"x {epochs} epochs" in out
     state = torch.load(os.path.join(snap, "last.pth"), map_location="cpu", weights_only=True)
     assert state["iteration"] == 7 and state["schedule"]["total_iters"] == 4 * epochs
+
+
+def test_every_flag_reaches_the_run_configuration():
+    """A flag added to training/flags.py without a TrainConfig field would be dropped silently."""
+    from dataclasses import fields
+
+    from training.config import TrainConfig
+    from training.flags import get_args_parser
+
+    flags = {action.dest for action in get_args_parser()._actions if action.dest != "help"}
+    assert flags and flags <= {f.name for f in fields(TrainConfig)}, flags - {
+        f.name for f in fields(TrainConfig)
+    }
