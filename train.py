@@ -14,9 +14,10 @@ The label set (class names, left/right flip pairs, colours; docs/labels.md) is -
 labels.json in --data-dir, else the Dog set; every checkpoint written records it.
 
 Exit status (docs/training.md): 0 done (or stopped by --max-iters); 1 a dataset problem, a
-non-finite loss, out of memory or a snapshot folder another run holds; 2 bad arguments, a bad label
-set or an unusable checkpoint; 128 + the signal number when a SIGINT (130) or SIGTERM (143) stopped
-the run after saving its last step.
+non-finite loss, out of memory, a snapshot folder another run holds, a failed save, a picture gone
+bad mid-run, a dead DataLoader worker or any other error (one line; DFPNET_DEBUG=1 shows the
+traceback); 2 bad arguments, a bad label set or an unusable checkpoint; 128 + the signal number
+when a SIGINT (130) or SIGTERM (143) stopped the run after saving its last step.
 
 The pieces live in the training package (docs/design.md): training.flags, training.config (TrainConfig),
 training.data, training.model, training.trainer (the loop), training.snapshots (saving, resuming).
@@ -25,6 +26,7 @@ training.data, training.model, training.trainer (the loop), training.snapshots (
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -36,7 +38,8 @@ from training.config import TrainConfig, UsageError, setup
 from training.data import build_data
 from training.flags import check_args, get_args_parser
 from training.model import build_model
-from training.snapshots import SnapshotDirBusy, Snapshots, find_resume, lock_for_run
+from training.snapshots import SaveError, SnapshotDirBusy, Snapshots, find_resume, lock_for_run
+from training.step import DataError
 from training.trainer import Trainer
 from utils.checkpoint import CheckpointError
 from utils.cli import first_line
@@ -56,6 +59,7 @@ def main(cfg: TrainConfig) -> int:
     du.init_distributed_mode(cfg.processes, cfg.device)
     label_set = training_label_set(cfg)
     lock = lock_for_run(cfg.snapshot_dir)  # one run per folder, taken before any data is read
+    data = None
     try:
         data = build_data(cfg, label_set)
         if data is None:
@@ -71,6 +75,8 @@ def main(cfg: TrainConfig) -> int:
         trainer.log_setup()
         return trainer.fit()
     finally:
+        if data is not None:
+            data.close()  # the loaders' worker processes, whatever ended the run
         if lock is not None:
             lock.release()
 
@@ -96,6 +102,17 @@ def run(argv: list[str] | None = None) -> int:
             f"{PROG}: error: out of memory ({first_line(exc, 'out of memory')}). Try a smaller "
             f"--batch-size (it is per process), --amp bf16 (or fp16 on older GPUs), or a smaller "
             f"--input-size.",
+            file=sys.stderr,
+        )
+        return 1
+    except (SaveError, DataError) as exc:  # raised outside the loop (the loop reports its own)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # anything else: one line, the traceback on request
+        if os.environ.get("DFPNET_DEBUG"):
+            raise
+        print(
+            f"{PROG}: error: {type(exc).__name__}: {first_line(exc)} (DFPNET_DEBUG=1 shows the traceback)",
             file=sys.stderr,
         )
         return 1

@@ -167,6 +167,21 @@ class TrainData:
     def iters_per_epoch(self) -> int:
         return self.sampler.batches_per_epoch
 
+    def close(self) -> None:
+        """Stop every loader's worker processes now, whatever ended the run.
+
+        Persistent workers outlive an epoch, and the workers ignore SIGTERM (they leave stopping to the
+        main process), so the interpreter's exit, which terminates them with SIGTERM and then joins
+        them, would wait forever: a run that failed would never exit. PyTorch has no public call for
+        this; ``_shutdown_workers`` is what its iterator runs when it is collected.
+        """
+        loaders = [self.loader] + [loader for _, loader in self.eval_sets.values()]
+        for loader in loaders:
+            iterator = getattr(loader, "_iterator", None)
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+            loader._iterator = None
+
 
 def build_data(cfg: TrainConfig, label_set: LabelSet) -> TrainData | None:
     """The training set and loader and the evaluation splits, checked first (None: the check failed),

@@ -22,6 +22,7 @@ import errno
 import fcntl
 import os
 import random
+import shutil
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +56,11 @@ def epoch_snapshot_name(epoch: int) -> str:
 # ------------------------------------------------------------------------------------------
 # One run per folder
 # ------------------------------------------------------------------------------------------
+
+
+class SaveError(Exception):
+    """A checkpoint could not be written (disk full, quota, read-only, permission): one line naming the
+    file and the errno. The file's previous version, if any, is intact and no temporary file is left."""
 
 
 class SnapshotDirBusy(Exception):
@@ -159,8 +165,14 @@ class Snapshots:
 
     @staticmethod
     def _save(obj: Any, path: str) -> None:
-        if du.is_main_process():
+        if not du.is_main_process():
+            return
+        try:
             save_atomic(obj, path)
+        except OSError as exc:
+            name = errno.errorcode.get(exc.errno or 0, "an OS error")
+            kept = "its previous version is kept" if os.path.isfile(path) else "nothing was written"
+            raise SaveError(f"{path}: could not be written: {exc.strerror or exc} ({name}); {kept}") from None
 
     def save_last(self, state: dict[str, Any]) -> None:
         state = dict(state, model=with_label_set(state["model"], self.label_set))
@@ -175,6 +187,25 @@ class Snapshots:
         state = {f"module.{k}": v for k, v in model.state_dict().items()}
         self._save(
             with_label_set(state, self.label_set), os.path.join(self.folder, epoch_snapshot_name(epoch))
+        )
+
+    def space_warning(self, model: nn.Module, optimizer_copies: int = 1) -> str | None:
+        """One line when the folder's free space is below what the next saves need, else None.
+
+        A save writes a temporary file beside the file it replaces, so the next last.pth needs its
+        whole size free (the weights plus ``optimizer_copies`` momentum buffers of the trainable
+        weights), and the best.pth or epoch snapshot after it the weights' size again.
+        """
+        weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        need = 2 * weights + optimizer_copies * trainable
+        os.makedirs(self.folder, exist_ok=True)
+        free = shutil.disk_usage(self.folder).free
+        if free >= need:
+            return None
+        return (
+            f"{self.folder}: {free / 2**20:.0f} MiB free, the next saves need about {need / 2**20:.0f} MiB "
+            f"(last.pth, then best.pth or an epoch snapshot): a full disk would stop the run at its save"
         )
 
     def where(self) -> str:

@@ -26,6 +26,35 @@ from utils.labels import IGNORE_LABEL
 OUTPUT_NAMES: tuple[str, ...] = ("aux5", "aux4", "aux3", "aux2", "final")
 
 
+class DataError(RuntimeError):
+    """The training data failed between two steps (a picture deleted, truncated or replaced after the
+    start-up check): the message is one line naming the file; the weights are those of the last step."""
+
+
+def data_error_line(exc: BaseException) -> str:
+    """One line for an exception the DataLoader raised: a worker's exception arrives as "Caught
+    <type> in DataLoader worker process N." followed by its traceback, whose last line is the
+    original message."""
+    text = str(exc).strip()
+    if text.startswith("Caught ") and "Traceback" in text:
+        last = text.splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _batches(loader):
+    """The loader's batches; what goes wrong while loading one is a :class:`DataError`."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise DataError(data_error_line(exc)) from exc
+        yield batch
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; raised before the optimizer step, so the weights stay good."""
 
@@ -151,7 +180,7 @@ def train_one_epoch(
     stats = EpochStats()
     world = get_world_size()
     tick = time.perf_counter()
-    for batch in loader:
+    for batch in _batches(loader):
         if stop_at is not None and iteration >= stop_at:
             break
         images, labels = batch[0], batch[1]

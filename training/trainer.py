@@ -22,13 +22,14 @@ from training.model import Network
 from training.schedule import evaluation_due, plan_epochs, poly_lr, snapshot_due
 from training.signals import StopSignals
 from training.snapshots import (
+    SaveError,
     Snapshots,
     capture_rng_state,
     planned_epochs,
     restore_training_state,
     training_state,
 )
-from training.step import NonFiniteLossError, StepInfo, train_one_epoch
+from training.step import DataError, NonFiniteLossError, StepInfo, train_one_epoch
 from utils import recipe
 from utils.cpu_defaults import cpu_defaults
 from utils.device import autocast
@@ -220,6 +221,12 @@ class Trainer:
             return self.stopped_by_signal()
         except NonFiniteLossError as exc:
             return self.stopped_by_nan(exc)
+        except DataError as exc:
+            return self.stopped_by_data(exc)
+        except SaveError as exc:
+            self._close_bar()
+            print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
+            return 1
         finally:
             if self.writer is not None:
                 self.writer.close()
@@ -246,6 +253,35 @@ class Trainer:
                 flush=True,
             )
         return 128 + signum
+
+    def _close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def stopped_by_data(self, exc: DataError) -> int:
+        """A picture or label went bad after the start-up check: the weights are the last step's, so
+        they are saved (if this run has not saved that step yet) before the one-line error."""
+        self._close_bar()
+        where = "no training state was saved by this run"
+        if self.iteration:
+            try:
+                if self.snapshots.last_saved != self.iteration:
+                    self.save_last()
+                where = self.snapshots.where()
+            except SaveError as save_exc:
+                where = f"the last good state could not be saved ({save_exc})"
+        if str(exc).startswith("DataLoader worker"):  # killed, most often by the kernel's OOM killer
+            hint = "fewer --workers or a smaller --batch-size need less memory"
+        else:
+            hint = (
+                f"once the data is whole again (python -m dataset.check {self.cfg.data_dir} names bad files)"
+            )
+        print(
+            f"{PROG}: error: {exc}; {where}; run the same command again to continue: {hint}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
 
     def stopped_by_nan(self, exc: NonFiniteLossError) -> int:
         if self.bar is not None:
@@ -349,6 +385,9 @@ class Trainer:
         cfg, data, net = self.cfg, self.data, self.net
         n_params = sum(p.numel() for p in net.model.parameters()) / 1e6
         du.log(f"label set: {data.label_set.summary()}")
+        warning = self.snapshots.space_warning(net.model) if du.is_main_process() else None
+        if warning:
+            du.warn(warning)
         du.log(f"DFPnet: {n_params:.2f} M parameters, {net.init_note}")
         # Synchronised layers keep the in-place Function under DDP whatever --inplace-abn says.
         abn_mode = "in place" if net.inplace or cfg.distributed else "under plain autograd"
