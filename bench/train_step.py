@@ -27,6 +27,9 @@ Configurations (``--configs``, comma-separated, in the order they alternate):
   channels-last), ``bf16-nchw`` (baseline + bf16), ``bf16-cl`` (baseline + bf16 + channels-last,
   i.e. default without InPlace-ABN), ``iabn-fp32`` (baseline + InPlace-ABN);
 * ``compiled``: default + ``torch.compile`` (slow to start);
+* ``ckpt-layer3`` / ``ckpt-backbone`` / ``ckpt-all``: default + ``train.py --activation-checkpointing
+  layer3`` / ``backbone`` / ``all`` (the bottlenecks of layer3, or of layer1-4, and with ``all`` the
+  full-size heads too, recompute their activations in backward);
 * candidates for a per-CPU-class float32 default (``utils.cpu_defaults``): ``iabn-fp32-cl``
   (InPlace-ABN in place, float32, channels-last), ``plain-fp32`` / ``plain-fp32-cl`` (InPlace-ABN
   layers under plain autograd, float32, NCHW / channels-last).
@@ -74,6 +77,7 @@ from bench.common import (
     write_json,
 )
 from networks.dfpnet import DFPNet
+from training.flags import CHECKPOINTED_LAYERS
 from training.loss import parsing_loss
 from training.model import default_inplace_abn
 from training.step import train_step
@@ -96,6 +100,7 @@ class Config:
     compile: bool = False
     inplace: bool = True  # norm "inplace" only: libs.set_inplace (train.py --inplace-abn)
     backend: str | None = None  # norm "inplace" only: force "compiled" or "pure" (else libs' choice)
+    checkpointed: tuple[str, ...] = ()  # backbone layers recomputed in backward (--activation-checkpointing)
 
     @property
     def label(self) -> str:
@@ -107,6 +112,7 @@ class Config:
             f"{'bf16' if self.amp == 'bf16' else 'fp32'}, "
             f"{'channels-last' if self.channels_last else 'NCHW'}{', compiled' if self.compile else ''}"
             f"{f', {self.backend} backend' if self.backend else ''}"
+            f"{', recomputing ' + '+'.join(self.checkpointed) if self.checkpointed else ''}"
         )
 
 
@@ -120,6 +126,9 @@ CONFIGS: dict[str, Config] = {
     "bf16-cl": replace(BASELINE, amp="bf16", channels_last=True),
     "iabn-fp32": replace(BASELINE, norm="inplace"),
     "compiled": replace(DEFAULT, compile=True),
+    "ckpt-layer3": replace(DEFAULT, checkpointed=CHECKPOINTED_LAYERS["layer3"]),
+    "ckpt-backbone": replace(DEFAULT, checkpointed=CHECKPOINTED_LAYERS["backbone"]),
+    "ckpt-all": replace(DEFAULT, checkpointed=CHECKPOINTED_LAYERS["all"]),
     "inplace-on": replace(DEFAULT, inplace=True),
     "inplace-off": replace(DEFAULT, inplace=False),
     "authors": replace(BASELINE, norm="bn"),
@@ -157,14 +166,21 @@ def configs_for(device: torch.device) -> dict[str, Config]:
         )
         for name, config in CONFIGS.items()
     }
-    for name in ("default", "compiled"):
+    resolved = (
+        "default",
+        "compiled",
+        "ckpt-layer3",
+        "ckpt-backbone",
+        "ckpt-all",
+    )  # the default, plus one change
+    for name in resolved:
         configs[name] = replace(configs[name], inplace=inplace)
     if device.type == "cpu":
         # The per-CPU-class defaults train.py takes from utils.cpu_defaults (float32 and NCHW on
         # AVX2-only CPUs, where bf16 is emulated).
 
         chosen = cpu_defaults()
-        for name in ("default", "compiled"):
+        for name in resolved:
             configs[name] = replace(
                 configs[name], amp=chosen.amp, channels_last=chosen.channels_last, inplace=chosen.inplace
             )
@@ -306,6 +322,7 @@ def build_model(config: Config, device: torch.device, seed: int = 0) -> nn.Modul
     norm_layer = {"inplace": None, "abn": libs.ABN, "bn": AuthorsNorm}[config.norm]
     model = DFPNet(DOG.num_classes, norm_layer=norm_layer)
     model.layer5_pred3x3.requires_grad_(False)  # unused in forward; train.py freezes it too
+    model.set_activation_checkpointing(config.checkpointed)
     if config.norm == "inplace":
         libs.set_inplace(model, config.inplace)
         if config.backend:

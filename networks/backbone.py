@@ -8,15 +8,52 @@ InPlace-ABN with activation "none" followed by a separate ReLU, as the authors b
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Iterator
 from typing import Callable
 
 import torch
 from torch import nn
 from torch.autograd.graph import saved_tensors_hooks
+from torch.utils.checkpoint import checkpoint
 
 NormLayer = Callable[..., nn.Module]
 # Tests switch it off to compare against plain autograd.
 RECOMPUTE_RELU = True
+_in_checkpoint = [0]  # > 0 while a checkpointed block runs (its forward or its recomputation)
+
+
+@contextlib.contextmanager
+def _checkpointed_block(block: nn.Module | tuple[nn.Module, ...], recompute: bool) -> Iterator[None]:
+    """Around a checkpointed block: marks it (relu_into's own saving trick stays out of the way), and
+    while it is recomputed in backward keeps its norms' running statistics as the forward left
+    them, so that a checkpointed step updates them once, like any other."""
+    modules = block if isinstance(block, tuple) else (block,)
+    buffers = [
+        b for m in modules for name, b in m.named_buffers() if name.endswith(("running_mean", "running_var"))
+    ]
+    kept = [b.clone() for b in buffers] if recompute else []
+    _in_checkpoint[0] += 1
+    try:
+        yield
+    finally:
+        _in_checkpoint[0] -= 1
+        with torch.no_grad():
+            for buffer, value in zip(buffers, kept):
+                buffer.copy_(value)
+
+
+def _contexts(block: nn.Module | tuple[nn.Module, ...]):
+    return _checkpointed_block(block, recompute=False), _checkpointed_block(block, recompute=True)
+
+
+def recompute(
+    module: nn.Module | tuple[nn.Module, ...], fn: Callable[..., torch.Tensor], *args: torch.Tensor
+) -> torch.Tensor:
+    """``fn(*args)``, whose activations (computed by the layers of ``module``) backward recomputes
+    instead of keeping: activation checkpointing, non-reentrant, the norms' statistics updated once."""
+    return checkpoint(fn, *args, use_reentrant=False, context_fn=functools.partial(_contexts, module))
 
 
 class _ReluSavingInput(torch.autograd.Function):
@@ -43,7 +80,7 @@ def relu_into(y: torch.Tensor, norm: nn.Module, consumer: nn.Module) -> torch.Te
     elementwise op per layer for one activation less per layer (bench/RESULTS.md section 1).
     Same numbers.
     """
-    keeps_y = getattr(norm, "inplace", False) and norm.training and RECOMPUTE_RELU
+    keeps_y = getattr(norm, "inplace", False) and norm.training and RECOMPUTE_RELU and not _in_checkpoint[0]
     if not keeps_y or not torch.is_grad_enabled() or not y.requires_grad or torch.compiler.is_compiling():
         return consumer(torch.relu(y))
     # Autograd keeps the pack hook with every tensor it packs: the hook must not hold r itself,
@@ -112,6 +149,9 @@ class Bottleneck(nn.Module):
 
 
 class DeepStemResNet(nn.Module):
+    # The parts that can recompute their activations in backward (set_activation_checkpointing).
+    CHECKPOINTABLE: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
+
     """The backbone. Its attribute names (``conv1``, ``bn1``, ..., ``layer4``) are those of the
     authors' checkpoints, which is why DFPNet inherits from this class instead of holding it.
 
@@ -137,6 +177,7 @@ class DeepStemResNet(nn.Module):
         self.layer2 = self._make_layer(128, layers[1], stride=2)
         self.layer3 = self._make_layer(256, layers[2], stride=2)
         self.layer4 = self._make_layer(512, layers[3], dilation=2)
+        self.checkpointed: tuple[str, ...] = ()  # see set_activation_checkpointing
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
         out_channels = planes * Bottleneck.expansion
@@ -168,11 +209,34 @@ class DeepStemResNet(nn.Module):
         x1 = relu_into(self.bn1(self.conv1(x)), self.bn1, self.conv2)  # the authors' relu1, then conv2
         x1 = relu_into(self.bn2(x1), self.bn2, self.conv3)  # relu2, then conv3
         x1 = self.relu3(self.bn3(x1))
-        x2 = self.layer1(self.maxpool(x1))
-        x3 = self.layer2(x2)
-        x4 = self.layer3(x3)
-        x5 = self.layer4(x4)
+        x2 = self._layer("layer1", self.maxpool(x1))
+        x3 = self._layer("layer2", x2)
+        x4 = self._layer("layer3", x3)
+        x5 = self._layer("layer4", x4)
         return x1, x2, x3, x4, x5
+
+    def set_activation_checkpointing(self, layers: tuple[str, ...] | list[str]) -> None:
+        """Recompute the activations of these layers' bottlenecks in backward instead of keeping them
+        (``()``: keep everything). Each bottleneck keeps only its input; in training, backward
+        recomputes one bottleneck at a time. Same loss and gradients, less memory, more time."""
+        unknown = [name for name in layers if name not in self.CHECKPOINTABLE]
+        if unknown:
+            raise ValueError(
+                f"cannot checkpoint {', '.join(unknown)}: choose from {', '.join(self.CHECKPOINTABLE)}"
+            )
+        self.checkpointed = tuple(layers)
+
+    def recomputes(self, name: str) -> bool:
+        """Does ``name`` recompute its activations in this forward (only when training with grad)?"""
+        return name in self.checkpointed and self.training and torch.is_grad_enabled()
+
+    def _layer(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        layer = getattr(self, name)
+        if not self.recomputes(name):
+            return layer(x)
+        for block in layer:
+            x = recompute(block, block, x)
+        return x
 
     @classmethod
     def backbone_prefixes(cls) -> tuple[str, ...]:

@@ -12,11 +12,13 @@ Module names are the authors' (their checkpoints are keyed by them); see docs/re
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from networks.backbone import DeepStemResNet, NormLayer
+from networks.backbone import DeepStemResNet, NormLayer, recompute
 
 
 def resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
@@ -124,6 +126,9 @@ class DFPNet(DeepStemResNet):
     ``[final]`` only: the four auxiliary heads run at the full input size and serve training alone.
     """
 
+    # The backbone layers, and the heads that work at the input size (aux heads, fusion, final).
+    CHECKPOINTABLE = (*DeepStemResNet.CHECKPOINTABLE, "heads")
+
     # The layers whose shape is the class count: what fine-tuning to another label set re-initialises.
     CLASSIFIERS = ("aux_pred.4", "outc.2")
 
@@ -198,8 +203,20 @@ class DFPNet(DeepStemResNet):
         hd4 = self.up_HD4(p4, hd_size)
         hd3 = self.up_HD3(p3, hd_size)
         hd2 = self.up_HD2(p2, hd_size)
-        aux = [self.aux_pred(resize(hd, size)) for hd in (hd5, hd4, hd3, hd2)] if self.aux_heads else []
+        fused = torch.cat([hd2, hd3, hd4, hd5, self.c1(x1)], 1)
+        if not self.recomputes("heads"):
+            aux = [self.aux_pred(resize(hd, size)) for hd in (hd5, hd4, hd3, hd2)] if self.aux_heads else []
+            return aux + [self._final(fused, size)]
+        # The heads work at the input's size: their activations are the largest of the decoder's.
+        aux_head = functools.partial(self._aux, size=size)
+        aux = (
+            [recompute(self.aux_pred, aux_head, hd) for hd in (hd5, hd4, hd3, hd2)] if self.aux_heads else []
+        )
+        final = functools.partial(self._final, size=size)
+        return aux + [recompute((self.double3x3, self.reduce, self.outc), final, fused)]
 
-        fused = self.double3x3(torch.cat([hd2, hd3, hd4, hd5, self.c1(x1)], 1))
-        final = self.outc(resize(self.reduce(fused), size))
-        return aux + [final]
+    def _aux(self, hd: torch.Tensor, size: torch.Size) -> torch.Tensor:
+        return self.aux_pred(resize(hd, size))
+
+    def _final(self, fused: torch.Tensor, size: torch.Size) -> torch.Tensor:
+        return self.outc(resize(self.reduce(self.double3x3(fused)), size))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from networks.dfpnet import DFPNet
 from tests.reference_dfpnet import reference_forward
+from utils.labels import DOG
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +199,52 @@ def test_backbone_relus_recomputed_in_backward_same_gradients_less_memory(monkey
     # relu(y) of the stem's first two norms and of two norms per bottleneck is no longer kept.
     assert len(relu_bytes) == 2 * (2 + 2 * (3 + 4 + 23 + 3))  # two runs of: 2 in the stem, 2 per bottleneck
     assert held_off - held_on > 0.8 * sum(relu_bytes) / 2, (held_on, held_off, sum(relu_bytes) / 2)
+
+
+def _step(model, x, y, amp: bool):
+    """Forward (dropout seeded alike), the five-output loss, backward; returns the loss and the bytes
+    autograd saved for backward outside checkpointed blocks (inside them, checkpointing saves)."""
+    from torch.autograd.graph import saved_tensors_hooks
+
+    from training.loss import parsing_loss
+
+    saved = [0]
+
+    def pack(t):
+        saved[0] += t.numel() * t.element_size()
+        return t
+
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    with saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        outputs = model(x.clone())
+    loss = parsing_loss(outputs, y)
+    loss.backward()
+    return loss.item(), saved[0]
+
+
+@pytest.mark.parametrize(
+    "layers,amp", [(("layer3",), False), (("layer1", "layer2", "layer3", "layer4"), True)]
+)
+def test_activation_checkpointing_same_loss_gradients_and_statistics_less_memory(layers, amp):
+    """Recomputing the chosen layers' bottlenecks in backward changes nothing but memory: the loss, every
+    gradient and every running statistic after the step are the same bits (float32; bf16 autocast with
+    channels-last), and autograd keeps fewer bytes for backward."""
+    torch.manual_seed(0)
+    plain = DFPNet(DOG.num_classes).to(memory_format=torch.channels_last).train()
+    recomputing = copy.deepcopy(plain)
+    recomputing.set_activation_checkpointing(layers)
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, DOG.num_classes, (2, 64, 64))
+    loss_a, saved_a = _step(plain, x, y, amp)
+    loss_b, saved_b = _step(recomputing, x, y, amp)
+    assert loss_a == loss_b
+    grads_a = {n: p.grad for n, p in plain.named_parameters() if p.grad is not None}
+    grads_b = {n: p.grad for n, p in recomputing.named_parameters() if p.grad is not None}
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 400
+    assert all(torch.equal(grads_a[n], grads_b[n]) for n in grads_a)
+    state_a, state_b = plain.state_dict(), recomputing.state_dict()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)  # running stats updated once
+    assert saved_b < 0.85 * saved_a, (saved_a, saved_b)
+    with pytest.raises(ValueError, match="cannot checkpoint layer5: choose from layer1, .*, heads"):
+        recomputing.set_activation_checkpointing(("layer5",))

@@ -177,6 +177,39 @@ def test_default_workers_learn_the_same_weights_as_no_workers(data_dir, interrup
     _drop_checkpoints(tmp_path)
 
 
+@pytest.mark.slow
+def test_activation_checkpointing_learns_the_same_weights(data_dir, interrupted, tmp_path):
+    """train.py --activation-checkpointing all (backbone and heads recomputed in backward): the same
+    three steps give the same weights, bit for bit, as the run that keeps every activation."""
+    snap = tmp_path / "snap"
+    code, out, err = _run(
+        [
+            "--data-dir",
+            data_dir,
+            *COMMON,
+            *SHAPE,
+            "--learning-rate",
+            LR,
+            "--restore-from",
+            "none",
+            "--workers",
+            "0",
+            "--max-iters",
+            "3",
+            "--snapshot-dir",
+            snap,
+            "--activation-checkpointing",
+            "all",
+        ]
+    )
+    assert code == 0, err[-3000:]
+    assert "activation checkpointing all" in out
+    state = read_checkpoint(snap / "last.pth")
+    assert state["iteration"] == 3 and state["args"]["activation_checkpointing"] == "all"
+    _assert_equal_tensors(_weights(snap / "last.pth"), _weights(interrupted))
+    _drop_checkpoints(tmp_path)
+
+
 # ------------------------------------------------------------------------------------------
 # 2. best.pth holds the weights of the best val mean IU
 # ------------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ class TrainConfig:
     malloc: str
     malloc_reuse: bool  # glibc keeps freed memory (--malloc reuse on the CPU, where it took)
     compile: bool
+    activation_checkpointing: str  # off, layer3, backbone or all (training.flags.CHECKPOINTED_LAYERS)
     deterministic: bool
     eval_every: int | None
     val_datasets: tuple[str, ...]

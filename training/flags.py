@@ -20,6 +20,10 @@ from utils.cli import (
 )
 from utils.labels import IGNORE_LABEL
 
+# --activation-checkpointing: the backbone layers each choice recomputes in backward.
+_BACKBONE = ("layer1", "layer2", "layer3", "layer4")
+CHECKPOINTED_LAYERS = {"off": (), "layer3": ("layer3",), "backbone": _BACKBONE, "all": (*_BACKBONE, "heads")}
+
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -187,6 +191,14 @@ def _add_our_flags(parser: argparse.ArgumentParser) -> None:
         "--compile",
         action="store_true",
         help="torch.compile the network (off by default: slower to train on the CPU)",
+    )
+    parser.add_argument(
+        "--activation-checkpointing",
+        choices=tuple(CHECKPOINTED_LAYERS),
+        default="off",
+        help="recompute activations in backward instead of keeping them, for less memory and more time "
+        "(docs/training.md, 'Out of memory?'): layer3 (the backbone's largest layer), backbone (layer1-4) "
+        "or all (the backbone and the full-size heads); the same loss and gradients",
     )
     parser.add_argument(
         "--deterministic",

@@ -15,6 +15,7 @@ from networks.dfpnet import DFPNet
 from networks.init import init_from_scratch
 from training import distributed as du
 from training.config import TrainConfig
+from training.flags import CHECKPOINTED_LAYERS
 from training.snapshots import read_training_state
 from utils.checkpoint import Weights, load_imagenet_backbone, load_state_dict_strict, read_weights
 from utils.cpu_defaults import cpu_defaults
@@ -106,6 +107,7 @@ def build_model(
     model.layer5_pred3x3.requires_grad_(False)
     inplace = default_inplace_abn(cfg.device) if cfg.inplace_abn == "auto" else cfg.inplace_abn == "on"
     set_inplace(model, inplace)
+    model.set_activation_checkpointing(CHECKPOINTED_LAYERS[cfg.activation_checkpointing])
     state = read_training_state(resume_path, model, label_set) if resume_path else None
     init_note = (
         f"resumed from {resume_path}" if state else initialise_weights(model, cfg.restore_from, label_set)

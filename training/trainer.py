@@ -393,7 +393,8 @@ class Trainer:
         abn_mode = "in place" if net.inplace or cfg.distributed else "under plain autograd"
         du.log(
             f"device {cfg.device} x {cfg.world_size} process(es), amp {cfg.amp}, channels-last "
-            f"{cfg.channels_last}, compile {cfg.compile}, InPlace-ABN {abn_mode}, {BACKEND_DESCRIPTION}"
+            f"{cfg.channels_last}, compile {cfg.compile}, activation checkpointing "
+            f"{cfg.activation_checkpointing}, InPlace-ABN {abn_mode}, {BACKEND_DESCRIPTION}"
         )
         if cfg.device.type == "cpu":
             reuse = (
