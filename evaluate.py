@@ -34,7 +34,14 @@ from inference.pipeline import InferenceStats, save_legend, save_prediction
 from inference.predict import evaluate_model, make_eval_loader
 from inference.visualize import confusion_matrix_figure, iou_bar_figure, save_figure
 from utils import recipe
-from utils.cli import DefaultsHelpFormatter, add_inference_arguments, die, given_labels, output_folder_problem
+from utils.cli import (
+    DefaultsHelpFormatter,
+    add_inference_arguments,
+    die,
+    error_line,
+    given_labels,
+    output_folder_problem,
+)
 from utils.files import write_json_atomic
 from utils.labels import IGNORE_LABEL, LabelSet
 
@@ -109,16 +116,6 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 fail = functools.partial(die, PROG)
-
-
-def one_line(exc: BaseException) -> str:
-    """The message a person needs: DataLoader workers wrap the original error in a traceback."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    last = lines[-1]
-    prefix = f"{type(exc).__name__}: "
-    return last[len(prefix) :] if last.startswith(prefix) else last
 
 
 def find_split(data_dir: str, split: str) -> None:
@@ -250,7 +247,7 @@ def main(args: argparse.Namespace) -> None:
             label_set=label_set,
         )
     except (ValueError, OSError) as exc:
-        fail(one_line(exc))
+        fail(error_line(exc))
     model = setup_model(args, network, label_set, device, fail)
     loader = make_eval_loader(
         dataset,
@@ -281,7 +278,7 @@ def main(args: argparse.Namespace) -> None:
             stats=stats,
         )
     except (ValueError, OSError) as exc:
-        fail(one_line(exc))
+        fail(error_line(exc))
     if stats.images == 0:
         fail(f"{args.data_dir}: split {args.dataset!r} has no images")
 

@@ -43,6 +43,7 @@ from inference.onnx_infer import OnnxModel
 from libs.abn import _ActivatedBatchNorm
 from networks.backbone import Bottleneck
 from networks.dfpnet import DFPNet
+from tests.scripts import run_main
 from utils.checkpoint import save_atomic
 from utils.labels import DOG
 
@@ -57,16 +58,6 @@ SETTINGS = {
     "scales": (False, (0.5, 1.0)),
     "flip+scales": (True, (0.75, 1.0)),
 }
-
-
-def run_main(module, argv: list[str], capsys) -> tuple[int, str, str]:
-    """A script's ``main`` in this process: exit code, stdout, stderr."""
-    try:
-        code = module.main(module.get_arguments(argv)) or 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def setting_flags(setting: str) -> list[str]:

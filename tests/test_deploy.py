@@ -37,6 +37,7 @@ from libs.abn import _ActivatedBatchNorm
 from networks.dfpnet import DFPNet
 from networks.fuse import AffineActivation, fuse_for_inference
 from tests.labelsets import RENAMED8
+from tests.scripts import run_main
 from utils.checkpoint import save_atomic, with_label_set
 from utils.labels import DOG, LabelSet
 
@@ -54,15 +55,6 @@ def relative_error(got: torch.Tensor | np.ndarray, want: torch.Tensor) -> float:
 def within_float32(err: float, pytorch_err: float) -> bool:
     """The deploy bound: twice PyTorch's own float32 error on the same input, or 1e-5."""
     return err <= max(2.0 * pytorch_err, 1e-5)
-
-
-def run_main(module, argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = module.main(module.get_arguments(argv)) or 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import evaluate
+from tests import scripts
 from utils import recipe
 from utils.device import default_amp
 from utils.labels import DOG
@@ -61,13 +62,7 @@ def dfpnet_checkpoint(tmp_path_factory):
 
 def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
     """evaluate.py in this process (no interpreter start-up): exit code, stdout, stderr."""
-    try:
-        evaluate.main(evaluate.get_arguments(argv))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+    return scripts.run_main(evaluate, argv, capsys)
 
 
 def run_script(args: list[str], timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:

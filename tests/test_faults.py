@@ -22,7 +22,7 @@ from utils.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 FAULTS = ROOT / "tests" / "faults"
-EXIT_WITHIN_S = 60.0  # generous: a run here takes about 10 s; a hang would never end
+EXIT_WITHIN_S = 60.0  # generous for a run this short; a hang would never end
 
 
 @pytest.fixture(scope="module")
@@ -34,34 +34,39 @@ def data_dir(tmp_path_factory) -> str:
     return str(root)
 
 
-def train(data_dir: str, snapshots: Path, fault: str, *extra: str) -> tuple[int, str, float]:
-    """train.py with ``fault`` injected: exit status, stderr, seconds until the process was gone."""
-    argv = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        "--data-dir",
-        data_dir,
-        "--snapshot-dir",
-        str(snapshots),
-        "--input-size",
-        "32,32",
-        "--batch-size",
-        "2",
-        "--epochs",
-        "3",
-        "--restore-from",
-        "none",
-        "--amp",
-        "off",
-        "--save-every",
-        "0",
-        *extra,
-    ]
-    env = dict(os.environ, DFPNET_TEST_FAULT=fault, PYTHONPATH=f"{FAULTS}{os.pathsep}{ROOT}")
+# A short run: 32x32 crops, batch 2, 3 epochs from scratch, float32, last.pth at each epoch end.
+RUN = [
+    "--input-size",
+    "32,32",
+    "--batch-size",
+    "2",
+    "--epochs",
+    "3",
+    "--restore-from",
+    "none",
+    "--amp",
+    "off",
+]
+
+
+def launch(
+    data_dir: str, snapshots: Path, fault: str, *extra: str, launcher: tuple[str, ...] = (), **env: str
+):
+    """train.py (under ``launcher``, e.g. torchrun) with ``fault`` injected: the finished process and
+    the seconds until it was gone."""
+    argv = [sys.executable, *launcher, str(ROOT / "train.py"), "--data-dir", data_dir]
+    argv += ["--snapshot-dir", str(snapshots), *RUN, "--save-every", "0", *extra]
+    env = dict(os.environ, DFPNET_TEST_FAULT=fault, PYTHONPATH=f"{FAULTS}{os.pathsep}{ROOT}", **env)
     env.pop("DFPNET_DEBUG", None)
     start = time.monotonic()
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
-    return done.returncode, done.stderr, time.monotonic() - start
+    return done, time.monotonic() - start
+
+
+def train(data_dir: str, snapshots: Path, fault: str, *extra: str) -> tuple[int, str, float]:
+    """train.py with ``fault`` injected: exit status, stderr, seconds until the process was gone."""
+    done, seconds = launch(data_dir, snapshots, fault, *extra)
+    return done.returncode, done.stderr, seconds
 
 
 def error_line(stderr: str) -> str:
@@ -143,42 +148,17 @@ def test_a_dead_worker_or_a_failed_evaluation_ends_the_run_at_once(data_dir, tmp
 def test_under_torchrun_a_failing_rank_ends_the_others(data_dir, tmp_path):
     """Rank 1 raises in its second step: both processes end with one error line each (rank 0's
     all-reduce sees its peer gone), torchrun exits non-zero, all within the bound."""
-    env = dict(
-        os.environ,
-        DFPNET_TEST_FAULT="rank:1:2",
-        PYTHONPATH=f"{FAULTS}{os.pathsep}{ROOT}",
-        OMP_NUM_THREADS="1",
-    )
-    argv = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(ROOT / "train.py"),
-        "--data-dir",
+    torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    done, seconds = launch(
         data_dir,
-        "--snapshot-dir",
-        str(tmp_path / "snap"),
-        "--input-size",
-        "32,32",
-        "--batch-size",
-        "2",
-        "--epochs",
-        "3",
-        "--restore-from",
-        "none",
-        "--amp",
-        "off",
-        "--save-every",
-        "0",
+        tmp_path / "snap",
+        "rank:1:2",
         "--workers",
         "0",
         "--val-datasets",
-    ]
-    start = time.monotonic()
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
-    seconds = time.monotonic() - start
+        launcher=torchrun,
+        OMP_NUM_THREADS="1",
+    )
     ours = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("train.py: error: ")]
     assert done.returncode != 0 and seconds < EXIT_WITHIN_S, (done.returncode, seconds)
     assert len(ours) == 2 and any("injected failure on rank 1" in line for line in ours), ours

@@ -72,6 +72,12 @@ def data_dir(tmp_path_factory) -> str:
     return out
 
 
+def _train(data_dir, snap, *flags, shape=SHAPE, lr=LR, restore_from="none") -> tuple[int, str, str]:
+    """train.py on the shared data with the common flags, the run's shape and learning rate, into ``snap``."""
+    argv = ["--data-dir", data_dir, *COMMON, *shape, "--learning-rate", lr, "--restore-from", restore_from]
+    return _run([*argv, "--snapshot-dir", snap, *flags])
+
+
 def _run(argv: list[str]) -> tuple[int, str, str]:
     """train.run(argv) in this process: (exit status, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
@@ -113,24 +119,7 @@ def _poly(base: float, iteration: int, total: int) -> float:
 def interrupted(data_dir, tmp_path_factory):
     """last.pth of a run stopped by --max-iters 3, mid-epoch 1 (2 iterations per epoch), without workers."""
     snap = tmp_path_factory.mktemp("workers0")
-    code, out, err = _run(
-        [
-            "--data-dir",
-            data_dir,
-            *COMMON,
-            *SHAPE,
-            "--learning-rate",
-            LR,
-            "--restore-from",
-            "none",
-            "--workers",
-            "0",
-            "--max-iters",
-            "3",
-            "--snapshot-dir",
-            snap,
-        ]
-    )
+    code, out, err = _train(data_dir, snap, "--workers", "0", "--max-iters", "3")
     assert code == 0, err[-3000:]
     yield snap / "last.pth"
     _drop_checkpoints(snap)
@@ -146,22 +135,7 @@ def test_default_workers_learn_the_same_weights_as_no_workers(data_dir, interrup
     from utils import recipe
 
     snap = tmp_path / "snap"
-    code, out, err = _run(
-        [
-            "--data-dir",
-            data_dir,
-            *COMMON,
-            *SHAPE,
-            "--learning-rate",
-            LR,
-            "--restore-from",
-            "none",
-            "--max-iters",
-            "3",
-            "--snapshot-dir",
-            snap,
-        ]
-    )  # no --workers: the default
+    code, out, err = _train(data_dir, snap, "--max-iters", "3")  # no --workers: the default
     assert code == 0, err[-3000:]
     with_workers, without = read_checkpoint(snap / "last.pth"), read_checkpoint(interrupted)
     assert with_workers["args"]["workers"] == recipe.WORKERS > 0 and without["args"]["workers"] == 0
@@ -182,25 +156,8 @@ def test_activation_checkpointing_learns_the_same_weights(data_dir, interrupted,
     """train.py --activation-checkpointing all (backbone and heads recomputed in backward): the same
     three steps give the same weights, bit for bit, as the run that keeps every activation."""
     snap = tmp_path / "snap"
-    code, out, err = _run(
-        [
-            "--data-dir",
-            data_dir,
-            *COMMON,
-            *SHAPE,
-            "--learning-rate",
-            LR,
-            "--restore-from",
-            "none",
-            "--workers",
-            "0",
-            "--max-iters",
-            "3",
-            "--snapshot-dir",
-            snap,
-            "--activation-checkpointing",
-            "all",
-        ]
+    code, out, err = _train(
+        data_dir, snap, "--workers", "0", "--max-iters", "3", "--activation-checkpointing", "all"
     )
     assert code == 0, err[-3000:]
     assert "activation checkpointing all" in out
@@ -251,28 +208,17 @@ def test_best_pth_holds_the_weights_of_the_best_val_score(data_dir, tmp_path):
     snap = tmp_path / "snap"
     # Batch 8: one iteration per epoch. A high LR makes val mean IU go up and down: here the first epoch
     # scores best, so a best.pth that held the last epoch's weights fails (as would one of any other epoch).
-    code, out, err = _run(
-        [
-            "--data-dir",
-            data_dir,
-            *COMMON,
-            "--batch-size",
-            "8",
-            "--epochs",
-            "3",
-            "--learning-rate",
-            "0.1",
-            "--restore-from",
-            "none",
-            "--workers",
-            "0",
-            "--eval-every",
-            "1",
-            "--snapshot-every",
-            "1",
-            "--snapshot-dir",
-            snap,
-        ]
+    code, out, err = _train(
+        data_dir,
+        snap,
+        "--workers",
+        "0",
+        "--eval-every",
+        "1",
+        "--snapshot-every",
+        "1",
+        shape=("--batch-size", "8", "--epochs", "3"),
+        lr="0.1",
     )
     assert code == 0, err[-3000:]
     lines = re.findall(r"^epoch (\d+)/3 .*val mIoU ([0-9.]+).*$", out, re.M)
@@ -317,28 +263,16 @@ def test_resume_with_another_batch_size_starts_the_epoch_over(data_dir, interrup
     assert saved["iteration"] == 3 and saved["epoch"] == 1 and saved["schedule"]["iters_per_epoch"] == 2
     snap = tmp_path / "snap"
     # Batch 2: 4 iterations per epoch, 12 in all; one step after the resume.
-    code, out, err = _run(
-        [
-            "--data-dir",
-            data_dir,
-            *COMMON,
-            "--batch-size",
-            "2",
-            "--epochs",
-            "3",
-            "--learning-rate",
-            LR,
-            "--restore-from",
-            "none",
-            "--workers",
-            "0",
-            "--resume",
-            interrupted,
-            "--max-iters",
-            "5",
-            "--snapshot-dir",
-            snap,
-        ]
+    code, out, err = _train(
+        data_dir,
+        snap,
+        "--workers",
+        "0",
+        "--resume",
+        interrupted,
+        "--max-iters",
+        "5",
+        shape=("--batch-size", "2", "--epochs", "3"),
     )
     assert code == 0, err[-3000:]
     warned = [w for w in _warnings(err) if "iterations per epoch" in w]
@@ -358,28 +292,16 @@ def test_resume_with_another_batch_size_starts_the_epoch_over(data_dir, interrup
 def test_resume_with_more_epochs_stretches_the_lr_schedule(data_dir, interrupted, tmp_path):
     snap = tmp_path / "snap"
     # 4 epochs instead of 3: 8 iterations in all instead of 6; one step after the resume.
-    code, out, err = _run(
-        [
-            "--data-dir",
-            data_dir,
-            *COMMON,
-            "--batch-size",
-            "4",
-            "--epochs",
-            "4",
-            "--learning-rate",
-            LR,
-            "--restore-from",
-            "none",
-            "--workers",
-            "0",
-            "--resume",
-            interrupted,
-            "--max-iters",
-            "4",
-            "--snapshot-dir",
-            snap,
-        ]
+    code, out, err = _train(
+        data_dir,
+        snap,
+        "--workers",
+        "0",
+        "--resume",
+        interrupted,
+        "--max-iters",
+        "4",
+        shape=("--batch-size", "4", "--epochs", "4"),
     )
     assert code == 0, err[-3000:]
     warned = _warnings(err)
@@ -405,26 +327,7 @@ def test_resume_with_another_process_count_warns_about_the_random_states(data_di
     save_atomic(state, two)
     del state
     snap = tmp_path / "snap"
-    code, out, err = _run(
-        [
-            "--data-dir",
-            data_dir,
-            *COMMON,
-            *SHAPE,
-            "--learning-rate",
-            LR,
-            "--restore-from",
-            "none",
-            "--workers",
-            "0",
-            "--resume",
-            two,
-            "--max-iters",
-            "3",
-            "--snapshot-dir",
-            snap,
-        ]
-    )
+    code, out, err = _train(data_dir, snap, "--workers", "0", "--resume", two, "--max-iters", "3")
     assert code == 0, err[-3000:]
     warned = _warnings(err)
     assert len(warned) == 1, err[-3000:]
@@ -443,7 +346,7 @@ def test_resume_with_another_process_count_warns_about_the_random_states(data_di
 # At this learning rate one step moves no weight by 1e-6: last.pth holds the initial weights (the
 # parameters; BatchNorm's running statistics move with any training step).
 TINY_LR = 1e-12
-INIT_RUN = [*COMMON, *SHAPE, "--learning-rate", TINY_LR, "--workers", "0", "--max-iters", "1"]
+INIT_RUN = ("--workers", "0", "--max-iters", "1")  # one step at TINY_LR
 
 
 def _dfpnet(seed: int):
@@ -468,9 +371,7 @@ def test_restore_from_a_dfpnet_checkpoint_starts_from_all_its_weights(data_dir, 
     checkpoint = tmp_path / "dfpnet-dog.pth"
     save_atomic(with_label_set(donor.state_dict(), DOG), checkpoint)
     snap = tmp_path / "snap"
-    code, out, err = _run(
-        ["--data-dir", data_dir, *INIT_RUN, "--restore-from", checkpoint, "--snapshot-dir", snap]
-    )
+    code, out, err = _train(data_dir, snap, *INIT_RUN, restore_from=checkpoint, lr=TINY_LR)
     assert code == 0, err[-3000:]
     assert re.fullmatch(
         rf"DFPnet: [0-9.]+ M parameters, all weights from {re.escape(str(checkpoint))}", _setup_line(out)
@@ -510,9 +411,7 @@ def test_restore_from_imagenet_initialises_the_backbone_only(data_dir, tmp_path)
     torch.save(fake, imagenet)
 
     snap = tmp_path / "snap"
-    code, out, err = _run(
-        ["--data-dir", data_dir, *INIT_RUN, "--restore-from", imagenet, "--snapshot-dir", snap]
-    )
+    code, out, err = _train(data_dir, snap, *INIT_RUN, restore_from=imagenet, lr=TINY_LR)
     assert code == 0, err[-3000:]
     assert _setup_line(out).endswith(
         f", ImageNet backbone from {imagenet} ({backbone_tensors} of {backbone_tensors} tensors)"

@@ -112,17 +112,21 @@ def _print_problems(data_dir: str, splits: list[str], report) -> None:
         )
 
 
+def _split(cfg: TrainConfig, split: str, crop_size: tuple[int, int], label_set: LabelSet) -> CartoonDataSet:
+    return CartoonDataSet(
+        cfg.data_dir,
+        split,
+        crop_size=crop_size,
+        ignore_label=cfg.ignore_label,
+        transform=default_transform(),
+        label_set=label_set,
+    )
+
+
 def build_train_dataset(cfg: TrainConfig, splits: list[str], label_set: LabelSet) -> Dataset:
     parts = []
     for split in splits:
-        part = CartoonDataSet(
-            cfg.data_dir,
-            split,
-            crop_size=cfg.input_size,
-            ignore_label=cfg.ignore_label,
-            transform=default_transform(),
-            label_set=label_set,
-        )
+        part = _split(cfg, split, cfg.input_size, label_set)
         # `trainval` built from train + val: the val part must be augmented like the training split.
         part.is_train = True
         parts.append(part)
@@ -133,23 +137,12 @@ def build_eval_sets(cfg: TrainConfig, splits: list[str], label_set: LabelSet) ->
     """``{split: (dataset, loader)}``: un-augmented crops, this process's shard of each split."""
     sets = {}
     for split in splits:
-        dataset = CartoonDataSet(
-            cfg.data_dir,
-            split,
-            crop_size=cfg.eval_size,
-            ignore_label=cfg.ignore_label,
-            transform=default_transform(),
-            label_set=label_set,
+        dataset = _split(cfg, split, cfg.eval_size, label_set)
+        workers = min(cfg.workers, recipe.EVAL_WORKERS)
+        loader = make_eval_loader(
+            dataset, batch_size=1, workers=workers, pin_memory=cfg.device.type == "cuda"
         )
-        sets[split] = (
-            dataset,
-            make_eval_loader(
-                dataset,
-                batch_size=1,
-                workers=min(cfg.workers, recipe.EVAL_WORKERS),
-                pin_memory=cfg.device.type == "cuda",
-            ),
-        )
+        sets[split] = (dataset, loader)
     return sets
 
 

@@ -189,17 +189,16 @@ class Snapshots:
             with_label_set(state, self.label_set), os.path.join(self.folder, epoch_snapshot_name(epoch))
         )
 
-    def space_warning(self, model: nn.Module, optimizer_copies: int = 1) -> str | None:
+    def space_warning(self, model: nn.Module) -> str | None:
         """One line when the folder's free space is below what the next saves need, else None.
 
         A save writes a temporary file beside the file it replaces, so the next last.pth needs its
-        whole size free (the weights plus ``optimizer_copies`` momentum buffers of the trainable
-        weights), and the best.pth or epoch snapshot after it the weights' size again.
+        whole size free (the weights plus SGD's momentum of the trainable ones), and the best.pth or
+        epoch snapshot after it the weights' size again. The run's lock has created the folder.
         """
         weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-        need = 2 * weights + optimizer_copies * trainable
-        os.makedirs(self.folder, exist_ok=True)
+        need = 2 * weights + trainable
         free = shutil.disk_usage(self.folder).free
         if free >= need:
             return None

@@ -19,6 +19,7 @@ from torch import nn
 from training.distributed import get_world_size, is_dist_avail_and_initialized
 from training.loss import parsing_loss
 from training.schedule import set_lr
+from utils.cli import error_line
 from utils.device import autocast
 from utils.labels import IGNORE_LABEL
 
@@ -31,17 +32,6 @@ class DataError(RuntimeError):
     start-up check): the message is one line naming the file; the weights are those of the last step."""
 
 
-def data_error_line(exc: BaseException) -> str:
-    """One line for an exception the DataLoader raised: a worker's exception arrives as "Caught
-    <type> in DataLoader worker process N." followed by its traceback, whose last line is the
-    original message."""
-    text = str(exc).strip()
-    if text.startswith("Caught ") and "Traceback" in text:
-        last = text.splitlines()[-1]
-        return last.split(": ", 1)[1] if ": " in last else last
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _batches(loader):
     """The loader's batches; what goes wrong while loading one is a :class:`DataError`."""
     iterator = iter(loader)
@@ -51,7 +41,7 @@ def _batches(loader):
         except StopIteration:
             return
         except (OSError, ValueError, RuntimeError) as exc:
-            raise DataError(data_error_line(exc)) from exc
+            raise DataError(error_line(exc)) from exc
         yield batch
 
 

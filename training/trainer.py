@@ -61,8 +61,9 @@ class Trainer:
         if state is None:
             torch.manual_seed(du.derive_seed(cfg.random_seed, "dropout", cfg.rank))
             return
-        if cfg.time_budget is not None and planned_epochs(state):  # the schedule the budget fixed
-            self.epochs = planned_epochs(state)
+        planned = planned_epochs(state) if cfg.time_budget is not None else None
+        if planned:  # the schedule the budget fixed
+            self.epochs = planned
             self.total_iters = self.epochs * self.iters_per_epoch
         self.iteration, best = restore_training_state(
             state,

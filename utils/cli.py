@@ -58,6 +58,17 @@ def first_line(exc: BaseException, default: str | None = None) -> str:
     return text.splitlines()[0] if text else (default or type(exc).__name__)
 
 
+def error_line(exc: BaseException) -> str:
+    """The message a person needs: a DataLoader worker's exception arrives as "Caught <type> in
+    DataLoader worker process N." followed by its traceback, whose last line is the original message."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    last = lines[-1]
+    prefix = f"{type(exc).__name__}: "
+    return last[len(prefix) :] if last.startswith(prefix) else last
+
+
 def die(prog: str, message: str, code: int = 1) -> NoReturn:
     """``<prog>: error: <message>`` on stderr, then exit ``code``; the scripts' ``fail``."""
     print(f"{prog}: error: {message}", file=sys.stderr)
