@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.autograd.graph import saved_tensors_hooks
 from torch.utils.checkpoint import checkpoint
@@ -54,6 +55,31 @@ def recompute(
     """``fn(*args)``, whose activations (computed by the layers of ``module``) backward recomputes
     instead of keeping: activation checkpointing, non-reentrant, the norms' statistics updated once."""
     return checkpoint(fn, *args, use_reentrant=False, context_fn=functools.partial(_contexts, module))
+
+
+def _pack_cast(t: torch.Tensor):
+    # A 16-bit copy that autocast made of a parameter: keep the parameter and cast again in backward.
+    fn = t.grad_fn
+    if fn is not None and fn.name() == "ToCopyBackward0":
+        param = getattr(fn.next_functions[0][0], "variable", None)
+        if isinstance(param, nn.Parameter) and param.shape == t.shape and param.dtype != t.dtype:
+            return param, t.dtype
+    return t
+
+
+def _unpack_cast(packed):
+    if isinstance(packed, tuple):
+        param, dtype = packed
+        return param.detach().to(dtype)
+    return packed
+
+
+def recast_weights() -> contextlib.AbstractContextManager:
+    """Within it, what autograd keeps for backward holds no autocast copy of a weight: backward casts
+    the weight again (the same bits, as the weight has not changed by then: an update waits for its
+    gradient, which needs that backward). Under bf16 autocast every convolution otherwise keeps a
+    16-bit copy of its weight until backward: 117 MiB for DFPnet, for a few milliseconds of casts."""
+    return saved_tensors_hooks(_pack_cast, _unpack_cast)
 
 
 class _ReluSavingInput(torch.autograd.Function):
@@ -107,6 +133,50 @@ def relu_into(y: torch.Tensor, norm: nn.Module, consumer: nn.Module) -> torch.Te
     return out
 
 
+class _MaxPoolKeepingInput(torch.autograd.Function):
+    """3x3 max pool, stride 2, padding 1, that keeps its input for backward instead of the indices."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return F.max_pool2d(x, 3, 2, 1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        _, indices = torch.ops.aten.max_pool2d_with_indices(x, [3, 3], [2, 2], [1, 1])
+        return torch.ops.aten.max_pool2d_with_indices_backward(
+            grad, x, [3, 3], [2, 2], [1, 1], [1, 1], False, indices
+        )
+
+
+class StemMaxPool(nn.MaxPool2d):
+    """The stem's ``MaxPool2d(3, stride=2, padding=1)``, keeping less for backward.
+
+    The stock one keeps the int64 index of every output's maximum (at batch 2, 384x384: 18 MiB, as
+    much as the bf16 activation it pools), although its input, which the next layers keep anyway,
+    gives them again. This one keeps only the input, and backward finds the indices again: the same
+    ones, so the same gradients.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(kernel_size=3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            not (self.training and torch.is_grad_enabled() and x.requires_grad)
+            or torch.compiler.is_compiling()
+        ):
+            return super().forward(x)
+        return _MaxPoolKeepingInput.apply(x)
+
+
+def _run_blocks(blocks: tuple[nn.Module, ...], x: torch.Tensor) -> torch.Tensor:
+    for block in blocks:
+        x = block(x)
+    return x
+
+
 def _identity_norm(norm_layer: NormLayer) -> NormLayer:
     # The authors' ``BatchNorm2d = partial(InPlaceABNSync, activation='none')``.
     return lambda channels: norm_layer(channels, activation="identity")
@@ -151,6 +221,11 @@ class Bottleneck(nn.Module):
 class DeepStemResNet(nn.Module):
     # The parts that can recompute their activations in backward (set_activation_checkpointing).
     CHECKPOINTABLE: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
+    # Bottlenecks per recomputed segment: a segment keeps only its input, and backward holds one
+    # segment's activations at a time. Longer segments keep fewer inputs for the same recomputation
+    # (each block still runs once more); layer1's blocks, at 1/4 of the input size, are the largest,
+    # so it goes one at a time. Chosen by peak memory at batch 2, 384x384 (bench/RESULTS.md s. 13).
+    SEGMENT_BLOCKS: dict[str, int] = {"layer1": 1, "layer2": 2, "layer3": 8, "layer4": 3}
 
     """The backbone. Its attribute names (``conv1``, ``bn1``, ..., ``layer4``) are those of the
     authors' checkpoints, which is why DFPNet inherits from this class instead of holding it.
@@ -172,7 +247,7 @@ class DeepStemResNet(nn.Module):
         self.conv3 = nn.Conv2d(64, 128, 3, padding=1, bias=False)
         self.bn3 = bn(128)
         self.relu3 = nn.ReLU()
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.maxpool = StemMaxPool()
         self.layer1 = self._make_layer(64, layers[0])
         self.layer2 = self._make_layer(128, layers[1], stride=2)
         self.layer3 = self._make_layer(256, layers[2], stride=2)
@@ -217,8 +292,10 @@ class DeepStemResNet(nn.Module):
 
     def set_activation_checkpointing(self, layers: tuple[str, ...] | list[str]) -> None:
         """Recompute the activations of these layers' bottlenecks in backward instead of keeping them
-        (``()``: keep everything). Each bottleneck keeps only its input; in training, backward
-        recomputes one bottleneck at a time. Same loss and gradients, less memory, more time."""
+        (``()``: keep everything). Each segment of ``SEGMENT_BLOCKS`` bottlenecks keeps only its
+        input; in training, backward recomputes one segment at a time. With any layer recomputed,
+        DFPNet's other layers keep no 16-bit copies of their weights either (``recast_weights``).
+        Same loss and gradients, less memory, more time."""
         unknown = [name for name in layers if name not in self.CHECKPOINTABLE]
         if unknown:
             raise ValueError(
@@ -234,8 +311,11 @@ class DeepStemResNet(nn.Module):
         layer = getattr(self, name)
         if not self.recomputes(name):
             return layer(x)
-        for block in layer:
-            x = recompute(block, block, x)
+        blocks = tuple(layer)
+        step = self.SEGMENT_BLOCKS[name]
+        for start in range(0, len(blocks), step):
+            segment = blocks[start : start + step]
+            x = recompute(segment, functools.partial(_run_blocks, segment), x)
         return x
 
     @classmethod

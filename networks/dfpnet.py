@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from networks.backbone import DeepStemResNet, NormLayer, recompute
+from networks.backbone import DeepStemResNet, NormLayer, recast_weights, recompute
 
 
 def resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
@@ -186,6 +186,18 @@ class DFPNet(DeepStemResNet):
         )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if (
+            self.checkpointed
+            and self.training
+            and torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()
+        ):
+            # Trading time for memory already: weights' 16-bit copies are cast again in backward too.
+            with recast_weights():
+                return self._forward(x)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"DFPNet expects an N x 3 x H x W image batch, got shape {tuple(x.shape)}")
         if x.shape[-1] < 2 or x.shape[-2] < 2:
@@ -203,20 +215,25 @@ class DFPNet(DeepStemResNet):
         hd4 = self.up_HD4(p4, hd_size)
         hd3 = self.up_HD3(p3, hd_size)
         hd2 = self.up_HD2(p2, hd_size)
-        fused = torch.cat([hd2, hd3, hd4, hd5, self.c1(x1)], 1)
+        fusion_inputs = (hd2, hd3, hd4, hd5, self.c1(x1))
         if not self.recomputes("heads"):
             aux = [self.aux_pred(resize(hd, size)) for hd in (hd5, hd4, hd3, hd2)] if self.aux_heads else []
-            return aux + [self._final(fused, size)]
-        # The heads work at the input's size: their activations are the largest of the decoder's.
+            return aux + [self._classify(self._fuse(*fusion_inputs), size)]
+        # The heads work at the input's size: their activations are the largest of the decoder's. The
+        # fusion's concatenation is recomputed too, so that it is not kept beside its five inputs, and
+        # in two parts (at x1's size, then at the input's) so that backward holds one part at a time.
         aux_head = functools.partial(self._aux, size=size)
         aux = (
             [recompute(self.aux_pred, aux_head, hd) for hd in (hd5, hd4, hd3, hd2)] if self.aux_heads else []
         )
-        final = functools.partial(self._final, size=size)
-        return aux + [recompute((self.double3x3, self.reduce, self.outc), final, fused)]
+        reduced = recompute((self.double3x3, self.reduce), self._fuse, *fusion_inputs)
+        return aux + [recompute(self.outc, functools.partial(self._classify, size=size), reduced)]
 
     def _aux(self, hd: torch.Tensor, size: torch.Size) -> torch.Tensor:
         return self.aux_pred(resize(hd, size))
 
-    def _final(self, fused: torch.Tensor, size: torch.Size) -> torch.Tensor:
-        return self.outc(resize(self.reduce(self.double3x3(fused)), size))
+    def _fuse(self, *fusion_inputs: torch.Tensor) -> torch.Tensor:
+        return self.reduce(self.double3x3(torch.cat(fusion_inputs, 1)))
+
+    def _classify(self, reduced: torch.Tensor, size: torch.Size) -> torch.Tensor:
+        return self.outc(resize(reduced, size))

@@ -248,3 +248,32 @@ def test_activation_checkpointing_same_loss_gradients_and_statistics_less_memory
     assert saved_b < 0.85 * saved_a, (saved_a, saved_b)
     with pytest.raises(ValueError, match="cannot checkpoint layer5: choose from layer1, .*, heads"):
         recomputing.set_activation_checkpointing(("layer5",))
+
+
+@pytest.mark.parametrize("dtype,channels_last", [(torch.float32, False), (torch.bfloat16, True)])
+def test_stem_max_pool_keeps_no_indices_and_gives_the_same_gradients(dtype, channels_last):
+    """The stem's max pool keeps its input instead of int64 indices; outputs and gradients are those of
+    nn.MaxPool2d, ties included (a ReLU's output is mostly ties at 0)."""
+    from torch.autograd.graph import saved_tensors_hooks
+
+    from networks.backbone import StemMaxPool
+
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(2, 8, 17, 20)).to(dtype)
+    x[:, :, :4] = 0.5  # ties among positive values too
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(2, 8, 9, 10).to(dtype)
+    results = []
+    for pool in (torch.nn.MaxPool2d(3, 2, 1), StemMaxPool()):
+        inp = x.clone().requires_grad_()
+        kept: list[torch.dtype] = []
+        with saved_tensors_hooks(lambda t: kept.append(t.dtype) or t, lambda t: t):
+            out = pool(inp)
+        out.backward(grad)
+        results.append((out, inp.grad, kept))
+    (out_a, grad_a, kept_a), (out_b, grad_b, kept_b) = results
+    assert torch.equal(out_a, out_b) and torch.equal(grad_a, grad_b) and grad_b.abs().sum() > 0
+    assert torch.int64 in kept_a and kept_b == [dtype]
+    with torch.no_grad():  # inference (and export) runs the stock op
+        assert torch.equal(StemMaxPool().eval()(x), out_a)

@@ -45,4 +45,8 @@ def autocast(device_type: str, amp: str = "off") -> contextlib.AbstractContextMa
         raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
     if amp == "off":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device_type, dtype=_AMP_DTYPES[amp])
+    # No cache of the weights' casts: with it, every weight's 16-bit copy lives until the forward
+    # ends, those of recomputed layers included (--activation-checkpointing), whose backward casts
+    # them again anyway. Each weight is cast once per forward either way; outside training
+    # (no grad) autocast caches nothing.
+    return torch.autocast(device_type=device_type, dtype=_AMP_DTYPES[amp], cache_enabled=False)
