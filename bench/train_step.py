@@ -29,7 +29,8 @@ Configurations (``--configs``, comma-separated, in the order they alternate):
 * ``compiled``: default + ``torch.compile`` (slow to start);
 * ``ckpt-layer3`` / ``ckpt-backbone`` / ``ckpt-all``: default + ``train.py --activation-checkpointing
   layer3`` / ``backbone`` / ``all`` (the bottlenecks of layer3, or of layer1-4, and with ``all`` the
-  full-size heads too, recompute their activations in backward);
+  full-size heads too, recompute their activations in backward); ``update-in-backward``: default +
+  ``--update-in-backward``; ``lean``: default + both, ``all`` and ``--update-in-backward``;
 * candidates for a per-CPU-class float32 default (``utils.cpu_defaults``): ``iabn-fp32-cl``
   (InPlace-ABN in place, float32, channels-last), ``plain-fp32`` / ``plain-fp32-cl`` (InPlace-ABN
   layers under plain autograd, float32, NCHW / channels-last).
@@ -42,8 +43,9 @@ the RSS after building the model and optimizer reported too, so what the step it
 share glibc's allocator state (its mmap threshold adapts to the largest blocks freed), which
 changes page-fault counts: ``--isolate`` times each configuration in fresh processes instead,
 alternating them (A B A B ...), as one training run sees it. In fresh processes the ``default``
-configuration also gets train.py's ``--malloc reuse`` (glibc keeps freed memory: no page faults
-per activation), which a process shared with other configurations cannot give it alone.
+configuration, and those that change one of its flags, also get train.py's ``--malloc reuse``
+(glibc keeps freed memory: no page faults per activation), which a process shared with other
+configurations cannot give them alone.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ from networks.dfpnet import DFPNet
 from training.flags import CHECKPOINTED_LAYERS
 from training.loss import parsing_loss
 from training.model import default_inplace_abn
+from training.optim import SGDInBackward
 from training.step import train_step
 from utils import recipe
 from utils.cli import DefaultsHelpFormatter, parse_size, positive_int
@@ -101,6 +104,8 @@ class Config:
     inplace: bool = True  # norm "inplace" only: libs.set_inplace (train.py --inplace-abn)
     backend: str | None = None  # norm "inplace" only: force "compiled" or "pure" (else libs' choice)
     checkpointed: tuple[str, ...] = ()  # backbone layers recomputed in backward (--activation-checkpointing)
+    update_in_backward: bool = False  # train.py --update-in-backward (training.optim.SGDInBackward)
+    malloc_reuse: bool = False  # CPU, fresh processes only: train.py's --malloc reuse
 
     @property
     def label(self) -> str:
@@ -113,11 +118,12 @@ class Config:
             f"{'channels-last' if self.channels_last else 'NCHW'}{', compiled' if self.compile else ''}"
             f"{f', {self.backend} backend' if self.backend else ''}"
             f"{', recomputing ' + '+'.join(self.checkpointed) if self.checkpointed else ''}"
+            f"{', SGD update in backward' if self.update_in_backward else ''}"
         )
 
 
 BASELINE = Config(norm="abn", amp="off", channels_last=False)
-DEFAULT = Config(norm="inplace", amp="bf16", channels_last=True)
+DEFAULT = Config(norm="inplace", amp="bf16", channels_last=True, malloc_reuse=True)
 CONFIGS: dict[str, Config] = {
     "default": DEFAULT,
     "baseline": BASELINE,
@@ -129,6 +135,8 @@ CONFIGS: dict[str, Config] = {
     "ckpt-layer3": replace(DEFAULT, checkpointed=CHECKPOINTED_LAYERS["layer3"]),
     "ckpt-backbone": replace(DEFAULT, checkpointed=CHECKPOINTED_LAYERS["backbone"]),
     "ckpt-all": replace(DEFAULT, checkpointed=CHECKPOINTED_LAYERS["all"]),
+    "update-in-backward": replace(DEFAULT, update_in_backward=True),
+    "lean": replace(DEFAULT, checkpointed=CHECKPOINTED_LAYERS["all"], update_in_backward=True),
     "inplace-on": replace(DEFAULT, inplace=True),
     "inplace-off": replace(DEFAULT, inplace=False),
     "authors": replace(BASELINE, norm="bn"),
@@ -172,7 +180,9 @@ def configs_for(device: torch.device) -> dict[str, Config]:
         "ckpt-layer3",
         "ckpt-backbone",
         "ckpt-all",
-    )  # the default, plus one change
+        "update-in-backward",
+        "lean",
+    )  # the default, plus one change (or two: lean)
     for name in resolved:
         configs[name] = replace(configs[name], inplace=inplace)
     if device.type == "cpu":
@@ -355,7 +365,7 @@ class TrainStep:
         self.model = build_model(config, device)
         self.forward = torch.compile(self.model) if config.compile else self.model
         # As train.py: the SGD recipe over the parameters that train.
-        self.optimizer = torch.optim.SGD(
+        self.optimizer = (SGDInBackward if config.update_in_backward else torch.optim.SGD)(
             [p for p in self.model.parameters() if p.requires_grad],
             lr=recipe.LEARNING_RATE,
             momentum=recipe.MOMENTUM,
@@ -392,12 +402,13 @@ def worker(name: str, args: argparse.Namespace) -> dict:
     """
     device = args.device
     cuda = device.type == "cuda"
-    # train.py's default on the CPU (--malloc reuse); the other configs keep glibc's defaults, as
-    # the authors' code ran. Only a fresh process can make the difference (it is process-wide).
-    reuse = not cuda and name == "default" and keep_freed_memory()
+    # train.py's default on the CPU (--malloc reuse: Config.malloc_reuse); the others keep glibc's
+    # defaults, as the authors' code ran. Only a fresh process can make the difference (process-wide).
+    config = configs_for(device)[name]
+    reuse = not cuda and config.malloc_reuse and keep_freed_memory()
     images, labels = make_batch(args.batch_size, args.input_size, device)
     start_mb = torch.cuda.memory_allocated(device) / 2**20 if cuda else rss_mb()
-    step = TrainStep(configs_for(device)[name], device, images, labels)
+    step = TrainStep(config, device, images, labels)
     synchronize(device)
     model_mb = torch.cuda.memory_allocated(device) / 2**20 if cuda else rss_mb()
     if cuda:

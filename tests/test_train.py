@@ -620,3 +620,15 @@ def test_every_flag_reaches_the_run_configuration():
     assert flags and flags <= {f.name for f in fields(TrainConfig)}, flags - {
         f.name for f in fields(TrainConfig)
     }
+
+
+def test_update_in_backward_is_refused_under_torchrun(data_dir, tmp_path, capsys, monkeypatch):
+    """DDP averages the gradients after backward, too late for an update in backward: one line, exit 2,
+    before any process group starts."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    argv = ["--data-dir", data_dir, "--snapshot-dir", str(tmp_path), "--input-size", "64,64"]
+    code, err = _run_inprocess([*argv, "--restore-from", "none", "--update-in-backward"], capsys)
+    assert code == 2
+    assert "argument --update-in-backward: needs one process" in err
+    assert os.listdir(tmp_path) == []

@@ -152,18 +152,32 @@ def test_default_workers_learn_the_same_weights_as_no_workers(data_dir, interrup
 
 
 @pytest.mark.slow
-def test_activation_checkpointing_learns_the_same_weights(data_dir, interrupted, tmp_path):
-    """train.py --activation-checkpointing all (backbone and heads recomputed in backward): the same
-    three steps give the same weights, bit for bit, as the run that keeps every activation."""
+def test_memory_lean_flags_learn_the_same_weights(data_dir, interrupted, tmp_path):
+    """train.py --activation-checkpointing all --update-in-backward (backbone and heads recomputed in
+    backward, each parameter updated as soon as its gradient is complete): the same three steps
+    give the same weights and momentum, bit for bit, as the run that keeps every activation and
+    updates after backward."""
     snap = tmp_path / "snap"
-    code, out, err = _train(
-        data_dir, snap, "--workers", "0", "--max-iters", "3", "--activation-checkpointing", "all"
+    flags = (
+        "--workers",
+        "0",
+        "--max-iters",
+        "3",
+        "--activation-checkpointing",
+        "all",
+        "--update-in-backward",
     )
+    code, out, err = _train(data_dir, snap, *flags)
     assert code == 0, err[-3000:]
-    assert "activation checkpointing all" in out
+    assert "activation checkpointing all, SGD update in backward" in out
     state = read_checkpoint(snap / "last.pth")
     assert state["iteration"] == 3 and state["args"]["activation_checkpointing"] == "all"
+    assert state["args"]["update_in_backward"] is True
     _assert_equal_tensors(_weights(snap / "last.pth"), _weights(interrupted))
+    momentum = {str(k): v["momentum_buffer"] for k, v in state["optimizer"]["state"].items()}
+    plain = read_checkpoint(interrupted)["optimizer"]["state"]
+    _assert_equal_tensors(momentum, {str(k): v["momentum_buffer"] for k, v in plain.items()})
+    assert len(momentum) == len(state["optimizer"]["param_groups"][0]["params"]) > 300
     _drop_checkpoints(tmp_path)
 
 

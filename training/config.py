@@ -59,6 +59,7 @@ class TrainConfig:
     malloc_reuse: bool  # glibc keeps freed memory (--malloc reuse on the CPU, where it took)
     compile: bool
     activation_checkpointing: str  # off, layer3, backbone or all (training.flags.CHECKPOINTED_LAYERS)
+    update_in_backward: bool  # training.optim.SGDInBackward
     deterministic: bool
     eval_every: int | None
     val_datasets: tuple[str, ...]
@@ -128,6 +129,15 @@ def setup(args: argparse.Namespace) -> TrainConfig:
     amp = args.amp or default_amp(device)
     if amp == "fp16" and device.type != "cuda":
         raise UsageError("argument --amp: fp16 needs a CUDA device (its loss scaling); use bf16 on the CPU")
+    if args.update_in_backward and processes.distributed:
+        raise UsageError(
+            "argument --update-in-backward: needs one process (under torchrun, the gradients are "
+            "averaged over the processes after backward)"
+        )
+    if args.update_in_backward and amp == "fp16":
+        raise UsageError(
+            "argument --update-in-backward: cannot unscale fp16 gradients; use --amp bf16 or off"
+        )
     channels_last = args.channels_last
     if channels_last is None:
         channels_last = cpu_defaults().channels_last if device.type == "cpu" else True

@@ -201,6 +201,13 @@ def _add_our_flags(parser: argparse.ArgumentParser) -> None:
         "or all (the backbone and the full-size heads); the same loss and gradients",
     )
     parser.add_argument(
+        "--update-in-backward",
+        action="store_true",
+        help="apply each parameter's SGD update as soon as backward has its gradient, then free the "
+        "gradient, so that the gradients never all exist at once (docs/training.md, 'Out of memory?'): "
+        "the same weights; one process, bf16 or float32",
+    )
+    parser.add_argument(
         "--deterministic",
         action="store_true",
         help="deterministic algorithms only (bit-exact reruns on the CPU; slower)",

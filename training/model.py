@@ -16,6 +16,7 @@ from networks.init import init_from_scratch
 from training import distributed as du
 from training.config import TrainConfig
 from training.flags import CHECKPOINTED_LAYERS
+from training.optim import SGDInBackward
 from training.snapshots import read_training_state
 from utils.checkpoint import Weights, load_imagenet_backbone, load_state_dict_strict, read_weights
 from utils.cpu_defaults import cpu_defaults
@@ -124,7 +125,8 @@ def build_model(
         )
     if cfg.compile:
         train_model = torch.compile(train_model)
-    optimizer = torch.optim.SGD(
+    optimizer_class = SGDInBackward if cfg.update_in_backward else torch.optim.SGD
+    optimizer = optimizer_class(
         [p for p in model.parameters() if p.requires_grad],
         lr=cfg.learning_rate,
         momentum=cfg.momentum,

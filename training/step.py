@@ -18,6 +18,7 @@ from torch import nn
 
 from training.distributed import get_world_size, is_dist_avail_and_initialized
 from training.loss import parsing_loss
+from training.optim import SGDInBackward
 from training.schedule import set_lr
 from utils.cli import error_line
 from utils.device import autocast
@@ -83,7 +84,9 @@ def train_step(
     The network runs under autocast (``amp``), the loss in float32 outside it. The losses are
     averaged over the processes after backward (its all-reduces are already queued, so this sync
     costs little) and checked there, so every rank raises :class:`NonFiniteLossError` at the
-    same step, before ``optimizer.step``: a NaN never reaches the weights.
+    same step, before ``optimizer.step``: a NaN never reaches the weights. An optimizer that updates
+    in backward (:class:`~training.optim.SGDInBackward`, one process) has the losses checked before
+    backward instead.
     """
     set_lr(optimizer, lr)
     # Freed before the forward pass, so last step's gradients do not sit beside the activations.
@@ -92,6 +95,10 @@ def train_step(
         outputs = model(images)
     losses = output_losses(outputs, labels, ignore_label)
     total = losses.sum()
+    if isinstance(optimizer, SGDInBackward):
+        _check_finite(losses.detach().tolist(), iteration, optimizer)
+        total.backward()  # which updates the weights
+        return losses.detach().tolist(), outputs
     (scaler.scale(total) if scaler is not None else total).backward()
 
     reported = losses.detach().clone()
@@ -99,15 +106,19 @@ def train_step(
         dist.all_reduce(reported)
         reported /= get_world_size()
     values = reported.tolist()
-    if not all(math.isfinite(v) for v in values):
-        optimizer.zero_grad(set_to_none=True)
-        raise NonFiniteLossError(iteration, dict(zip(OUTPUT_NAMES, values)))
+    _check_finite(values, iteration, optimizer)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
     else:
         optimizer.step()
     return values, outputs
+
+
+def _check_finite(values: list[float], iteration: int, optimizer: torch.optim.Optimizer) -> None:
+    if not all(math.isfinite(v) for v in values):
+        optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteLossError(iteration, dict(zip(OUTPUT_NAMES, values)))
 
 
 @dataclass

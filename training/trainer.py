@@ -395,7 +395,8 @@ class Trainer:
         du.log(
             f"device {cfg.device} x {cfg.world_size} process(es), amp {cfg.amp}, channels-last "
             f"{cfg.channels_last}, compile {cfg.compile}, activation checkpointing "
-            f"{cfg.activation_checkpointing}, InPlace-ABN {abn_mode}, {BACKEND_DESCRIPTION}"
+            f"{cfg.activation_checkpointing}{', SGD update in backward' if cfg.update_in_backward else ''}, "
+            f"InPlace-ABN {abn_mode}, {BACKEND_DESCRIPTION}"
         )
         if cfg.device.type == "cpu":
             reuse = (
