@@ -41,6 +41,7 @@ from training.model import build_model
 from training.snapshots import SaveError, SnapshotDirBusy, Snapshots, find_resume, lock_for_run
 from training.step import DataError
 from training.trainer import Trainer
+from training.tune import tune_run
 from utils.checkpoint import CheckpointError
 from utils.cli import first_line
 from utils.labels import LabelSet, LabelSetError, check_flags, resolve_label_set
@@ -64,12 +65,14 @@ def main(cfg: TrainConfig) -> int:
         data = build_data(cfg, label_set)
         if data is None:
             return 1
+        cfg, tuned = tune_run(cfg, data)
         try:
             resume_path = find_resume(cfg.resume, cfg.snapshot_dir)
         except FileNotFoundError as exc:
             raise UsageError(f"argument --resume: {exc}") from None
         net, state = build_model(cfg, resume_path, label_set)
         trainer = Trainer(cfg, data, net, Snapshots(cfg.snapshot_dir, label_set))
+        trainer.tuning = f"{tuned.reason}\n\n{tuned.table}".strip()
         trainer.restore(state, resume_path)
         del state
         trainer.log_setup()

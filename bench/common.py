@@ -12,143 +12,25 @@ import datetime
 import json
 import os
 import platform
-import resource
-import statistics
 import sys
-import time
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
 import torch
 
-# --------------------------------------------------------------------------------------------
-# Timing
-# --------------------------------------------------------------------------------------------
-
-
-def synchronize(device: torch.device | str) -> None:
-    """Wait for queued work on ``device`` (a no-op on the CPU, where every op is synchronous)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], object], device: torch.device | str) -> float:
-    """Seconds that ``fn()`` takes, device work included."""
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
-def alternate(
-    runs: dict[str, Callable[[], object]],
-    iters: int,
-    warmup: int,
-    device: torch.device | str,
-    log: Callable[[str], None] | None = None,
-    counters: dict[str, list[dict]] | None = None,
-) -> dict[str, list[float]]:
-    """Run each callable ``warmup`` times, then ``iters`` rounds of one call each, in turn.
-
-    Returns the ``iters`` measured durations (seconds) per name. Warm-up calls are alternated
-    too, and never measured: they absorb one-time costs (oneDNN primitive creation, autotuning,
-    the optimizer's momentum buffers, allocator growth). If ``counters`` is given, it receives per
-    name and measured call this process's minor page faults and user/system CPU seconds, which
-    show how much of a CPU step the kernel spends handing memory to the allocator.
-    """
-    for i in range(warmup):
-        for name, fn in runs.items():
-            seconds = timed(fn, device)
-            if log:
-                log(f"warm-up {i + 1}/{warmup} {name}: {seconds:.3f} s")
-    samples: dict[str, list[float]] = {name: [] for name in runs}
-    for i in range(iters):
-        for name, fn in runs.items():
-            before = resource.getrusage(resource.RUSAGE_SELF)
-            samples[name].append(timed(fn, device))
-            after = resource.getrusage(resource.RUSAGE_SELF)
-            if counters is not None:
-                counters.setdefault(name, []).append(
-                    {
-                        "minor_faults": after.ru_minflt - before.ru_minflt,
-                        "user_s": after.ru_utime - before.ru_utime,
-                        "system_s": after.ru_stime - before.ru_stime,
-                    }
-                )
-            if log:
-                log(f"round {i + 1}/{iters} {name}: {samples[name][-1]:.3f} s")
-    return samples
-
-
-def summarize(samples: Sequence[float]) -> dict:
-    """Median, quartiles, min, max and count of ``samples`` (quartiles by linear interpolation)."""
-    values = sorted(float(v) for v in samples)
-    if not values:
-        raise ValueError("summarize() needs at least one sample")
-    if len(values) >= 2:
-        q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    else:
-        q1 = q3 = values[0]
-    return {
-        "median": statistics.median(values),
-        "q1": q1,
-        "q3": q3,
-        "min": values[0],
-        "max": values[-1],
-        "n": len(values),
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# Memory
-# --------------------------------------------------------------------------------------------
-
-
-def _proc_status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def rss_mb() -> float:
-    """Resident set size of this process now, in MiB (0.0 where /proc is missing)."""
-    kb = _proc_status_kb("VmRSS")
-    return (kb or 0) / 1024.0
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (VmHWM, else getrusage's ru_maxrss)."""
-    kb = _proc_status_kb("VmHWM")
-    if kb is None:
-        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        if sys.platform == "darwin":  # bytes there, KiB on Linux
-            kb //= 1024
-    return kb / 1024.0
-
+# Timing and memory: the harness train.py's tuner uses too (training.measure), re-exported here.
+from training.measure import alternate as alternate
+from training.measure import peak_rss_mb as peak_rss_mb
+from training.measure import rss_mb as rss_mb
+from training.measure import summarize as summarize
+from training.measure import synchronize as synchronize
+from training.measure import timed as timed
+from utils.cpu_defaults import cpu_model as cpu_model
 
 # --------------------------------------------------------------------------------------------
 # The machine
 # --------------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (or ``platform.processor()``)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def load_average() -> list[float]:

@@ -37,7 +37,7 @@ Configurations (``--configs``, comma-separated, in the order they alternate):
 
 Timings alternate the configurations (A B A B ...) in one process and report medians with the
 inter-quartile range. Peak memory is measured for each configuration in a FRESH process (this
-script re-run with ``--worker``): CUDA ``max_memory_allocated``, CPU the peak RSS (VmHWM), with
+``training.measure.measure_fresh``): CUDA ``max_memory_allocated``, CPU the peak RSS (VmHWM), with
 the RSS after building the model and optimizer reported too, so what the step itself adds
 (gradients, momentum, activations) is visible. On the CPU, configurations sharing a process also
 share glibc's allocator state (its mmap threshold adapts to the largest blocks freed), which
@@ -51,75 +51,39 @@ configurations cannot give them alone.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
+import dataclasses
+import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-import libs
 from bench.common import (
     alternate,
     environment,
     format_environment,
     format_table,
     matmul_tflops,
-    peak_rss_mb,
-    rss_mb,
     summarize,
     synchronize,
     write_json,
 )
-from networks.dfpnet import DFPNet
+from training import tune as tuning
 from training.flags import CHECKPOINTED_LAYERS
 from training.loss import parsing_loss
+from training.measure import AUTHORS, StepConfig, TrainStep, make_batch, measure_fresh
 from training.model import default_inplace_abn
-from training.optim import SGDInBackward
-from training.step import train_step
 from utils import recipe
 from utils.cli import DefaultsHelpFormatter, parse_size, positive_int
-from utils.cpu_defaults import cpu_defaults, keep_freed_memory
+from utils.cpu_defaults import cpu_defaults
 from utils.device import default_amp
 from utils.labels import DOG, IGNORE_LABEL
 
-
-@dataclass(frozen=True)
-class Config:
-    """How one configuration builds and runs the network."""
-
-    # "inplace": DFPNet's default (libs.InPlaceABNSync); "abn": libs.ABN, plain autograd;
-    # "bn": torch.nn.BatchNorm2d + leaky ReLU with the stock loss and step (the authors' code)
-    norm: str
-    amp: str  # "off" (float32) or "bf16" autocast
-    channels_last: bool
-    compile: bool = False
-    inplace: bool = True  # norm "inplace" only: libs.set_inplace (train.py --inplace-abn)
-    backend: str | None = None  # norm "inplace" only: force "compiled" or "pure" (else libs' choice)
-    checkpointed: tuple[str, ...] = ()  # backbone layers recomputed in backward (--activation-checkpointing)
-    update_in_backward: bool = False  # train.py --update-in-backward (training.optim.SGDInBackward)
-    malloc_reuse: bool = False  # CPU, fresh processes only: train.py's --malloc reuse
-
-    @property
-    def label(self) -> str:
-        norm = {"abn": "ABN", "bn": "BatchNorm2d + F.cross_entropy"}.get(
-            self.norm, "InPlace-ABN" if self.inplace else "InPlace-ABN off"
-        )
-        return (
-            f"{norm}, "
-            f"{'bf16' if self.amp == 'bf16' else 'fp32'}, "
-            f"{'channels-last' if self.channels_last else 'NCHW'}{', compiled' if self.compile else ''}"
-            f"{f', {self.backend} backend' if self.backend else ''}"
-            f"{', recomputing ' + '+'.join(self.checkpointed) if self.checkpointed else ''}"
-            f"{', SGD update in backward' if self.update_in_backward else ''}"
-        )
+Config = StepConfig  # the name this benchmark's configurations have always had
 
 
 BASELINE = Config(norm="abn", amp="off", channels_last=False)
@@ -139,7 +103,7 @@ CONFIGS: dict[str, Config] = {
     "lean": replace(DEFAULT, checkpointed=CHECKPOINTED_LAYERS["all"], update_in_backward=True),
     "inplace-on": replace(DEFAULT, inplace=True),
     "inplace-off": replace(DEFAULT, inplace=False),
-    "authors": replace(BASELINE, norm="bn"),
+    "authors": AUTHORS,
     "iabn-fp32-cl": Config(norm="inplace", amp="off", channels_last=True, inplace=True),
     "plain-fp32": Config(norm="inplace", amp="off", channels_last=False, inplace=False),
     "plain-fp32-cl": Config(norm="inplace", amp="off", channels_last=True, inplace=False),
@@ -266,14 +230,14 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="after timing, print torch.profiler's top 15 ops by self CPU time "
         "for each config (2 steps each)",
     )
-    parser.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     parser.add_argument(
-        "--worker",
-        default=None,
-        choices=list(CONFIGS),
-        help="internal: run --warmup + --iters steps of this configuration in this (fresh) "
-        "process, print its memory and step times as one JSON line and exit",
+        "--tune",
+        action="store_true",
+        help="instead of --configs: time every configuration train.py --tune chooses from, and the "
+        "authors', in fresh processes (--rounds of them, alternated; --warmup + --iters steps each), "
+        "and report the table and the choice as train.py --tune would make it",
     )
+    parser.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     args = parser.parse_args(argv)
     if args.warmup < 0:
         parser.error(f"argument --warmup: expected an integer >= 0, got {args.warmup}")
@@ -291,172 +255,18 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 # --------------------------------------------------------------------------------------------
 
 
-class AuthorsNorm(nn.BatchNorm2d):
-    """torch.nn.BatchNorm2d followed by the layer's activation (leaky ReLU, not in place, as
-    ``nn.LeakyReLU()``), with the InPlace-ABN constructor signature DFPNet's norm_layer takes."""
-
-    def __init__(self, num_features: int, activation: str = "leaky_relu", activation_param: float = 0.01):
-        super().__init__(num_features)
-        self.activation, self.activation_param = activation, activation_param
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = super().forward(x)
-        return nn.functional.leaky_relu(y, self.activation_param) if self.activation == "leaky_relu" else y
-
-
-def authors_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor
-) -> torch.Tensor:
-    """The authors' training step: the sum over outputs of the stock cross-entropy of each output
-    resized (bilinear, align_corners=True) to the labels, then backward and SGD."""
-
-    optimizer.zero_grad(set_to_none=True)
-    outputs = model(images)
-    loss = sum(
-        F.cross_entropy(
-            F.interpolate(out, size=labels.shape[-2:], mode="bilinear", align_corners=True),
-            labels,
-            ignore_index=IGNORE_LABEL,
-        )
-        for out in outputs
-    )
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
-
-
-def build_model(config: Config, device: torch.device, seed: int = 0) -> nn.Module:
-    """DFPNet with the configuration's norm layer and memory format, same weights for every config."""
-
-    torch.manual_seed(seed)
-    norm_layer = {"inplace": None, "abn": libs.ABN, "bn": AuthorsNorm}[config.norm]
-    model = DFPNet(DOG.num_classes, norm_layer=norm_layer)
-    model.layer5_pred3x3.requires_grad_(False)  # unused in forward; train.py freezes it too
-    model.set_activation_checkpointing(config.checkpointed)
-    if config.norm == "inplace":
-        libs.set_inplace(model, config.inplace)
-        if config.backend:
-            for layer in model.modules():
-                if isinstance(layer, libs.InPlaceABN):
-                    layer.backend = config.backend
-    model.to(device).train()
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
-    return model
-
-
-def make_batch(batch_size: int, size: tuple[int, int], device: torch.device, seed: int = 0):
-    """A fixed random batch: normalised-looking images and labels with an ignored border."""
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.randn(batch_size, 3, *size, generator=gen)
-    labels = torch.randint(0, DOG.num_classes, (batch_size, *size), generator=gen)
-    labels[:, :2] = IGNORE_LABEL  # like the 255 border of warped crops
-    return images.to(device), labels.to(device)
-
-
-class TrainStep:
-    """One configuration's model, optimizer and batch; calling it runs one training step of
-    ``training.step.train_step``, the step train.py runs (autocast forward, the five-output
-    ``parsing_loss``, backward, finite-loss check, SGD step)."""
-
-    def __init__(self, config: Config, device: torch.device, images: torch.Tensor, labels: torch.Tensor):
-        self.config = config
-        self.device = device
-        self.model = build_model(config, device)
-        self.forward = torch.compile(self.model) if config.compile else self.model
-        # As train.py: the SGD recipe over the parameters that train.
-        self.optimizer = (SGDInBackward if config.update_in_backward else torch.optim.SGD)(
-            [p for p in self.model.parameters() if p.requires_grad],
-            lr=recipe.LEARNING_RATE,
-            momentum=recipe.MOMENTUM,
-            weight_decay=recipe.WEIGHT_DECAY,
-        )
-        self.images = images.contiguous(memory_format=torch.channels_last) if config.channels_last else images
-        self.labels = labels
-        self.last_loss = float("nan")
-
-    def __call__(self) -> None:
-
-        if self.config.norm == "bn":
-            self.last_loss = float(authors_step(self.forward, self.optimizer, self.images, self.labels))
-            return
-        losses, _ = train_step(
-            self.forward,
-            self.optimizer,
-            self.images,
-            self.labels,
-            lr=recipe.LEARNING_RATE,
-            iteration=0,
-            amp=self.config.amp,
-            ignore_label=IGNORE_LABEL,
-        )
-        self.last_loss = float(sum(losses))
-
-
-def worker(name: str, args: argparse.Namespace) -> dict:
-    """Memory and step times of configuration ``name`` in this process, which must be fresh.
-
-    Memory: CUDA ``max_memory_allocated``; CPU the peak RSS (VmHWM) of the process, and the RSS
-    after building the model and optimizer, so that what the steps add (gradients, momentum
-    buffers, activations, allocator slack) shows as ``step_mem_mb``.
-    """
-    device = args.device
-    cuda = device.type == "cuda"
-    # train.py's default on the CPU (--malloc reuse: Config.malloc_reuse); the others keep glibc's
-    # defaults, as the authors' code ran. Only a fresh process can make the difference (process-wide).
-    config = configs_for(device)[name]
-    reuse = not cuda and config.malloc_reuse and keep_freed_memory()
-    images, labels = make_batch(args.batch_size, args.input_size, device)
-    start_mb = torch.cuda.memory_allocated(device) / 2**20 if cuda else rss_mb()
-    step = TrainStep(config, device, images, labels)
-    synchronize(device)
-    model_mb = torch.cuda.memory_allocated(device) / 2**20 if cuda else rss_mb()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    counters: dict[str, list[dict]] = {}
-    samples = alternate({name: step}, args.iters, args.warmup, device, counters=counters)
-    peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else peak_rss_mb()
-    return {
-        "start_mem_mb": start_mb,
-        "model_mem_mb": model_mb,
-        "peak_mem_mb": peak_mb,
-        "step_mem_mb": peak_mb - model_mb,
-        "loss": step.last_loss,
-        "step_samples": samples[name],
-        "counters": counters[name],
-        "malloc": "reuse" if reuse else "system",
-        "memory_kind": "cuda max_memory_allocated" if cuda else "peak RSS (VmHWM) of a fresh process",
-    }
-
-
 def run_worker(name: str, args: argparse.Namespace, warmup: int, iters: int) -> dict:
-    """Run this script with ``--worker name`` in a fresh process (same environment) and read its JSON line."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "bench.train_step",
-        "--worker",
-        name,
-        "--device",
-        str(args.device),
-        "--batch-size",
-        str(args.batch_size),
-        "--input-size",
-        ",".join(map(str, args.input_size)),
-        "--warmup",
-        str(warmup),
-        "--iters",
-        str(iters),
-    ]
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"the fresh process for config {name!r} failed (exit {done.returncode}): {tail}")
-    return json.loads(lines[-1])
+    """Configuration ``name`` measured in a fresh process (training.measure.measure_fresh)."""
+    return measure_fresh(
+        configs_for(args.device)[name],
+        args.device,
+        batch_size=args.batch_size,
+        input_size=args.input_size,
+        num_classes=DOG.num_classes,
+        warmup=warmup,
+        iters=iters,
+        threads=args.threads,
+    )
 
 
 def count_flops(step: TrainStep) -> tuple[float, float]:
@@ -551,8 +361,8 @@ def measure_alternated(
             del memory[name]["step_samples"], memory[name]["counters"]
             seconds = time.perf_counter() - t0
             log(f"memory {name}: peak {memory[name]['peak_mem_mb']:.0f} MiB ({seconds:.0f} s)")
-    images, labels = make_batch(args.batch_size, args.input_size, device)
-    steps = {name: TrainStep(configs[name], device, images, labels) for name in args.configs}
+    images, labels = make_batch(args.batch_size, args.input_size, device, DOG.num_classes)
+    steps = {name: TrainStep(configs[name], device, images, labels, DOG.num_classes) for name in args.configs}
     counters: dict[str, list[dict]] = {name: [] for name in args.configs}
     samples = alternate(steps, args.iters, args.warmup, device, log=log, counters=counters)
     return Measured(samples, counters, {name: step.last_loss for name, step in steps.items()}, memory, steps)
@@ -598,18 +408,86 @@ def default_over_baseline(result: dict, with_memory: bool) -> dict[str, float]:
     return ratios
 
 
+def run_tuner(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
+    """train.py --tune's candidates and the authors' configuration, each in ``args.rounds`` fresh
+    processes (the rounds alternate them), with the tuner's own measurement, bound and choice."""
+    pool = tuning.candidates(args.device)
+
+    def measure(config: StepConfig) -> dict:
+        return measure_fresh(
+            config,
+            args.device,
+            batch_size=args.batch_size,
+            input_size=args.input_size,
+            num_classes=DOG.num_classes,
+            warmup=args.warmup,
+            iters=args.iters,
+            threads=args.threads,
+        )
+
+    merged: dict[str, tuning.Measured] = {}
+    round_seconds = []
+    for i in range(args.rounds):
+        start = time.perf_counter()
+        for name, got in tuning.measure_all(pool, measure, log).items():
+            seen = merged.setdefault(name, got)
+            if seen is not got and got.step_s is not None and seen.step_s is not None:
+                samples = seen.samples + got.samples
+                merged[name] = tuning.Measured(
+                    name, summarize(samples)["median"], max(seen.peak_mb, got.peak_mb), samples
+                )
+        round_seconds.append(time.perf_counter() - start)
+        log(f"round {i + 1}/{args.rounds}: {round_seconds[-1]:.0f} s")
+    bound = tuning.memory_bound(args.device, merged, None)
+    chosen = tuning.choose(pool, merged, bound)
+    default = tuning.class_default(args.device)
+    text = tuning.table(pool, merged, chosen, bound)
+    authors = merged["authors"]
+    ratios = {
+        label: {
+            "step_time": merged[label].step_s / authors.step_s,
+            "peak_mem": merged[label].peak_mb / authors.peak_mb,
+        }
+        for label in ({default.label} | ({chosen.label} if chosen else set()))
+        if merged.get(label) and merged[label].step_s is not None
+    }
+    print(text)
+    print(f"class default: {default.label}; tuned choice: {chosen.label if chosen else 'none fits'}")
+    for label, ratio in ratios.items():
+        print(f"{label} / authors: time {ratio['step_time']:.2f}x, peak memory {ratio['peak_mem']:.2f}x")
+    print(f"one tuning (one round): {statistics.median(round_seconds):.0f} s")
+    return {
+        "tuner": {
+            "rows": {name: dataclasses.asdict(m) for name, m in merged.items()},
+            "memory_bound_mb": bound,
+            "chosen": chosen.label if chosen else None,
+            "class_default": default.label,
+            "ratios_to_authors": ratios,
+            "seconds_per_tuning": statistics.median(round_seconds),
+            "table": text,
+        }
+    }
+
+
 def main(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one fixed input size: pick kernels once
-    if args.worker:
-        print(json.dumps(worker(args.worker, args)))
-        return {}
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
+
+    if args.tune:
+        info = environment(device)
+        log(f"{info['device']}: batch {args.batch_size}, {args.input_size[0]}x{args.input_size[1]}, tuner")
+        result = run_tuner(args, log)
+        result.update({"device": info["device"], "command": info["command"], "environment": info})
+        print(format_environment(info))
+        if args.json:
+            write_json(result, args.json)
+        return result
 
     info = environment(device)
     log(
@@ -622,7 +500,10 @@ def main(args: argparse.Namespace) -> dict:
     def step_of(name: str) -> TrainStep:  # for the FLOP count and the profile; built here if isolated
         if name not in measured.steps:
             measured.steps[name] = TrainStep(
-                configs[name], device, *make_batch(args.batch_size, args.input_size, device)
+                configs[name],
+                device,
+                *make_batch(args.batch_size, args.input_size, device, DOG.num_classes),
+                DOG.num_classes,
             )
         return measured.steps[name]
 

@@ -20,6 +20,11 @@ def _threads() -> int:
 THREADS = _threads()
 torch.set_num_threads(THREADS)
 os.environ["OMP_NUM_THREADS"] = str(THREADS)  # for the train.py / evaluate.py / bench processes tests start
+# train.py --tune's cache: never the user's own (~/.cache/dfpnet) from a test.
+os.environ["DFPNET_CACHE_DIR"] = os.path.join(
+    os.environ.get("TMPDIR", "/tmp"),
+    f"dfpnet-test-cache-{os.getpid()}-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}",
+)
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -27,6 +32,12 @@ def pytest_collection_modifyitems(config, items) -> None:
     time) the files with long tests then start at once instead of leaving one worker busy at the
     end while the others idle. The order is otherwise kept."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tune_cache(tmp_path_factory):
+    """train.py --tune's cache, for the tests and the processes they start: never the user's own."""
+    os.environ["DFPNET_CACHE_DIR"] = str(tmp_path_factory.mktemp("tune-cache"))
 
 
 @pytest.fixture(scope="session")

@@ -60,6 +60,11 @@ class TrainConfig:
     compile: bool
     activation_checkpointing: str  # off, layer3, backbone or all (training.flags.CHECKPOINTED_LAYERS)
     update_in_backward: bool  # training.optim.SGDInBackward
+    tune: str  # auto, on or off (training.tune)
+    max_memory: float | None  # --tune's memory bound, MiB
+    # Set by setup and the tuner, not flags:
+    fixed_by_flags: tuple[str, ...]  # of amp, channels_last, inplace, malloc_reuse: given on the command line
+    abn_backend: str | None  # InPlace-ABN's backend when the tuner chose one (None: libs' choice)
     deterministic: bool
     eval_every: int | None
     val_datasets: tuple[str, ...]
@@ -142,7 +147,8 @@ def setup(args: argparse.Namespace) -> TrainConfig:
     if channels_last is None:
         channels_last = cpu_defaults().channels_last if device.type == "cpu" else True
     # Before the model and the data allocate anything: glibc reads these on each allocation.
-    malloc_reuse = device.type == "cpu" and args.malloc == "reuse" and keep_freed_memory()
+    malloc = args.malloc or "reuse"
+    malloc_reuse = device.type == "cpu" and malloc == "reuse" and keep_freed_memory()
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         # Some CUDA kernels (bilinear upsampling's backward) have no deterministic version: warn there.
@@ -153,7 +159,19 @@ def setup(args: argparse.Namespace) -> TrainConfig:
         device=device,
         amp=amp,
         channels_last=channels_last,
+        malloc=malloc,
         malloc_reuse=malloc_reuse,
+        fixed_by_flags=tuple(
+            name
+            for name, given in (
+                ("amp", args.amp is not None),
+                ("channels_last", args.channels_last is not None),
+                ("inplace", args.inplace_abn != "auto"),
+                ("malloc_reuse", args.malloc is not None),
+            )
+            if given
+        ),
+        abn_backend=None,
         processes=processes,
         val_datasets=tuple(args.val_datasets),
         epochs=args.epochs or (None if args.time_budget else recipe.EPOCHS),

@@ -182,10 +182,10 @@ def _add_our_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--malloc",
         choices=("reuse", "system"),
-        default="reuse",
-        help="on the CPU, glibc malloc keeps freed memory for reuse (reuse, the default: "
-        "7-11%% faster steps, no page faults for every activation; at large batches "
-        "up to a third more peak memory) or behaves as it does by default (system)",
+        default=None,
+        help="on the CPU, glibc malloc keeps freed memory for reuse (reuse: 7-11%% faster steps, no "
+        "page faults for every activation; at large batches up to a third more peak memory) or "
+        "leaves glibc as it is (system) (default: reuse, or what --tune measured fastest)",
     )
     parser.add_argument(
         "--compile",
@@ -206,6 +206,24 @@ def _add_our_flags(parser: argparse.ArgumentParser) -> None:
         help="apply each parameter's SGD update as soon as backward has its gradient, then free the "
         "gradient, so that the gradients never all exist at once (docs/training.md, 'Out of memory?'): "
         "the same weights; one process, bf16 or float32",
+    )
+    parser.add_argument(
+        "--tune",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="time the configurations that --amp, --channels-last, --inplace-abn and --malloc leave "
+        "open (and InPlace-ABN's backend) for a few steps at this run's batch and crop, and train with "
+        "the fastest whose peak memory stays within the authors' configuration's (or --max-memory): "
+        "on measures now, auto when that costs under 1%% of the planned steps or an earlier run on "
+        "this machine measured it (docs/training.md, 'Tuning'), off keeps the CPU class's defaults",
+    )
+    parser.add_argument(
+        "--max-memory",
+        type=positive_float,
+        default=None,
+        metavar="MIB",
+        help="--tune's memory bound in MiB (default: the authors' configuration's peak, measured "
+        "alike; on CUDA the card's memory)",
     )
     parser.add_argument(
         "--deterministic",

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from libs import set_inplace
+from libs import InPlaceABN, set_inplace
 from networks.dfpnet import DFPNet
 from networks.init import init_from_scratch
 from training import distributed as du
@@ -108,6 +108,10 @@ def build_model(
     model.layer5_pred3x3.requires_grad_(False)
     inplace = default_inplace_abn(cfg.device) if cfg.inplace_abn == "auto" else cfg.inplace_abn == "on"
     set_inplace(model, inplace)
+    if cfg.abn_backend:  # the tuner's choice
+        for layer in model.modules():
+            if isinstance(layer, InPlaceABN):
+                layer.backend = cfg.abn_backend
     model.set_activation_checkpointing(CHECKPOINTED_LAYERS[cfg.activation_checkpointing])
     state = read_training_state(resume_path, model, label_set) if resume_path else None
     init_note = (

@@ -53,6 +53,7 @@ class Trainer:
         self.stop_signal = 0  # the signal every process agreed to stop on
         self.writer = None
         self.bar = None
+        self.tuning = ""  # what --tune decided, for TensorBoard (training.tune)
 
     # ---- state
     def restore(self, state: dict | None, path: str | None) -> None:
@@ -204,6 +205,8 @@ class Trainer:
                         purge_step=self.iteration + 1 if self.iteration else None,
                     )
                     self.writer.add_text("label_set", self.data.label_set.summary(), self.iteration)
+                    if self.tuning:
+                        self.writer.add_text("tuning", self.tuning, self.iteration)
                 self.bar = tqdm(
                     total=self.total_iters,
                     initial=self.iteration,

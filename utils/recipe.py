@@ -43,6 +43,10 @@ SAVE_EVERY = 500                                          # ours: last.pth every
 WORKERS = 2                                               # ours: DataLoader workers per process
 EVAL_WORKERS = 2                                          # ours: at most this many for evaluation in training
 TIMING_STEPS = 5                                          # ours: steps --time-budget times (2 are warm-up)
+TUNE_WARMUP = 2                                           # ours: --tune: unmeasured steps per configuration
+TUNE_STEPS = 3                                            # ours: --tune: measured steps (their median counts)
+TUNE_START_STEPS = 3                                      # ours: --tune: a fresh process's start, in steps
+TUNE_MAX_SHARE = 0.01                                     # ours: --tune auto measures under 1 % of the run
 
 # Augmentation of the training splits, the authors' loader (s. 3.3): scale 1 +- 0.25, rotation
 # +- 30 degrees for 60 % of the samples, horizontal flip half of the time.
