@@ -228,3 +228,22 @@ def test_train_py_measures_then_reads_its_cache(data_dir, tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     assert "tuned before on this machine" in second.stdout and "tune: timing" not in second.stdout
     assert f"InPlace-ABN {mode}" in second.stdout
+
+
+def test_a_tie_in_time_goes_to_the_smaller_memory(tmp_path):
+    pool = tuning.candidates(CPU)
+    fastest, close, far = pool[0], pool[1], pool[2]
+    seconds = {
+        fastest.step_config(): 2.0,
+        close.step_config(): 2.0 * (1 + recipe.TUNE_TIE * 0.8),
+        far.step_config(): 2.3,
+    }
+    memory = {
+        AUTHORS: 5000.0,
+        fastest.step_config(): 1400.0,
+        close.step_config(): 1200.0,
+        far.step_config(): 900.0,
+    }
+    assert _tune(measure=FakeMeasure(seconds, memory), tmp_path=tmp_path).candidate == close
+    seconds[close.step_config()] = 2.0 * (1 + recipe.TUNE_TIE * 1.2)  # no longer a tie
+    assert _tune(measure=FakeMeasure(seconds, memory), tmp_path=tmp_path).candidate == fastest

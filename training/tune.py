@@ -209,14 +209,22 @@ def measure_all(
 def choose(
     candidates_: list[Candidate], results: dict[str, Measured], max_memory_mb: float | None
 ) -> Candidate | None:
-    """The fastest candidate whose peak memory is at most ``max_memory_mb`` (None: no bound)."""
+    """The fastest candidate whose peak memory is at most ``max_memory_mb`` (None: no bound).
+
+    Step times within ``recipe.TUNE_TIE`` of the fastest are a tie (repeated medians of one
+    configuration on a shared machine spread that much), and a tie goes to the smaller peak memory.
+    """
     fitting = [
         c
         for c in candidates_
         if results[c.label].step_s is not None
         and (max_memory_mb is None or results[c.label].peak_mb <= max_memory_mb)
     ]
-    return min(fitting, key=lambda c: results[c.label].step_s, default=None)
+    if not fitting:
+        return None
+    fastest = min(results[c.label].step_s for c in fitting)
+    tied = [c for c in fitting if results[c.label].step_s <= fastest * (1 + recipe.TUNE_TIE)]
+    return min(tied, key=lambda c: (results[c.label].peak_mb, results[c.label].step_s))
 
 
 def memory_bound(

@@ -14,9 +14,10 @@ step on the two CPU classes"):
 
 The choice is made from what torch reports about the CPU (`torch.backends.cpu.get_cpu_capability`
 and oneDNN's native-bf16 test; `utils.device.default_amp` asks this module on the CPU), so it costs
-nothing at start-up and gives the same answer on every run of one machine. A start-up
-micro-measurement was considered and left out: on a shared 2-core machine its noise is as large
-as the differences it would measure, and a cached wrong answer would stay wrong.
+nothing at start-up and gives the same answer on every run of one machine. Measuring instead is
+``train.py --tune`` (training/tune.py): whole training steps at the run's own batch and crop, in
+fresh processes, for runs long enough to pay for it; these defaults are what it starts from and
+what short runs keep.
 
 Torch-light: imports torch only, so train.py / evaluate.py can call it before building anything.
 """

@@ -46,6 +46,7 @@ TIMING_STEPS = 5                                          # ours: steps --time-b
 TUNE_WARMUP = 2                                           # ours: --tune: unmeasured steps per configuration
 TUNE_STEPS = 3                                            # ours: --tune: measured steps (their median counts)
 TUNE_START_STEPS = 3                                      # ours: --tune: a fresh process's start, in steps
+TUNE_TIE = 0.05                                           # ours: --tune: step times this close are a tie
 TUNE_MAX_SHARE = 0.01                                     # ours: --tune auto measures under 1 % of the run
 
 # Augmentation of the training splits, the authors' loader (s. 3.3): scale 1 +- 0.25, rotation
