@@ -221,6 +221,13 @@ def test_train_py_measures_then_reads_its_cache(data_dir, tmp_path):
         f"amp off, channels-last True, compile False, activation checkpointing off, InPlace-ABN {mode}"
         in first.stdout
     )
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "a"), size_guidance={"tensors": 0})
+    events.Reload()
+    (text,) = events.Tensors("tuning/text_summary")
+    logged = text.tensor_proto.string_val[0].decode()
+    assert logged.startswith(f"tuned: {chosen.label}") and "| authors |" in logged
     (entry,) = json.loads(open(os.path.join(os.environ["DFPNET_CACHE_DIR"], "tune.json")).read()).values()
     assert entry["candidate"] == dataclasses.asdict(chosen) and entry["key"]["input_size"] == [32, 32]
 
