@@ -254,3 +254,24 @@ def test_a_tie_in_time_goes_to_the_smaller_memory(tmp_path):
     assert _tune(measure=FakeMeasure(seconds, memory), tmp_path=tmp_path).candidate == close
     seconds[close.step_config()] = 2.0 * (1 + recipe.TUNE_TIE * 1.2)  # no longer a tie
     assert _tune(measure=FakeMeasure(seconds, memory), tmp_path=tmp_path).candidate == fastest
+
+
+def test_the_allocator_is_set_once_the_choice_is_made(monkeypatch):
+    """glibc's adaptive mmap threshold cannot be restored once mallopt has set anything, and the
+    'system malloc' candidates were measured with it: so setup leaves malloc alone while the tuner
+    may choose, and the choice (or the class default) sets it."""
+    import training.config as config_module
+    from training.flags import get_args_parser
+
+    calls: list[str] = []
+    monkeypatch.setattr(tuning, "keep_freed_memory", lambda: calls.append("tuner") or True)
+    monkeypatch.setattr(config_module, "keep_freed_memory", lambda: calls.append("setup") or True)
+    cfg = config_module.setup(get_args_parser().parse_args(["--device", "cpu"]))
+    assert calls == [] and cfg.malloc == "reuse" and not cfg.malloc_reuse
+    system = dataclasses.replace(tuning.class_default(CPU), malloc_reuse=False)
+    assert tuning.apply(cfg, system).malloc == "system" and calls == []
+    chosen = tuning.apply(cfg, tuning.class_default(CPU))
+    assert chosen.malloc == "reuse" and chosen.malloc_reuse and calls == ["tuner"]
+    for flags in (["--tune", "off"], ["--malloc", "reuse"]):
+        assert config_module.setup(get_args_parser().parse_args(["--device", "cpu", *flags])).malloc_reuse
+    assert calls == ["tuner", "setup", "setup"]

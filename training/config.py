@@ -56,7 +56,7 @@ class TrainConfig:
     channels_last: bool
     inplace_abn: str  # auto, on or off, as given
     malloc: str
-    malloc_reuse: bool  # glibc keeps freed memory (--malloc reuse on the CPU, where it took)
+    malloc_reuse: bool  # glibc keeps freed memory (--malloc reuse on the CPU, where it took; see setup)
     compile: bool
     activation_checkpointing: str  # off, layer3, backbone or all (training.flags.CHECKPOINTED_LAYERS)
     update_in_backward: bool  # training.optim.SGDInBackward
@@ -148,7 +148,10 @@ def setup(args: argparse.Namespace) -> TrainConfig:
         channels_last = cpu_defaults().channels_last if device.type == "cpu" else True
     # Before the model and the data allocate anything: glibc reads these on each allocation.
     malloc = args.malloc or "reuse"
-    malloc_reuse = device.type == "cpu" and malloc == "reuse" and keep_freed_memory()
+    # Left to the tuner (training.tune.apply) when it may choose: it measured glibc untouched, and
+    # mallopt cannot give back glibc's adaptive mmap threshold once set.
+    decided = args.malloc is not None or args.tune == "off"
+    malloc_reuse = device.type == "cpu" and malloc == "reuse" and decided and keep_freed_memory()
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         # Some CUDA kernels (bilinear upsampling's backward) have no deterministic version: warn there.

@@ -42,7 +42,6 @@ from utils.cpu_defaults import (
     cpu_model,
     keep_freed_memory,
     native_bf16,
-    system_malloc,
 )
 from utils.device import default_amp
 from utils.files import write_json_atomic
@@ -415,11 +414,11 @@ def planned_steps(cfg: TrainConfig, iters_per_epoch: int) -> int | None:
 
 
 def apply(cfg: TrainConfig, candidate: Candidate) -> TrainConfig:
-    """``cfg`` with the candidate's settings, the allocator switched to match."""
-    if cfg.device.type == "cpu" and candidate.malloc_reuse != cfg.malloc_reuse:
-        reuse = keep_freed_memory() if candidate.malloc_reuse else not system_malloc()
-    else:
-        reuse = cfg.malloc_reuse
+    """``cfg`` with the candidate's settings and the allocator set to match (setup leaves glibc as it
+    is while the tuner may choose, which is how the candidates were measured)."""
+    reuse = cfg.malloc_reuse
+    if cfg.device.type == "cpu" and candidate.malloc_reuse and not reuse:
+        reuse = keep_freed_memory()
     return dataclasses.replace(
         cfg,
         amp=candidate.amp,
@@ -455,6 +454,6 @@ def tune_run(cfg: TrainConfig, data: TrainData) -> tuple[TrainConfig, TuneResult
     du.log(result.reason)
     if result.source == "measured":
         du.log(result.table)
-    if result.source == "defaults" and cfg.tune == "off":
+    if cfg.tune == "off":  # setup has applied the flags and the class defaults
         return cfg, result
     return apply(cfg, result.candidate), result

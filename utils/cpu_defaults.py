@@ -40,7 +40,6 @@ __all__ = [
     "native_bf16",
     "keep_freed_memory",
     "cpu_model",
-    "system_malloc",
 ]
 
 
@@ -137,9 +136,6 @@ def cpu_defaults(capability: str | None = None, bf16: bool | None = None) -> Cpu
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
-# glibc's defaults (malloc/malloc.c: DEFAULT_MMAP_MAX, DEFAULT_TRIM_THRESHOLD).
-_DEFAULT_MMAP_MAX = 65536
-_DEFAULT_TRIM = 128 * 1024
 
 
 def keep_freed_memory() -> bool:
@@ -166,16 +162,3 @@ def keep_freed_memory() -> bool:
     mallopt.restype = ctypes.c_int
     # mallopt returns 1 on success; a trim threshold of -1 disables trimming (mallopt(3)).
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))
-
-
-def system_malloc() -> bool:
-    """Undo :func:`keep_freed_memory`: glibc's default mmap count and trim threshold again (its
-    threshold no longer adapts). Returns False where there is no glibc."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM))
