@@ -128,5 +128,8 @@ def test_train_resolves_the_malloc_choice():
     assert (
         setup(get_args_parser().parse_args(["--device", "cpu", "--malloc", "system"])).malloc_reuse is False
     )
-    cfg = setup(get_args_parser().parse_args(["--device", "cpu"]))
+    cfg = setup(get_args_parser().parse_args(["--device", "cpu", "--tune", "off"]))
     assert cfg.malloc_reuse is sys.platform.startswith("linux")
+    # With --tune auto (the default) the allocator waits for the tuner's choice (tests/test_tune.py).
+    cfg = setup(get_args_parser().parse_args(["--device", "cpu"]))
+    assert cfg.malloc == "reuse" and cfg.malloc_reuse is False
