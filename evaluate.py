@@ -80,7 +80,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="authors' flag: GPU ids to expose through CUDA_VISIBLE_DEVICES (e.g. 0); "
         "default: leave the environment as it is",
     )
-    add_inference_arguments(parser, onnx=True, data_dir=True)
+    add_inference_arguments(parser, onnx=True, data_dir=True, scores=True)
     parser.add_argument(
         "--truncate-centers",
         action="store_true",

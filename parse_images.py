@@ -145,7 +145,7 @@ def main(args: argparse.Namespace) -> int:
     except OSError as exc:  # an output picture could not be written: no point going on
         fail(str(exc))
     done = stats.images - len(failed)
-    runtime = "onnxruntime, cpu" if args.onnx else f"device {device}"
+    runtime = "onnxruntime, cpu, float32" if args.onnx else f"device {device}, amp {args.amp}"
     print(
         f"Parsed {done} of {stats.images} images into {args.out} "
         f"({stats.images_per_second:.2f} images/s, {runtime}); label set: {label_set.describe()}, "

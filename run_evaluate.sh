@@ -5,7 +5,7 @@
 #   RESTORE_FROM=snapshots/best.pth DEVICE=cuda EXTRA_ARGS="--flip --amp bf16" ./run_evaluate.sh
 # Settings: DATA_DIR DATASET RESTORE_FROM INPUT_SIZE LABELS (default: DATA_DIR/labels.json, else the
 # checkpoint's own set, else dog) NUM_CLASSES (a check) BATCH_SIZE WORKERS DEVICE, AMP (empty:
-# bf16 where native; off: exact float32), SAVE_PATH (pictures; empty: none), METRICS_OUT and EXTRA_ARGS.
+# off, exact float32; bf16 where native is faster), SAVE_PATH (pictures; empty: none), METRICS_OUT and EXTRA_ARGS.
 # Without a dataset at DATA_DIR it evaluates the synthetic demo (run ./run.sh first) instead.
 set -euo pipefail
 source "$(dirname "$0")/utils/env.sh"

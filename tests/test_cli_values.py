@@ -341,6 +341,8 @@ def test_parse_images_flip_and_scales_by_value(
     )
     assert code == 0, err
     assert "Parsed 3 of 3 images" in stdout
+    # The precision used is printed (these runs ask for float32).
+    assert "device cpu, amp off)" in stdout or "onnxruntime, cpu, float32)" in stdout
     for stem, want in expected[setting].items():
         got = cv2.imread(str(out / f"{stem}_label.png"), cv2.IMREAD_UNCHANGED)
         assert got is not None and got.shape == want.label.shape and got.dtype == np.uint8, stem
