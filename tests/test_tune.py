@@ -89,6 +89,10 @@ def test_the_memory_bound_excludes_a_faster_but_larger_candidate(tmp_path):
     # --max-memory replaces the authors' bound.
     result = _tune(measure=FakeMeasure(seconds, memory), tmp_path=tmp_path, max_memory_mb=2000.0)
     assert result.candidate == fast_big
+    # Nothing fits: the class defaults, with the table that shows why.
+    result = _tune(measure=FakeMeasure(seconds, memory), tmp_path=tmp_path, max_memory_mb=10.0)
+    assert result.candidate == tuning.class_default(CPU) and result.source == "defaults"
+    assert "no configuration fits" in result.reason and "| authors |" in result.table
 
 
 def test_a_failed_candidate_is_left_out(tmp_path):
@@ -206,7 +210,8 @@ def test_train_py_measures_then_reads_its_cache(data_dir, tmp_path):
     """--tune on times each open configuration in fresh processes (here the flags leave InPlace-ABN's
     mode and backend open), prints the table and the choice, trains with it and caches it; --tune auto
     then takes the cached choice without measuring."""
-    first = _train(data_dir, tmp_path / "a", "--tune", "on")
+    # At 32x32 every peak is the runtime's, give or take noise: the authors' bound is lifted here.
+    first = _train(data_dir, tmp_path / "a", "--tune", "on", "--max-memory", "100000")
     assert first.returncode == 0, first.stderr[-2000:]
     pool = tuning.candidates(CPU, {"amp": "off", "channels_last": True, "malloc_reuse": True})
     rows = [
@@ -231,7 +236,7 @@ def test_train_py_measures_then_reads_its_cache(data_dir, tmp_path):
     (entry,) = json.loads(open(os.path.join(os.environ["DFPNET_CACHE_DIR"], "tune.json")).read()).values()
     assert entry["candidate"] == dataclasses.asdict(chosen) and entry["key"]["input_size"] == [32, 32]
 
-    second = _train(data_dir, tmp_path / "b", "--tune", "auto")
+    second = _train(data_dir, tmp_path / "b", "--tune", "auto", "--max-memory", "100000")
     assert second.returncode == 0, second.stderr[-2000:]
     assert "tuned before on this machine" in second.stdout and "tune: timing" not in second.stdout
     assert f"InPlace-ABN {mode}" in second.stdout

@@ -452,7 +452,7 @@ def tune_run(cfg: TrainConfig, data: TrainData) -> tuple[TrainConfig, TuneResult
         dist.broadcast_object_list(shared, src=0)
         result = shared[0]
     du.log(result.reason)
-    if result.source == "measured":
+    if result.source != "cached" and result.table:  # measured now, whatever it chose
         du.log(result.table)
     if cfg.tune == "off":  # setup has applied the flags and the class defaults
         return cfg, result
