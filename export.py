@@ -31,6 +31,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import warnings
 
 import numpy as np
@@ -38,6 +39,7 @@ import onnx
 import torch
 from torch import nn
 
+from inference.bundle import write_bundle
 from inference.model import load_model, network_label_set, read_network
 from inference.onnx_infer import OUTPUTS, OnnxModel, OnnxModelError
 from utils import recipe
@@ -127,6 +129,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-check", action="store_true", help="skip the onnxruntime-vs-PyTorch check of the written model"
     )
+    parser.add_argument(
+        "--bundle",
+        default=None,
+        metavar="DIR",
+        help="write a torch-free deployment into the new folder DIR instead: the model (named as "
+        "--out's file name), parse_images.py and the modules it needs, requirements.txt and a README "
+        "(docs/deploy.md, section 3)",
+    )
     return parser
 
 
@@ -195,8 +205,38 @@ def relative_error(got: np.ndarray, want: np.ndarray) -> float:
 
 
 def main(args: argparse.Namespace) -> None:
-
     given = given_labels(args, fail)
+    if not args.bundle:
+        export(args, given)
+        return
+    bundle = os.path.abspath(args.bundle)
+    if os.path.exists(bundle) and (not os.path.isdir(bundle) or os.listdir(bundle)):
+        fail(f"{args.bundle}: exists and is not an empty folder; --bundle writes a new one", 2)
+    # Built beside its final place and renamed at the end: nothing half-written is left, whatever fails.
+    staging = f"{bundle}.partial-{os.getpid()}"
+    model_name = os.path.basename(args.out)
+    args.out = os.path.join(staging, model_name)
+    try:
+        export(args, given, shown=os.path.join(args.bundle, model_name))
+        try:
+            write_bundle(staging, args.out)
+            if os.path.isdir(bundle):
+                os.rmdir(bundle)  # empty, checked above
+            os.rename(staging, bundle)
+        except OSError as exc:
+            fail(f"{args.bundle}: could not be written: {exc.strerror or exc}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(
+        f"Bundle {args.bundle}: {model_name}, parse_images.py and the modules it needs, requirements.txt "
+        f"and README.md; without PyTorch: pip install -r requirements.txt, then "
+        f"python parse_images.py --onnx {model_name} --out parsed/ PICTURES"
+    )
+
+
+def export(args: argparse.Namespace, given: LabelSet | None, shown: str | None = None) -> None:
+    """Write the ONNX model of ``args`` to ``args.out`` (checked against PyTorch unless --no-check);
+    the line it prints names it ``shown`` (default ``args.out``)."""
     problem = output_folder_problem(os.path.dirname(os.path.abspath(args.out)))
     if os.path.isdir(args.out):
         example = os.path.join(args.out, "dfpnet.onnx")
@@ -232,7 +272,7 @@ def main(args: argparse.Namespace) -> None:
             check(module, tmp, example, args, label_set)
     size_mb = os.path.getsize(args.out) / 2**20
     print(
-        f"Wrote {args.out} ({size_mb:.1f} MiB, opset {args.opset}, output {args.output}, "
+        f"Wrote {shown or args.out} ({size_mb:.1f} MiB, opset {args.opset}, output {args.output}, "
         f"{'static 1x3x{}x{}'.format(*args.input_size) if args.static else 'dynamic batch, H and W'}) "
         f"from {args.restore_from}; label set: {label_set.describe()}"
     )

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 import evaluate
 import export
 import parse_images
+from inference.bundle import DEPLOY_FILES, requirements
 from inference.onnx_infer import OnnxModel, resize_bilinear
 from inference.pipeline import ImageFiles, batches, list_images
 from inference.predict import evaluate_model, make_eval_loader, predict_probs
@@ -114,19 +115,22 @@ def models(data, tmp_path_factory):
         state = model.state_dict()
         save_atomic(with_label_set(state, RENAMED) if name == "synthetic" else state, checkpoint)
         fused = fuse_for_inference(model)
-        if name == "synthetic":  # the command line, end to end
+        if name == "synthetic":  # the command line, end to end, as a torch-free bundle
             export.main(
                 export.get_arguments(
                     [
                         "--restore-from",
                         str(checkpoint),
+                        "--bundle",
+                        str(folder / "bundle"),
                         "--out",
-                        str(onnx_path),
+                        onnx_path.name,
                         "--input-size",
                         ",".join(map(str, SIZE)),
                     ]
                 )
             )
+            onnx_path = folder / "bundle" / onnx_path.name
         else:  # the same export, without reading the checkpoint back and folding it again
             args = export.get_arguments(["--restore-from", str(checkpoint), "--input-size", "64,64"])
             export.export_onnx(
@@ -264,6 +268,18 @@ def test_export_errors_are_one_line_and_leave_nothing(tmp_path, capsys):
         export, ["--restore-from", str(bad), "--out", str(out), "--output", "colours"], capsys
     )
     assert code == 2 and "--output" in err
+    # --bundle: a failed export leaves neither the bundle nor its staging folder; a folder in use is refused.
+    bundle = tmp_path / "bundle"
+    code, _, err = run_main(export, ["--restore-from", str(bad), "--bundle", str(bundle)], capsys)
+    assert code == 2 and str(bad) in err and len(err.strip().splitlines()) == 1
+    assert sorted(os.listdir(tmp_path)) == ["garbage.pth", "out"]
+    bundle.mkdir()
+    (bundle / "keep.txt").write_text("mine")
+    code, _, err = run_main(export, ["--restore-from", str(bad), "--bundle", str(bundle)], capsys)
+    assert code == 2 and err.strip().endswith(
+        f"{bundle}: exists and is not an empty folder; --bundle writes a new one"
+    )
+    assert os.listdir(bundle) == ["keep.txt"]
 
 
 @pytest.mark.slow
@@ -351,11 +367,6 @@ def test_evaluate_onnx_and_fused_match_evaluate(models, data, tmp_path, capsys):
     assert abs(mean_iou["onnxruntime"] - mean_iou["pytorch"]) <= 0.05
 
 
-DEPLOY_FILES = [
-    "parse_images.py",
-    *(f"utils/{m}.py" for m in ("__init__", "cli", "recipe", "labels", "transforms", "pictures")),
-    *(f"inference/{m}.py" for m in ("__init__", "model", "pipeline", "onnx_infer")),
-]
 _NO_TORCH = """
 import runpy, sys
 class NoTorch:
@@ -374,12 +385,17 @@ def test_parse_images_onnx_runs_without_torch(models, data, tmp_path, capsys):
     inputs = str(data / "val_images")
     common = ["--input-size", ",".join(map(str, SIZE)), "--no-progress"]
 
-    # docs/deploy.md's list of files, copied alone: what a deployment ships.
+    # export.py --bundle's folder (the models fixture wrote it), copied alone elsewhere: what a
+    # deployment ships, with no checkout on the path.
+    bundle = onnx_path.parent
     alone = tmp_path / "deployment"
-    (alone / "utils").mkdir(parents=True)
-    (alone / "inference").mkdir()
-    for name in DEPLOY_FILES:
-        shutil.copy(os.path.join(ROOT, name), alone / name)
+    shutil.copytree(bundle, alone)
+    assert sorted(str(p.relative_to(alone)) for p in alone.rglob("*") if p.is_file()) == sorted(
+        [*DEPLOY_FILES, onnx_path.name, "requirements.txt", "README.md"]
+    )
+    assert (alone / "requirements.txt").read_text().split() == requirements()
+    assert any(line.startswith("onnxruntime==") for line in requirements())
+    onnx_path = alone / onnx_path.name
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
     def without_torch(*argv: str) -> subprocess.CompletedProcess:

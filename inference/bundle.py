@@ -1,0 +1,65 @@
+"""A torch-free deployment folder: ``export.py --bundle DIR``.
+
+What ``parse_images.py --onnx`` needs and nothing else: the script, the project's torch-free
+modules it imports, the ONNX model and a ``requirements.txt``. tests/test_deploy.py copies such a
+folder alone to another place, blocks ``import torch`` and parses pictures there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# parse_images.py --onnx and every module it imports on that path (none imports torch there).
+DEPLOY_FILES: tuple[str, ...] = (
+    "parse_images.py",
+    *(f"utils/{m}.py" for m in ("__init__", "cli", "recipe", "labels", "transforms", "pictures")),
+    *(f"inference/{m}.py" for m in ("__init__", "model", "pipeline", "onnx_infer")),
+)
+# The packages those files import, pinned as the repository's requirements.txt pins them.
+DEPLOY_PACKAGES: tuple[str, ...] = ("numpy", "opencv-python-headless", "onnxruntime", "tqdm")
+
+
+def requirements(path: str = os.path.join(ROOT, "requirements.txt")) -> list[str]:
+    """The lines of the repository's requirements.txt that name DEPLOY_PACKAGES, in that order."""
+    with open(path, encoding="utf-8") as f:
+        lines = [line.split("#")[0].strip() for line in f]
+    found = {}
+    for line in lines:
+        name = re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].lower()
+        if name in DEPLOY_PACKAGES:
+            found[name] = line
+    missing = [p for p in DEPLOY_PACKAGES if p not in found]
+    if missing:
+        raise ValueError(f"{path}: does not name {', '.join(missing)}")
+    return [found[p] for p in DEPLOY_PACKAGES]
+
+
+README = """# DFPnet, torch-free
+
+    pip install -r requirements.txt
+    python parse_images.py --onnx {model} --out parsed/ my_pictures/ more.png
+
+onnxruntime runs the model on the CPU in float32; the label set, the training crop and the
+output the model was exported with are recorded in it (docs/deploy.md of the repository).
+"""
+
+
+def write_bundle(folder: str, model: str) -> list[str]:
+    """Fill ``folder`` (which exists, empty) with DEPLOY_FILES, the ONNX file ``model`` (moved in),
+    requirements.txt and README.md. Returns the paths written, relative to ``folder``."""
+    written = []
+    for name in DEPLOY_FILES:
+        os.makedirs(os.path.join(folder, os.path.dirname(name)), exist_ok=True)
+        shutil.copyfile(os.path.join(ROOT, name), os.path.join(folder, name))
+        written.append(name)
+    model_name = os.path.basename(model)
+    shutil.move(model, os.path.join(folder, model_name))
+    with open(os.path.join(folder, "requirements.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(requirements()) + "\n")
+    with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
+        f.write(README.format(model=model_name))
+    return [*written, model_name, "requirements.txt", "README.md"]
