@@ -186,12 +186,7 @@ class DFPNet(DeepStemResNet):
         )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if (
-            self.checkpointed
-            and self.training
-            and torch.is_grad_enabled()
-            and not torch.compiler.is_compiling()
-        ):
+        if any(map(self.recomputes, self.checkpointed)) and not torch.compiler.is_compiling():
             # Trading time for memory already: weights' 16-bit copies are cast again in backward too.
             with recast_weights():
                 return self._forward(x)

@@ -96,9 +96,10 @@ def train_step(
     losses = output_losses(outputs, labels, ignore_label)
     total = losses.sum()
     if isinstance(optimizer, SGDInBackward):
-        _check_finite(losses.detach().tolist(), iteration, optimizer)
+        values = losses.detach().tolist()
+        _check_finite(values, iteration, optimizer)
         total.backward()  # which updates the weights
-        return losses.detach().tolist(), outputs
+        return values, outputs
     (scaler.scale(total) if scaler is not None else total).backward()
 
     reported = losses.detach().clone()
