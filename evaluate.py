@@ -202,7 +202,7 @@ def save_figures(folder: str, matrix, metrics: dict, label_set: LabelSet) -> Non
 
 
 def metrics_record(
-    args: argparse.Namespace, metrics: dict, stats: InferenceStats, label_set: LabelSet, device
+    args: argparse.Namespace, metrics: dict, stats: InferenceStats, label_set: LabelSet, device, model
 ) -> dict:
     """The scores with everything needed to reproduce them: what --metrics-out holds."""
     return dict(
@@ -219,7 +219,8 @@ def metrics_record(
             "amp": args.amp,
             "channels_last": args.channels_last and not args.onnx,
             "fused": args.fuse and not args.onnx,
-            "runtime": "onnxruntime" if args.onnx else "pytorch",
+            "runtime": model.runtime if args.onnx else "pytorch",
+            "precision": model.run_precision if args.onnx else ("float32" if args.amp == "off" else args.amp),
             "device": "cpu" if args.onnx else str(device),
             "images_per_second": stats.images_per_second,
             "label_set": dict(label_set.to_dict(), source=label_set.source),
@@ -249,6 +250,8 @@ def main(args: argparse.Namespace) -> None:
     except (ValueError, OSError) as exc:
         fail(error_line(exc))
     model = setup_model(args, network, label_set, device, fail)
+    if args.onnx and model.note:
+        print(f"{args.onnx}: {model.note}")
     loader = make_eval_loader(
         dataset,
         batch_size=args.batch_size,
@@ -282,14 +285,16 @@ def main(args: argparse.Namespace) -> None:
     if stats.images == 0:
         fail(f"{args.data_dir}: split {args.dataset!r} has no images")
 
-    print_report(args, matrix, stats, label_set, "onnxruntime (cpu)" if args.onnx else f"device {device}")
+    print_report(args, matrix, stats, label_set, model.describe() if args.onnx else f"device {device}")
     metrics = matrix.to_dict(list(label_set.names))
     if args.save_path:
         save_figures(args.save_path, matrix, metrics, label_set)
         print(f"Pictures in {args.save_path}")
     if args.metrics_out:
         try:
-            write_json_atomic(metrics_record(args, metrics, stats, label_set, device), args.metrics_out)
+            write_json_atomic(
+                metrics_record(args, metrics, stats, label_set, device, model), args.metrics_out
+            )
         except OSError as exc:
             fail(f"{args.metrics_out}: could not write the metrics: {exc.strerror or exc}")
         print(f"Metrics in {args.metrics_out}")

@@ -86,6 +86,8 @@ def main(args: argparse.Namespace) -> int:
     network = read_network(args, fail)
     label_set = network_label_set(args, network, given, fail)
     model = setup_model(args, network, label_set, device, fail)
+    if args.onnx and model.note:
+        print(f"{args.onnx}: {model.note}")
     images = ImageFiles(paths, args.input_size)
     os.makedirs(args.out, exist_ok=True)
     failed: list[str] = []
@@ -145,7 +147,7 @@ def main(args: argparse.Namespace) -> int:
     except OSError as exc:  # an output picture could not be written: no point going on
         fail(str(exc))
     done = stats.images - len(failed)
-    runtime = "onnxruntime, cpu, float32" if args.onnx else f"device {device}, amp {args.amp}"
+    runtime = model.describe() if args.onnx else f"device {device}, amp {args.amp}"
     print(
         f"Parsed {done} of {stats.images} images into {args.out} "
         f"({stats.images_per_second:.2f} images/s, {runtime}); label set: {label_set.describe()}, "

@@ -16,11 +16,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # parse_images.py --onnx and every module it imports on that path (none imports torch there).
 DEPLOY_FILES: tuple[str, ...] = (
     "parse_images.py",
-    *(f"utils/{m}.py" for m in ("__init__", "cli", "recipe", "labels", "transforms", "pictures")),
+    *(f"utils/{m}.py" for m in ("__init__", "cli", "cpuinfo", "recipe", "labels", "transforms", "pictures")),
     *(f"inference/{m}.py" for m in ("__init__", "model", "pipeline", "onnx_infer")),
 )
 # The packages those files import, pinned as the repository's requirements.txt pins them.
-DEPLOY_PACKAGES: tuple[str, ...] = ("numpy", "opencv-python-headless", "onnxruntime", "tqdm")
+DEPLOY_PACKAGES: tuple[str, ...] = ("numpy", "opencv-python-headless", "onnxruntime", "openvino", "tqdm")
 
 
 def requirements(path: str = os.path.join(ROOT, "requirements.txt")) -> list[str]:
@@ -43,8 +43,10 @@ README = """# DFPnet, torch-free
     pip install -r requirements.txt
     python parse_images.py --onnx {model} --out parsed/ my_pictures/ more.png
 
-onnxruntime runs the model on the CPU in float32; the label set, the training crop and the
-output the model was exported with are recorded in it (docs/deploy.md of the repository).
+A float32 model runs on onnxruntime, a bf16 or int8 one on OpenVINO (bf16 where the CPU has it
+natively, float32 otherwise); `--runtime` chooses, and the line printed at the end names the runtime
+and precision used. The label set, the training crop, the output and the precision the model was
+exported with are recorded in it (docs/deploy.md of the repository).
 """
 
 

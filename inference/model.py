@@ -60,7 +60,7 @@ def load_model(
 def setup_device(args: argparse.Namespace, fail: Fail) -> torch.device | None:
     """The device of ``--device`` and the precision of ``--amp`` (default: native bf16, else off).
 
-    With ``--onnx`` onnxruntime runs on the CPU in float32: no torch device (None), amp "off".
+    With ``--onnx`` the model runs on the CPU at its own precision: no torch device (None), amp "off".
     A bad ``--device`` ends the program through ``fail(message, 2)``.
     """
     if getattr(args, "onnx", None):
@@ -87,7 +87,7 @@ def read_network(args: argparse.Namespace, fail: Fail) -> Weights | OnnxModel:
         from inference.onnx_infer import OnnxModel, OnnxModelError  # onnxruntime: only with --onnx
 
         try:
-            return OnnxModel(args.onnx)
+            return OnnxModel(args.onnx, runtime=getattr(args, "runtime", "auto"))
         except OnnxModelError as exc:
             fail(str(exc), 2)
     from utils.checkpoint import CheckpointError, read_weights  # torch: not on the --onnx path

@@ -16,14 +16,17 @@ a single plain pass takes the argmax of the logits.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from inference.pipeline import check_scales, scaled_size
 from utils.cli import first_line
+from utils.cpuinfo import int8_dot_product, native_bf16
 from utils.labels import LabelSet, LabelSetError, from_stored_form
 from utils.transforms import MEAN, STD
 
@@ -32,6 +35,130 @@ OUTPUTS = ("logits", "probs", "labels")
 
 class OnnxModelError(Exception):
     """An ONNX model could not be used; the message is one line naming the file and the problem."""
+
+
+RUNTIMES = ("auto", "onnxruntime", "openvino")
+# What export.py writes (metadata "precision"): float32 weights; float32 weights run in bf16 where
+# the CPU has it natively; int8 QDQ weights and activations (static, calibrated).
+PRECISIONS = ("float32", "bf16", "int8")
+
+
+class _Port(NamedTuple):
+    name: str
+    shape: tuple  # ints, or names/None for dynamic dimensions
+
+
+class _OrtSession:
+    """An onnxruntime CPU session: the float32 reference runtime."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str, threads: int | None) -> None:
+        try:
+            import onnxruntime as ort  # only here: evaluate.py and parse_images.py load it with --onnx alone
+        except ImportError:
+            raise OnnxModelError(
+                f"{path}: onnxruntime is not installed (pip install -r requirements.txt)"
+            ) from None
+        self.version = ort.__version__
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # warnings about unused initialisers are not for users
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for every bad file
+            raise OnnxModelError(
+                f"{path}: not an ONNX model onnxruntime can load: {first_line(exc)}"
+            ) from None
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.inputs = [_Port(i.name, tuple(i.shape)) for i in self.session.get_inputs()]
+        self.outputs = [_Port(o.name, tuple(o.shape)) for o in self.session.get_outputs()]
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run([self.outputs[0].name], {self.inputs[0].name: images})[0]
+
+
+def openvino_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+class _OpenVinoSession:
+    """An OpenVINO CPU model: int8 QDQ models as int8 kernels, bf16 where the CPU has it natively.
+
+    ``read`` parses the file (metadata and ports); ``compile`` makes it runnable at ``precision``
+    (OpenVINO's inference precision hint: "f32" keeps float32 layers float32, which is not its
+    default on CPUs with native bf16).
+    """
+
+    name = "openvino"
+
+    def __init__(self, path: str, threads: int | None) -> None:
+        import openvino as ov  # optional: only for --runtime openvino, or auto with int8/bf16 models
+
+        self.version = ov.get_version().split("-")[0]
+        self.threads = threads
+        self.core = ov.Core()
+        try:
+            self.model = self.core.read_model(path)
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with pages of text
+            raise OnnxModelError(f"{path}: not an ONNX model OpenVINO can read: {first_line(exc)}") from None
+        info = self.model.get_rt_info()
+        framework = info["framework"] if "framework" in info else {}
+        self.metadata = {key: str(value.value) for key, value in dict(framework).items()}
+        self.inputs = [_Port(p.get_any_name(), _ov_shape(p)) for p in self.model.inputs]
+        self.outputs = [_Port(p.get_any_name(), _ov_shape(p)) for p in self.model.outputs]
+        self.path = path
+
+    def compile(self, precision: str) -> None:
+        config = {
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = self.threads
+        try:
+            compiled = self.core.compile_model(self.model, "CPU", config)
+        except Exception as exc:  # noqa: BLE001
+            raise OnnxModelError(f"{self.path}: OpenVINO cannot compile it: {first_line(exc)}") from None
+        self.request = compiled.create_infer_request()
+        del self.model  # the compiled model holds what it needs
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        # The request's output tensor is reused by the next call: copy it out.
+        return np.array(self.request.infer({0: images})[0], copy=True)
+
+
+def _ov_shape(port) -> tuple:
+    return tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
+
+
+def choose_runtime(
+    precision: str, runtime: str, *, openvino: bool, bf16: bool, int8_dot: bool, reduced: bool
+) -> tuple[str, str, str]:
+    """(runtime, precision it runs at, a note for the user or "") for a model of ``precision``.
+
+    ``auto``: onnxruntime for float32 (the reference), OpenVINO for bf16 and int8 where installed
+    (bench/RESULTS.md section 15: its int8 and bf16 kernels are the fast ones). bf16 needs OpenVINO
+    and native bf16; otherwise the float32 weights run in float32, and the note says why.
+    """
+    if runtime == "auto":
+        runtime = "openvino" if precision != "float32" and openvino else "onnxruntime"
+    note = ""
+    run = precision
+    if precision == "bf16" and runtime == "onnxruntime":
+        run, note = (
+            "float32",
+            "onnxruntime has no bf16 CPU kernels, so it runs in float32 (OpenVINO runs bf16)",
+        )
+    elif precision == "bf16" and not bf16:
+        run, note = "float32", "this CPU has no native bf16, so it runs in float32"
+    elif precision == "int8" and not int8_dot and not reduced:
+        note = (
+            "its int8 weights use the full 8-bit range, which can saturate on a CPU without VNNI "
+            "like this one; export.py --reduce-range on avoids that"
+        )
+    return runtime, run, note
 
 
 def _axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -72,30 +199,39 @@ class OnnxModel:
     cannot load, or a model whose input, output, label set or normalisation is not usable.
     """
 
-    def __init__(self, path: str, *, threads: int | None = None) -> None:
-        try:
-            import onnxruntime as ort  # only here: evaluate.py and parse_images.py load it with --onnx alone
-        except ImportError:
-            raise OnnxModelError(
-                f"{path}: onnxruntime is not installed (pip install -r requirements.txt)"
-            ) from None
+    def __init__(self, path: str, *, threads: int | None = None, runtime: str = "auto") -> None:
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         self.path = path
         if not os.path.isfile(path):
             raise OnnxModelError(f"{path}: ONNX model file not found")
         if os.path.getsize(path) == 0:
             raise OnnxModelError(f"{path}: ONNX model file is empty")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # warnings about unused initialisers are not for users
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for every bad file
+        if runtime == "openvino" and not openvino_available():
             raise OnnxModelError(
-                f"{path}: not an ONNX model onnxruntime can load: {first_line(exc)}"
-            ) from None
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+                f"{path}: --runtime openvino, but openvino is not installed (pip install -r requirements.txt)"
+            )
+        # OpenVINO reads the metadata as cheaply as onnxruntime, and runs int8 and bf16 faster.
+        ov_first = runtime == "openvino" or (runtime == "auto" and openvino_available())
+        session = _OpenVinoSession(path, threads) if ov_first else _OrtSession(path, threads)
+        self.metadata = session.metadata
+        self.precision = self.metadata.get("precision", "float32")
+        if self.precision not in PRECISIONS:
+            raise OnnxModelError(f"{path}: unknown precision {self.precision!r} in its metadata")
+        self.runtime, self.run_precision, self.note = choose_runtime(
+            self.precision,
+            runtime,
+            openvino=ov_first,
+            bf16=native_bf16(),
+            int8_dot=int8_dot_product(),
+            reduced=self.metadata.get("reduce_range", "true") == "true",
+        )
+        if self.runtime != session.name:
+            session = _OrtSession(path, threads)
+        if isinstance(session, _OpenVinoSession):
+            session.compile(self.run_precision)
+        self.session = session
+        inputs, outputs = self.session.inputs, self.session.outputs
         if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] not in (3, "3"):
             shapes = ", ".join(f"{i.name} {i.shape}" for i in inputs)
             raise OnnxModelError(f"{path}: expected one N x 3 x H x W image input, the model takes {shapes}")
@@ -158,8 +294,17 @@ class OnnxModel:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """The model's output for N x 3 x H x W float32 ``images`` (logits, probabilities or labels)."""
-        images = np.ascontiguousarray(images, dtype=np.float32)
-        return self.session.run([self.output_name], {self.input_name: images})[0]
+        return self.session(np.ascontiguousarray(images, dtype=np.float32))
+
+    def describe(self) -> str:
+        """The runtime, its version and the precision run, e.g. ``openvino 2026.4.1, cpu, int8``."""
+        text = f"{self.runtime} {self.session.version}, cpu, {self.run_precision}"
+        if self.precision == "int8" and "calibration" in self.metadata:
+            calibration = json.loads(self.metadata["calibration"])
+            text += f" (calibrated on {calibration.get('images', '?')} {calibration.get('split', '')} images)"
+        elif self.run_precision != self.precision:
+            text += f" (a {self.precision} model)"
+        return text
 
     def _probs(self, images: np.ndarray, crop: Sequence[int]) -> np.ndarray:
         if self.output == "labels":

@@ -240,9 +240,16 @@ def add_inference_arguments(
             "--onnx",
             default=None,
             metavar="MODEL.onnx",
-            help="run this export.py model through onnxruntime on the CPU instead of a "
+            help="run this export.py model on the CPU (onnxruntime or OpenVINO, --runtime) instead of a "
             "checkpoint through PyTorch (in place of --restore-from; --device, --amp, "
-            "--channels-last and --fuse do not apply)",
+            "--channels-last and --fuse do not apply: the model's precision is its own)",
+        )
+        parser.add_argument(
+            "--runtime",
+            choices=("auto", "onnxruntime", "openvino"),
+            default="auto",
+            help="with --onnx: auto runs float32 models on onnxruntime and bf16 and int8 models on "
+            "OpenVINO where it is installed (its int8 and bf16 kernels are the fast ones)",
         )
 
 
