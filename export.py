@@ -13,13 +13,18 @@ dropped), with every InPlace-ABN folded into the convolution before it (``networ
 - batch, H and W are dynamic: one file serves any input size (``--input-size`` is the size of
   the example traced, and the training crop recorded in the metadata);
 - metadata: the label set (class names, left/right flip pairs, palette; the checkpoint's own, or
-  ``--labels`` for the same classes), mean, std, channel order, input size, output kind, checkpoint.
+  ``--labels`` for the same classes), mean, std, channel order, input size, output kind, checkpoint,
+  precision (and for int8 the calibration);
+- ``--precision int8``: static post-training quantization (``inference/quantize.py``), calibrated on
+  ``--calibration-images`` images of ``--data-dir``'s ``--calibration-split``; ``--precision bf16``:
+  the float32 graph, marked to run in bf16 where the CPU has it natively (OpenVINO).
 
 The model is written atomically (a temporary file beside ``--out``, then renamed) and checked
 with onnxruntime against the PyTorch network on one random input before it replaces anything.
 
-Exit status: 0 on success; 2 for bad arguments, a bad label set, an unusable checkpoint or an
-unwritable output; 1 if the exporter or the check fails.
+Exit status: 0 on success; 2 for bad arguments, a bad label set, an unusable checkpoint, missing
+or unreadable calibration images or an unwritable output; 1 if the exporter, the quantizer or the
+check fails.
 """
 
 from __future__ import annotations
@@ -38,10 +43,13 @@ import numpy as np
 import onnx
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from inference.bundle import write_bundle
 from inference.model import load_model, network_label_set, read_network
-from inference.onnx_infer import OUTPUTS, OnnxModel, OnnxModelError
+from inference.onnx_infer import OUTPUTS, PRECISIONS, OnnxModel, OnnxModelError
+from inference.pipeline import ImageFiles
+from inference.quantize import DEFAULT_CALIBRATION_IMAGES, CalibrationError, calibration_set, quantize_int8
 from utils import recipe
 from utils.checkpoint import CheckpointError
 from utils.cli import (
@@ -54,6 +62,7 @@ from utils.cli import (
     parse_size,
     positive_int,
 )
+from utils.cpuinfo import int8_dot_product
 from utils.files import atomic_file
 from utils.labels import LabelSet, stored_form
 from utils.transforms import MEAN, STD
@@ -130,6 +139,37 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--no-check", action="store_true", help="skip the onnxruntime-vs-PyTorch check of the written model"
     )
     parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="float32; bf16 (the float32 graph, run in bf16 by OpenVINO where the CPU has native bf16); "
+        "int8 (static quantization calibrated on --data-dir; docs/deploy.md section 5)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=recipe.DATA_DIR,
+        help="dataset folder whose --calibration-split calibrates --precision int8",
+    )
+    parser.add_argument(
+        "--calibration-split", default="train", help="the split of --data-dir that calibrates int8"
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=positive_int,
+        default=DEFAULT_CALIBRATION_IMAGES,
+        metavar="N",
+        help="calibration images, spread evenly over the split (all of it when smaller), prepared as "
+        "the evaluation prepares them at --input-size",
+    )
+    parser.add_argument(
+        "--reduce-range",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="int8 weights in 7 bits (on), which cannot saturate on CPUs without VNNI (AVX2), or in 8 "
+        "(off), more accurate on VNNI/AMX CPUs and only there; auto: on unless this CPU has VNNI "
+        "(the runtime warns when an 8-bit model runs where it can saturate)",
+    )
+    parser.add_argument(
         "--bundle",
         default=None,
         metavar="DIR",
@@ -167,6 +207,7 @@ def metadata(args: argparse.Namespace, label_set: LabelSet) -> dict[str, str]:
         "input_size": json.dumps(list(args.input_size)),
         "resize": "letterbox into the input size with the loader's affine warp (docs/deploy.md)",
         "checkpoint": os.path.basename(args.restore_from),
+        "precision": args.precision,
     }
 
 
@@ -256,25 +297,93 @@ def export(args: argparse.Namespace, given: LabelSet | None, shown: str | None =
         1 if args.static else 2, 3, *args.input_size, generator=torch.Generator().manual_seed(0)
     )
 
-    with atomic_file(args.out) as tmp:
+    calibration = None
+    if args.precision == "int8":  # checked before the export: a missing folder should not wait a minute
         try:
-            export_onnx(
-                module,
-                example,
-                tmp,
-                opset=args.opset,
-                dynamic=not args.static,
-                props=metadata(args, label_set),
+            calibration = calibration_set(
+                args.data_dir, args.calibration_split, args.calibration_images, args.input_size
             )
-        except Exception as exc:  # noqa: BLE001 - the exporter raises many types; one line for the user
-            fail(f"{args.restore_from}: the ONNX export failed: {first_line(exc)}")
-        if not args.no_check:
-            check(module, tmp, example, args, label_set)
+        except CalibrationError as exc:
+            fail(str(exc), 2)
+    with atomic_file(args.out) as tmp:
+        # int8: the float32 model first, beside the output, then quantized into it.
+        float_path = tmp if calibration is None else f"{tmp}.float32"
+        try:
+            try:
+                export_onnx(
+                    module,
+                    example,
+                    float_path,
+                    opset=args.opset,
+                    dynamic=not args.static,
+                    props=metadata(args, label_set),
+                )
+            except OSError as exc:
+                fail(f"{args.out}: could not be written: {exc.strerror or exc}")
+            except Exception as exc:  # noqa: BLE001 - the exporter raises many types; one line for the user
+                fail(f"{args.restore_from}: the ONNX export failed: {first_line(exc)}")
+            if not args.no_check:
+                check(module, float_path, example, args, label_set)
+            if calibration is not None:
+                quantize(float_path, tmp, calibration, args)
+        finally:
+            if float_path != tmp and os.path.exists(float_path):
+                os.unlink(float_path)
     size_mb = os.path.getsize(args.out) / 2**20
     print(
-        f"Wrote {shown or args.out} ({size_mb:.1f} MiB, opset {args.opset}, output {args.output}, "
+        f"Wrote {shown or args.out} ({size_mb:.1f} MiB, {args.precision}, opset {args.opset}, "
+        f"output {args.output}, "
         f"{'static 1x3x{}x{}'.format(*args.input_size) if args.static else 'dynamic batch, H and W'}) "
         f"from {args.restore_from}; label set: {label_set.describe()}"
+    )
+
+
+def reduce_range(choice: str) -> bool:
+    """--reduce-range as a bool: auto is on unless this CPU multiplies int8 without saturating (VNNI)."""
+    return not int8_dot_product() if choice == "auto" else choice == "on"
+
+
+def quantize(float_path: str, path: str, calibration, args: argparse.Namespace) -> None:
+    """Quantize the float32 model at ``float_path`` into ``path`` (int8), then compare the two on a few
+    calibration images and print how close they are."""
+    props = {p.key: p.value for p in onnx.load(float_path, load_external_data=False).metadata_props}
+    bar = tqdm(total=len(calibration.paths), desc="calibrating int8", unit="img", leave=False)
+    try:
+        quantize_int8(
+            float_path,
+            path,
+            calibration,
+            reduce_range=reduce_range(args.reduce_range),
+            metadata={**props, "precision": "int8"},
+            on_image=bar.update,
+        )
+    except CalibrationError as exc:
+        fail(str(exc), 2)
+    except OSError as exc:
+        fail(f"{args.out}: could not be written: {exc.strerror or exc}")
+    except Exception as exc:  # noqa: BLE001 - the quantizer raises many types; one line for the user
+        fail(f"{args.restore_from}: int8 quantization failed: {first_line(exc)}")
+    finally:
+        bar.close()
+    if args.no_check:
+        return
+    try:
+        reference, quantized = OnnxModel(float_path, runtime="onnxruntime"), OnnxModel(path)
+    except OnnxModelError as exc:
+        fail(f"{args.out}: the int8 model does not load: {exc}")
+    files = ImageFiles(calibration.paths[:4], args.input_size)
+    images = np.stack([files[i][0] for i in range(len(files))])
+    want, got = reference(images), quantized(images)
+    if got.shape != want.shape or not np.isfinite(got).all():
+        fail(
+            f"{args.out}: the int8 model's output is unusable (shape {got.shape}, or not finite); "
+            "nothing written"
+        )
+    if args.output != "labels":
+        want, got = want.argmax(1), got.argmax(1)
+    print(
+        f"int8 ({quantized.describe()}) vs float32 on {len(images)} calibration images: labels agree on "
+        f"{100 * float((got == want).mean()):.2f}% of the pixels"
     )
 
 
@@ -282,8 +391,8 @@ def check(
     module: FinalMap, path: str, example: torch.Tensor, args: argparse.Namespace, label_set: LabelSet
 ) -> None:
     """Run the written model on ``example`` and compare with PyTorch; fail if they disagree."""
-    try:
-        session = OnnxModel(path)
+    try:  # the float32 graph exactly, whatever precision the metadata asks for
+        session = OnnxModel(path, runtime="onnxruntime")
     except OnnxModelError as exc:
         fail(f"{args.out}: the exported model does not load: {exc}")
     if session.label_set is None or session.label_set.to_dict() != label_set.to_dict():
