@@ -18,13 +18,24 @@ Configurations (``--configs``, comma-separated, in the order they alternate):
 * ``onnxruntime``: the export.py model (fused, final map only) in an onnxruntime CPU session,
   float32, its default threads (one per physical core) and graph optimisations;
 * ``default-bf16``, ``fused-bf16``: the same under bf16 autocast, added by default where the CPU
-  runs bf16 natively (``utils.device.default_amp``), since evaluate.py then defaults to bf16.
+  runs bf16 natively (``utils.device.default_amp``);
+* ``openvino``: the same float32 model on OpenVINO (inference precision f32);
+* ``onnxruntime-int8``, ``openvino-int8``: the model quantized by ``export.py --precision int8``
+  (static, calibrated on ``--calibration-images`` images of ``--data-dir``'s train split, 7-bit
+  weights unless ``--reduce-range off``) on each runtime;
+* ``openvino-bf16``: the float32 model on OpenVINO at bf16 (``export.py --precision bf16``), added by
+  default where bf16 is native.
+
+Targets: fused or onnxruntime >= 2x the authors' images/s in float32 (out of reach, section 10);
+int8 >= 4x where the CPU has VNNI (or AMX) and >= 2x where it has not; bf16 >= 2.4x where native.
 
 Each configuration's final map is compared with the authors' (relative error of the logits,
 argmax agreement), so a speed-up that changed the numbers would show. Ratios are against
 ``authors`` in the same run. Weights are random unless ``--restore-from``: speed does not depend
 on them. onnxruntime has no switch like ``ATEN_CPU_CAPABILITY``: under an AVX2 emulation of
-PyTorch (``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``) it still uses the CPU's full ISA.
+PyTorch (``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``) it still uses the CPU's full ISA, so
+its rows are then marked "not emulated" and left out of the targets. OpenVINO's CPU plugin obeys
+``ONEDNN_MAX_CPU_ISA`` (its kernels are oneDNN's), so its rows are emulated.
 """
 
 from __future__ import annotations
@@ -36,26 +47,46 @@ import tempfile
 from collections.abc import Callable
 
 import numpy as np
+import onnx
 import onnxruntime
 import torch
 from torch import nn
 
 import export
 from bench.common import alternate, environment, finish, format_table, summarize
-from inference.onnx_infer import OnnxModel
+from dataset.synthetic import generate_dataset
+from inference.onnx_infer import OnnxModel, openvino_available
+from inference.quantize import calibration_set, quantize_int8, set_metadata
 from libs import ABN
 from networks.dfpnet import DFPNet
 from networks.fuse import fuse_for_inference
+from utils import recipe
 from utils.checkpoint import load_model_weights
 from utils.cli import DefaultsHelpFormatter, parse_size, positive_int
+from utils.cpuinfo import cpu_class_name, int8_dot_product, isa_ceiling, native_bf16
 from utils.device import autocast, default_amp
 from utils.labels import DOG
 
 # The switches that make PyTorch (ATen, oneDNN, MKL) use a lower instruction set than the CPU has.
 ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
-ALL_CONFIGS = ("authors", "default", "fused", "onnxruntime", "default-bf16", "fused-bf16")
-BASE_CONFIGS = ("authors", "default", "fused", "onnxruntime")
+ALL_CONFIGS = (
+    "authors",
+    "default",
+    "fused",
+    "onnxruntime",
+    "openvino",
+    "onnxruntime-int8",
+    "openvino-int8",
+    "default-bf16",
+    "fused-bf16",
+    "openvino-bf16",
+)
+BASE_CONFIGS = ("authors", "default", "fused", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8")
+BF16_CONFIGS = ("default-bf16", "fused-bf16", "openvino-bf16")
 TARGET = 2.0  # fused or onnxruntime >= 2x the authors' images/s
+INT8_TARGET_VNNI = 4.0  # int8 >= 4x the authors' images/s on CPUs with VNNI (or AMX)
+INT8_TARGET = 2.0  # and >= 2x on CPUs without (AVX2)
+BF16_TARGET = 2.4  # bf16 >= 2.4x where native
 
 
 def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,8 +110,18 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--configs",
         default=None,
-        help=f"comma-separated, from {', '.join(ALL_CONFIGS)} (default: the first four, plus "
-        "the bf16 ones where bf16 is native)",
+        help=f"comma-separated, from {', '.join(ALL_CONFIGS)} (default: all but the bf16 ones, "
+        "which are added where bf16 is native; OpenVINO's only where it is installed)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="dataset whose train split calibrates the int8 model (default: the demo's synthetic set, "
+        "generated in a temporary folder if absent)",
+    )
+    parser.add_argument("--calibration-images", type=positive_int, default=16, help="int8 calibration images")
+    parser.add_argument(
+        "--reduce-range", choices=("auto", "on", "off"), default="auto", help="as export.py's"
     )
     parser.add_argument("--restore-from", default=None, help="checkpoint (default: random weights)")
     parser.add_argument(
@@ -92,8 +133,12 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     args = parser.parse_args(argv)
     if args.configs is None:
-        native = default_amp(torch.device("cpu")) == "bf16"
-        args.configs = list(ALL_CONFIGS if native else BASE_CONFIGS)
+        native = default_amp(torch.device("cpu")) == "bf16" and native_bf16()
+        args.configs = [
+            c
+            for c in ALL_CONFIGS
+            if (c in BASE_CONFIGS or native) and (openvino_available() or not c.startswith("openvino"))
+        ]
     else:
         args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
         unknown = [c for c in args.configs if c not in ALL_CONFIGS]
@@ -171,6 +216,32 @@ def main(args: argparse.Namespace) -> dict:
     x = torch.randn(args.batch_size, 3, *args.input_size, generator=torch.Generator().manual_seed(0))
     runs: dict[str, Callable[[], np.ndarray]] = {}
     with tempfile.TemporaryDirectory(prefix="dfpnet-bench-deploy-") as tmp:
+        models: dict[str, str] = {}
+
+        def onnx_model(precision: str) -> str:
+            """The export.py model at ``precision`` (exported, quantized or marked once)."""
+            if precision in models:
+                return models[precision]
+            if "float32" not in models:
+                log("exporting the network ...")
+                models["float32"] = export_for_bench(project, args, tmp)
+                if precision == "float32":
+                    return models["float32"]
+            path = os.path.join(tmp, f"dfpnet_{precision}.onnx")
+            if precision == "int8":
+                data_dir = args.data_dir or calibration_data(tmp)
+                log(f"quantizing to int8 on {args.calibration_images} images of {data_dir} ...")
+                calibration = calibration_set(data_dir, "train", args.calibration_images, args.input_size)
+                quantize_int8(
+                    models["float32"], path, calibration, reduce_range=export.reduce_range(args.reduce_range)
+                )
+            elif precision == "bf16":
+                proto = onnx.load(models["float32"])
+                set_metadata(proto, {"precision": "bf16"})
+                onnx.save(proto, path)
+            models[precision] = path
+            return path
+
         for name in args.configs:
             if name == "authors":
                 runs[name] = torch_runner(authors, x, channels_last=False, amp="off")
@@ -186,8 +257,9 @@ def main(args: argparse.Namespace) -> dict:
                     amp="bf16" if "bf16" in name else "off",
                 )
             else:
-                log("exporting the network for onnxruntime ...")
-                session = OnnxModel(export_for_bench(project, args, tmp), threads=args.threads)
+                runtime, _, precision = name.partition("-")
+                path = onnx_model(precision or "float32")
+                session = OnnxModel(path, threads=args.threads, runtime=runtime)
                 runs[name] = lambda session=session: session(x.numpy())
 
         reference = runs["authors"]()
@@ -217,12 +289,35 @@ def main(args: argparse.Namespace) -> dict:
     result["ratios"] = {name: result[name]["images_per_s"] / base for name in args.configs}
     fast = [name for name in ("fused", "onnxruntime") if name in args.configs]
     result["target_met"] = bool(fast) and max(result["ratios"][n] for n in fast) >= TARGET
+    emulated = isa_ceiling() is not None
+    # onnxruntime ignores the ISA ceiling: under an emulation its rows are the real CPU's.
+    counted = [n for n in args.configs if not (emulated and n.startswith("onnxruntime"))]
+    vnni = int8_dot_product()
+    int8_target = INT8_TARGET_VNNI if vnni else INT8_TARGET
+    int8 = [n for n in counted if n.endswith("int8")]
+    bf16 = [n for n in counted if n.endswith("bf16")]
+    result["targets"] = {
+        "int8": {
+            "target": int8_target,
+            "best": max(int8, key=lambda n: result["ratios"][n]) if int8 else None,
+            "met": bool(int8) and max(result["ratios"][n] for n in int8) >= int8_target,
+        },
+        "bf16": {
+            "target": BF16_TARGET,
+            "best": max(bf16, key=lambda n: result["ratios"][n]) if bf16 else None,
+            "met": bool(bf16) and max(result["ratios"][n] for n in bf16) >= BF16_TARGET,
+        }
+        if native_bf16()
+        else None,
+    }
+    result["cpu_class"] = cpu_class_name()
+    result["not_emulated"] = [n for n in args.configs if n not in counted]
     result.update(
         {
             "input_size": list(args.input_size),
             "batch_size": args.batch_size,
             "checkpoint": args.restore_from or "random init",
-            "cpu_flags": cpu_flags(),
+            "cpu_flags": cpu_class_name(ceiling=None),  # the hardware, whatever the ceiling
             "isa_env": {k: v for k, v in os.environ.items() if k in ISA_ENV},
             "versions": {k: info[k] for k in ("python", "torch", "numpy", "opencv", "abn_backend")},
             "command": info["command"],
@@ -258,7 +353,20 @@ def main(args: argparse.Namespace) -> dict:
         )
     )
     verdict = "met" if result["target_met"] else "NOT met"
-    print(f"target (fused or onnxruntime >= {TARGET:g}x the authors' images/s): {verdict}")
+    print(f"target (fused or onnxruntime >= {TARGET:g}x the authors' images/s, float32): {verdict}")
+    for kind, target in result["targets"].items():
+        if target is None or target["best"] is None:
+            continue
+        verdict = "met" if target["met"] else "NOT met"
+        print(
+            f"target ({kind} >= {target['target']:g}x the authors' images/s on {result['cpu_class']}): "
+            f"{verdict}, best {target['best']} {result['ratios'][target['best']]:.2f}x"
+        )
+    if result["not_emulated"]:
+        print(
+            f"not emulated (onnxruntime ignores {isa_ceiling()} and runs the CPU's full ISA), left out "
+            f"of the targets: {', '.join(result['not_emulated'])}"
+        )
     return finish(
         result,
         info,
@@ -269,19 +377,13 @@ def main(args: argparse.Namespace) -> dict:
     )
 
 
-def cpu_flags() -> str:
-    """The CPU class: avx512 (with bf16 or not), avx2 or other, from /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return "unknown"
-    if "avx512f" in flags:
-        extras = [
-            name for flag, name in (("avx512_bf16", "avx512_bf16"), ("amx_bf16", "amx")) if flag in flags
-        ]
-        return " + ".join(["avx512", *extras])
-    return "avx2" if "avx2" in flags else "other"
+def calibration_data(folder: str) -> str:
+    """The demo's synthetic set if generated, else a small one generated into ``folder``."""
+    if os.path.isfile(os.path.join(recipe.DEMO_DATA_DIR, "train_id.txt")):
+        return recipe.DEMO_DATA_DIR
+    path = os.path.join(folder, "calibration")
+    generate_dataset(path, 16, 0, 0, seed=0)
+    return path
 
 
 if __name__ == "__main__":
