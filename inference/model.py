@@ -90,6 +90,8 @@ def read_network(args: argparse.Namespace, fail: Fail) -> Weights | OnnxModel:
             return OnnxModel(args.onnx, runtime=getattr(args, "runtime", "auto"))
         except OnnxModelError as exc:
             fail(str(exc), 2)
+    if getattr(args, "runtime", "auto") != "auto":
+        fail(f"--runtime {args.runtime}: applies to --onnx models only; a checkpoint runs on PyTorch", 2)
     from utils.checkpoint import CheckpointError, read_weights  # torch: not on the --onnx path
 
     try:

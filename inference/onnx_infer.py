@@ -45,7 +45,7 @@ PRECISIONS = ("float32", "bf16", "int8")
 
 class _Port(NamedTuple):
     name: str
-    shape: tuple  # ints, or names/None for dynamic dimensions
+    shape: list  # ints, or names/None for dynamic dimensions (as onnxruntime gives them)
 
 
 class _OrtSession:
@@ -72,8 +72,8 @@ class _OrtSession:
                 f"{path}: not an ONNX model onnxruntime can load: {first_line(exc)}"
             ) from None
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        self.inputs = [_Port(i.name, tuple(i.shape)) for i in self.session.get_inputs()]
-        self.outputs = [_Port(o.name, tuple(o.shape)) for o in self.session.get_outputs()]
+        self.inputs = [_Port(i.name, list(i.shape)) for i in self.session.get_inputs()]
+        self.outputs = [_Port(o.name, list(o.shape)) for o in self.session.get_outputs()]
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.session.run([self.outputs[0].name], {self.inputs[0].name: images})[0]
@@ -86,9 +86,9 @@ def openvino_available() -> bool:
 class _OpenVinoSession:
     """An OpenVINO CPU model: int8 QDQ models as int8 kernels, bf16 where the CPU has it natively.
 
-    ``read`` parses the file (metadata and ports); ``compile`` makes it runnable at ``precision``
-    (OpenVINO's inference precision hint: "f32" keeps float32 layers float32, which is not its
-    default on CPUs with native bf16).
+    The constructor reads the file (metadata and ports); ``compile`` makes it runnable at
+    ``precision`` (OpenVINO's inference precision hint: "f32" keeps float32 layers float32, which
+    is not its default on CPUs with native bf16).
     """
 
     name = "openvino"
@@ -129,8 +129,8 @@ class _OpenVinoSession:
         return np.array(self.request.infer({0: images})[0], copy=True)
 
 
-def _ov_shape(port) -> tuple:
-    return tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
+def _ov_shape(port) -> list:
+    return [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
 
 
 def choose_runtime(
@@ -211,9 +211,15 @@ class OnnxModel:
             raise OnnxModelError(
                 f"{path}: --runtime openvino, but openvino is not installed (pip install -r requirements.txt)"
             )
-        # OpenVINO reads the metadata as cheaply as onnxruntime, and runs int8 and bf16 faster.
+        # Where OpenVINO is installed, auto reads the file with it first (bf16 and int8 models run
+        # there); a float32 model is then opened again by onnxruntime below.
         ov_first = runtime == "openvino" or (runtime == "auto" and openvino_available())
-        session = _OpenVinoSession(path, threads) if ov_first else _OrtSession(path, threads)
+        try:
+            session = _OpenVinoSession(path, threads) if ov_first else _OrtSession(path, threads)
+        except OnnxModelError:
+            if runtime == "openvino":
+                raise
+            ov_first, session = False, _OrtSession(path, threads)  # onnxruntime's word on a bad file
         self.metadata = session.metadata
         self.precision = self.metadata.get("precision", "float32")
         if self.precision not in PRECISIONS:
@@ -300,8 +306,11 @@ class OnnxModel:
         """The runtime, its version and the precision run, e.g. ``openvino 2026.4.1, cpu, int8``."""
         text = f"{self.runtime} {self.session.version}, cpu, {self.run_precision}"
         if self.precision == "int8" and "calibration" in self.metadata:
-            calibration = json.loads(self.metadata["calibration"])
-            text += f" (calibrated on {calibration.get('images', '?')} {calibration.get('split', '')} images)"
+            try:
+                calibration = json.loads(self.metadata["calibration"])
+                text += f" (calibrated on {calibration['images']} {calibration['split']} images)"
+            except (ValueError, TypeError, KeyError):
+                text += " (calibration not recorded)"
         elif self.run_precision != self.precision:
             text += f" (a {self.precision} model)"
         return text

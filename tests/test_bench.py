@@ -218,3 +218,30 @@ def test_deploy_json(tmp_path):
         assert entry["relative_error"] < 1e-4 and entry["argmax_agreement"] > 0.99  # same numbers, any speed
     assert out["ratios"]["authors"] == 1.0 and isinstance(out["target_met"], bool)
     assert out["versions"]["onnxruntime"] and out["cpu_flags"]
+
+
+@pytest.mark.slow
+def test_deploy_int8_rows(tmp_path):
+    from inference.onnx_infer import openvino_available
+
+    configs = "onnxruntime-int8" + (",openvino-int8" if openvino_available() else "")
+    out = run_bench(
+        "bench.deploy",
+        "--input-size",
+        "32,32",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--configs",
+        configs,
+        "--calibration-images",
+        "2",
+        json_path=str(tmp_path / "deploy.json"),
+    )
+    assert out["configs"] == ["authors", *configs.split(",")]
+    for name in configs.split(","):
+        # int8: near the authors' float32, not equal to it
+        assert 1e-6 < out[name]["relative_error"] < 0.5 and positive(out[name]["images_per_s"])
+    assert out["targets"]["int8"]["target"] in (2.0, 4.0) and out["targets"]["int8"]["best"] in configs
+    assert isinstance(out["targets"]["int8"]["met"], bool) and out["cpu_class"]

@@ -252,9 +252,9 @@ def test_export_metadata_and_dynamic_shapes(models):
     assert json.loads(meta["std"]) == [0.229, 0.224, 0.225]
     assert meta["channel_order"] == "BGR" and meta["output"] == "logits" and meta["num_classes"] == "8"
     assert json.loads(meta["input_size"]) == list(SIZE)
-    (image,) = session.session.get_inputs()
+    (image,) = session.session.inputs
     assert image.name == "image" and not any(isinstance(d, int) for d in (image.shape[0], *image.shape[2:]))
-    assert session.session.get_outputs()[0].name == "logits"
+    assert session.session.outputs[0].name == "logits"
 
 
 def test_export_errors_are_one_line_and_leave_nothing(tmp_path, capsys):
