@@ -1,0 +1,171 @@
+"""export.py --precision int8 from the command line: bad input, static shapes, and the accuracy bench
+(bench/precision.py). A file of its own so that the suite's workers (one file each at a time) run it
+beside tests/test_quantize.py's exports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+import export
+import parse_images
+from inference.onnx_infer import OnnxModel, openvino_available
+from tests.scripts import run_main
+from tests.test_quantize import SIZE, _val, make_checkpoint, make_data
+from utils.cpuinfo import native_bf16
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quantize_cli") / "data"
+    make_data(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(data, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "model.pth"
+    make_checkpoint(data, path)
+    return path
+
+
+@pytest.mark.slow
+def test_bench_precision_scores_every_precision(checkpoint, data, tmp_path, capsys):
+    from bench import precision
+
+    out = precision.main(
+        precision.get_arguments(
+            [
+                "--restore-from",
+                str(checkpoint),
+                "--data-dir",
+                str(data),
+                "--input-size",
+                SIZE,
+                "--calibration-images",
+                "2",
+                "--json",
+                str(tmp_path / "p.json"),
+            ]
+        )
+    )
+    printed = capsys.readouterr().out
+    names = [row["precision"] for row in out["rows"]]
+    assert names[0] == "float32" and names[-1] == "int8-onnxruntime"
+    assert ("int8" in names) == openvino_available() and ("bf16" in names) == (
+        openvino_available() and native_bf16()
+    )
+    reference = out["rows"][0]
+    assert reference["agreement"] == 1.0 and reference["d_mean_iou"] == 0.0
+    for row in out["rows"]:
+        assert len(row["per_class_iou"]) == 8 and 0.0 <= row["agreement"] <= 1.0
+        assert row["d_mean_iou"] == pytest.approx(row["mean_iou"] - reference["mean_iou"])
+    assert out["size_mib"]["int8"] < 0.3 * out["size_mib"]["float32"]
+    assert (
+        "| precision | mean IU | d vs float32 |" in printed and "target (int8 mean IU within 0.5" in printed
+    )
+    assert json.loads((tmp_path / "p.json").read_text())["rows"][0]["precision"] == "float32"
+
+
+@pytest.mark.slow
+def test_static_shapes_quantize_too(checkpoint, data, tmp_path, capsys):
+    path = tmp_path / "static.onnx"
+    code, out, err = run_main(
+        export,
+        [
+            "--restore-from",
+            str(checkpoint),
+            "--out",
+            str(path),
+            "--input-size",
+            "32,32",
+            "--static",
+            "--precision",
+            "int8",
+            "--data-dir",
+            str(data),
+            "--calibration-images",
+            "2",
+            "--no-check",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    model = OnnxModel(str(path), runtime="onnxruntime")
+    assert model.fixed == (1, 32, 32) and model.precision == "int8"
+    assert model(_val(data)[:1, :, :32, :32]).shape == (1, 8, 32, 32)
+    assert "static 1x3x32x32" in out
+
+
+def test_int8_without_a_dataset_fails_before_exporting(checkpoint, tmp_path, capsys):
+    out_path = tmp_path / "int8.onnx"
+    missing = tmp_path / "no_such_data"
+    code, out, err = run_main(
+        export,
+        [
+            "--restore-from",
+            str(checkpoint),
+            "--out",
+            str(out_path),
+            "--precision",
+            "int8",
+            "--data-dir",
+            str(missing),
+        ],
+        capsys,
+    )
+    assert code == 2 and err.count("\n") == 1
+    assert f"{missing}: no such dataset folder" in err and not out_path.exists()
+    assert os.listdir(tmp_path) == []
+
+
+def test_unreadable_calibration_image_fails_with_its_name(checkpoint, data, tmp_path, capsys):
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    first = open(copy / "train_id.txt").read().split()[0]
+    bad = copy / "train_images" / f"{first}.jpg"
+    bad.write_bytes(b"not a picture")
+    out_path = tmp_path / "out" / "int8.onnx"
+    code, out, err = run_main(
+        export,
+        [
+            "--restore-from",
+            str(checkpoint),
+            "--out",
+            str(out_path),
+            "--input-size",
+            SIZE,
+            "--precision",
+            "int8",
+            "--data-dir",
+            str(copy),
+            "--calibration-images",
+            "2",
+            "--no-check",
+        ],
+        capsys,
+    )
+    assert code == 2 and str(bad) in err and "OpenCV cannot read it" in err
+    assert err.strip().count("\n") == 0
+    assert not out_path.parent.exists() or os.listdir(out_path.parent) == []  # checked before exporting
+
+
+def test_runtime_flag_needs_an_onnx_model(checkpoint, data, tmp_path, capsys):
+    code, out, err = run_main(
+        parse_images,
+        [
+            "--restore-from",
+            str(checkpoint),
+            "--runtime",
+            "openvino",
+            "--out",
+            str(tmp_path / "o"),
+            str(data / "val_images"),
+        ],
+        capsys,
+    )
+    assert code == 2 and "--runtime openvino: applies to --onnx models only" in err
