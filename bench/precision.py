@@ -54,6 +54,12 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--restore-from", required=True, help="the checkpoint to export and score")
+    parser.add_argument(
+        "--float-model",
+        default=None,
+        metavar="FILE.onnx",
+        help="the checkpoint's export.py model (float32 or bf16, logits), instead of exporting it again",
+    )
     parser.add_argument("--data-dir", required=True, help="dataset folder (scored split and calibration)")
     parser.add_argument("--dataset", default="val", help="the split scored")
     parser.add_argument("--calibration-split", default="train", help="the split that calibrates int8")
@@ -108,22 +114,23 @@ def main(args: argparse.Namespace) -> dict:
     info = environment("cpu")
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="dfpnet-bench-precision-") as tmp:
-        float_path = os.path.join(tmp, "float32.onnx")
+        float_path = args.float_model or os.path.join(tmp, "float32.onnx")
         int8_path = os.path.join(tmp, "int8.onnx")
-        log("exporting float32 ...")
-        export.main(
-            export.get_arguments(
-                [
-                    "--restore-from",
-                    args.restore_from,
-                    "--out",
-                    float_path,
-                    "--input-size",
-                    ",".join(map(str, args.input_size)),
-                    "--no-check",
-                ]
+        if not args.float_model:
+            log("exporting float32 ...")
+            export.main(
+                export.get_arguments(
+                    [
+                        "--restore-from",
+                        args.restore_from,
+                        "--out",
+                        float_path,
+                        "--input-size",
+                        ",".join(map(str, args.input_size)),
+                        "--no-check",
+                    ]
+                )
             )
-        )
         reference_model = OnnxModel(float_path, threads=args.threads, runtime="onnxruntime")
         label_set = reference_model.label_set
         dataset = CartoonDataSet(

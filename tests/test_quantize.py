@@ -160,7 +160,13 @@ def test_runtimes_agree_on_the_int8_model(exported, data):
     x = _val(data)
     ort = OnnxModel(str(exported["int8"]), runtime="onnxruntime")(x)
     ov = OnnxModel(str(exported["int8"]), runtime="openvino")(x)
-    assert float((ort.argmax(1) == ov.argmax(1)).mean()) > 0.97
+    agree = float((ort.argmax(1) == ov.argmax(1)).mean())
+    err = float(np.linalg.norm(ort - ov) / np.linalg.norm(ort))
+    print(
+        f"onnxruntime vs OpenVINO on the int8 model: relative error {err:.2e}, argmax agreement {agree:.4f}"
+    )
+    # Same file, different int8 kernels and rounding: close, and a two-step model has many near ties.
+    assert err < 0.05 and agree > 0.95
 
 
 @pytest.mark.slow
@@ -232,6 +238,46 @@ def test_metadata_records_the_precision():
     args = export.get_arguments(["--precision", "bf16"])
     assert export.metadata(args, DOG)["precision"] == "bf16"
     assert export.metadata(export.get_arguments([]), DOG)["precision"] == "float32"
+
+
+@pytest.mark.slow
+def test_bench_precision_scores_every_precision(checkpoint, exported, data, tmp_path, capsys):
+    from bench import precision
+
+    out = precision.main(
+        precision.get_arguments(
+            [
+                "--restore-from",
+                str(checkpoint),
+                "--data-dir",
+                str(data),
+                "--input-size",
+                SIZE,
+                "--float-model",
+                str(exported["bf16"]),  # the float32 graph: no third export
+                "--calibration-images",
+                "2",
+                "--json",
+                str(tmp_path / "p.json"),
+            ]
+        )
+    )
+    printed = capsys.readouterr().out
+    names = [row["precision"] for row in out["rows"]]
+    assert names[0] == "float32" and names[-1] == "int8-onnxruntime"
+    assert ("int8" in names) == openvino_available() and ("bf16" in names) == (
+        openvino_available() and native_bf16()
+    )
+    reference = out["rows"][0]
+    assert reference["agreement"] == 1.0 and reference["d_mean_iou"] == 0.0
+    for row in out["rows"]:
+        assert len(row["per_class_iou"]) == 8 and 0.0 <= row["agreement"] <= 1.0
+        assert row["d_mean_iou"] == pytest.approx(row["mean_iou"] - reference["mean_iou"])
+    assert out["size_mib"]["int8"] < 0.3 * out["size_mib"]["float32"]
+    assert (
+        "| precision | mean IU | d vs float32 |" in printed and "target (int8 mean IU within 0.5" in printed
+    )
+    assert json.loads((tmp_path / "p.json").read_text())["rows"][0]["precision"] == "float32"
 
 
 # ---------------------------------------------------------------------------------------------
