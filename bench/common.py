@@ -108,6 +108,11 @@ def matmul_tflops(
 # --------------------------------------------------------------------------------------------
 
 
+def log(message: str) -> None:
+    """Progress on stderr, so that stdout holds only the table and the closing lines."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def finish(result: dict, info: dict, json_path: str | None, setup: str) -> dict:
     """The closing lines every bench prints (its set-up, the environment), then the JSON if asked."""
     print(setup)

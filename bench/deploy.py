@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from collections.abc import Callable
 
@@ -53,7 +52,7 @@ import torch
 from torch import nn
 
 import export
-from bench.common import alternate, environment, finish, format_table, summarize
+from bench.common import alternate, environment, finish, format_table, log, summarize
 from dataset.synthetic import generate_dataset
 from inference.onnx_infer import OnnxModel, openvino_available
 from inference.quantize import calibration_set, quantize_int8, set_metadata
@@ -207,9 +206,6 @@ def export_for_bench(project: nn.Module, args: argparse.Namespace, folder: str) 
 def main(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
-
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
 
     info = environment("cpu")
     authors, project = build_networks(args)

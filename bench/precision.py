@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 
 import numpy as np
@@ -32,7 +31,7 @@ import onnx
 import torch
 
 import export
-from bench.common import environment, finish, format_table
+from bench.common import environment, finish, format_table, log
 from dataset.datasets import CartoonDataSet, default_transform
 from inference.model import load_model
 from inference.onnx_infer import OnnxModel, openvino_available
@@ -107,9 +106,6 @@ def agreement(labels: dict[str, np.ndarray], reference: dict[str, np.ndarray], d
 def main(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
-
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
 
     info = environment("cpu")
     rows: list[dict] = []

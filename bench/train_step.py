@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -67,6 +66,7 @@ from bench.common import (
     environment,
     format_environment,
     format_table,
+    log,
     matmul_tflops,
     summarize,
     synchronize,
@@ -475,9 +475,6 @@ def main(args: argparse.Namespace) -> dict:
     device = args.device
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one fixed input size: pick kernels once
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
 
     if args.tune:
         info = environment(device)
