@@ -250,8 +250,6 @@ def main(args: argparse.Namespace) -> None:
     except (ValueError, OSError) as exc:
         fail(error_line(exc))
     model = setup_model(args, network, label_set, device, fail)
-    if args.onnx and model.note:
-        print(f"{args.onnx}: {model.note}")
     loader = make_eval_loader(
         dataset,
         batch_size=args.batch_size,

@@ -70,6 +70,7 @@ from utils.transforms import MEAN, STD
 PROG = "export.py"
 # The torch.export-based exporter (onnxscript) writes opset 18 natively; older opsets are converted.
 DEFAULT_OPSET = 18
+REDUCE_RANGE = ("auto", "on", "off")  # --reduce-range; bench/ takes the same
 
 
 class FinalMap(nn.Module):
@@ -163,7 +164,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--reduce-range",
-        choices=("auto", "on", "off"),
+        choices=REDUCE_RANGE,
         default="auto",
         help="int8 weights in 7 bits (on), which cannot saturate on CPUs without VNNI (AVX2), or in 8 "
         "(off), more accurate on VNNI/AMX CPUs and only there; auto: on unless this CPU has VNNI "

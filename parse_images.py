@@ -86,8 +86,6 @@ def main(args: argparse.Namespace) -> int:
     network = read_network(args, fail)
     label_set = network_label_set(args, network, given, fail)
     model = setup_model(args, network, label_set, device, fail)
-    if args.onnx and model.note:
-        print(f"{args.onnx}: {model.note}")
     images = ImageFiles(paths, args.input_size)
     os.makedirs(args.out, exist_ok=True)
     failed: list[str] = []

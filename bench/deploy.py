@@ -119,9 +119,7 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "generated in a temporary folder if absent)",
     )
     parser.add_argument("--calibration-images", type=positive_int, default=16, help="int8 calibration images")
-    parser.add_argument(
-        "--reduce-range", choices=("auto", "on", "off"), default="auto", help="as export.py's"
-    )
+    parser.add_argument("--reduce-range", choices=export.REDUCE_RANGE, default="auto", help="as export.py's")
     parser.add_argument("--restore-from", default=None, help="checkpoint (default: random weights)")
     parser.add_argument(
         "--threads",

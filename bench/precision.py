@@ -64,9 +64,7 @@ def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calibration-split", default="train", help="the split that calibrates int8")
     parser.add_argument("--calibration-images", type=positive_int, default=96, help="calibration images")
     parser.add_argument("--input-size", type=parse_size, default=(384, 384), metavar="H,W", help="crop")
-    parser.add_argument(
-        "--reduce-range", choices=("auto", "on", "off"), default="auto", help="as export.py's"
-    )
+    parser.add_argument("--reduce-range", choices=export.REDUCE_RANGE, default="auto", help="as export.py's")
     parser.add_argument("--threads", type=positive_int, default=None, help="runtime threads")
     parser.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     return parser.parse_args(argv)

@@ -142,6 +142,8 @@ def setup_model(
         )
         if problem:
             fail(problem, 2)
+        if network.note:  # e.g. a bf16 model where bf16 is not native: it runs, and says so
+            print(f"{network.path}: {network.note}")
         return network
     import torch  # a checkpoint: the PyTorch path
 

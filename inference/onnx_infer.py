@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from inference.pipeline import check_scales, scaled_size
-from utils.cli import first_line
+from utils.cli import RUNTIMES, first_line
 from utils.cpuinfo import int8_dot_product, native_bf16
 from utils.labels import LabelSet, LabelSetError, from_stored_form
 from utils.transforms import MEAN, STD
@@ -37,7 +37,6 @@ class OnnxModelError(Exception):
     """An ONNX model could not be used; the message is one line naming the file and the problem."""
 
 
-RUNTIMES = ("auto", "onnxruntime", "openvino")
 # What export.py writes (metadata "precision"): float32 weights; float32 weights run in bf16 where
 # the CPU has it natively; int8 QDQ weights and activations (static, calibrated).
 PRECISIONS = ("float32", "bf16", "int8")
@@ -211,15 +210,9 @@ class OnnxModel:
             raise OnnxModelError(
                 f"{path}: --runtime openvino, but openvino is not installed (pip install -r requirements.txt)"
             )
-        # Where OpenVINO is installed, auto reads the file with it first (bf16 and int8 models run
-        # there); a float32 model is then opened again by onnxruntime below.
-        ov_first = runtime == "openvino" or (runtime == "auto" and openvino_available())
-        try:
-            session = _OpenVinoSession(path, threads) if ov_first else _OrtSession(path, threads)
-        except OnnxModelError:
-            if runtime == "openvino":
-                raise
-            ov_first, session = False, _OrtSession(path, threads)  # onnxruntime's word on a bad file
+        # onnxruntime reads the file first (float32, the default export, runs there); OpenVINO opens it
+        # only when asked, or when the recorded precision is one it runs faster.
+        session = _OpenVinoSession(path, threads) if runtime == "openvino" else _OrtSession(path, threads)
         self.metadata = session.metadata
         self.precision = self.metadata.get("precision", "float32")
         if self.precision not in PRECISIONS:
@@ -227,13 +220,13 @@ class OnnxModel:
         self.runtime, self.run_precision, self.note = choose_runtime(
             self.precision,
             runtime,
-            openvino=ov_first,
+            openvino=openvino_available(),
             bf16=native_bf16(),
             int8_dot=int8_dot_product(),
             reduced=self.metadata.get("reduce_range", "true") == "true",
         )
         if self.runtime != session.name:
-            session = _OrtSession(path, threads)
+            session = _OpenVinoSession(path, threads)
         if isinstance(session, _OpenVinoSession):
             session.compile(self.run_precision)
         self.session = session

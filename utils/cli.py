@@ -17,6 +17,9 @@ from typing import NoReturn
 from utils import recipe
 from utils.labels import PRESETS, LabelSet, LabelSetError, given_label_set
 
+# What runs an ONNX model (--runtime; inference/onnx_infer.py): auto chooses by its precision.
+RUNTIMES = ("auto", "onnxruntime", "openvino")
+
 AMP_MODES = ("off", "bf16", "fp16")
 # What the scripts call to end with one line: ``fail(message, exit_code)``.
 Fail = Callable[..., NoReturn]
@@ -246,7 +249,7 @@ def add_inference_arguments(
         )
         parser.add_argument(
             "--runtime",
-            choices=("auto", "onnxruntime", "openvino"),
+            choices=RUNTIMES,
             default="auto",
             help="with --onnx: auto runs float32 models on onnxruntime and bf16 and int8 models on "
             "OpenVINO where it is installed (its int8 and bf16 kernels are the fast ones)",
