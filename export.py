@@ -347,7 +347,6 @@ def reduce_range(choice: str) -> bool:
 def quantize(float_path: str, path: str, calibration, args: argparse.Namespace) -> None:
     """Quantize the float32 model at ``float_path`` into ``path`` (int8), then compare the two on a few
     calibration images and print how close they are."""
-    props = {p.key: p.value for p in onnx.load(float_path, load_external_data=False).metadata_props}
     bar = tqdm(total=len(calibration.paths), desc="calibrating int8", unit="img", leave=False)
     try:
         quantize_int8(
@@ -355,7 +354,6 @@ def quantize(float_path: str, path: str, calibration, args: argparse.Namespace) 
             path,
             calibration,
             reduce_range=reduce_range(args.reduce_range),
-            metadata={**props, "precision": "int8"},
             on_image=bar.update,
         )
     except CalibrationError as exc:

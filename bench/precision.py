@@ -138,13 +138,7 @@ def main(args: argparse.Namespace) -> dict:
             args.data_dir, args.calibration_split, args.calibration_images, args.input_size
         )
         log(f"quantizing to int8 on {len(calibration.paths)} {args.calibration_split} images ...")
-        quantize_int8(
-            float_path,
-            int8_path,
-            calibration,
-            reduce_range=export.reduce_range(args.reduce_range),
-            metadata=dict(reference_model.metadata),
-        )
+        quantize_int8(float_path, int8_path, calibration, reduce_range=export.reduce_range(args.reduce_range))
         sizes = {"float32": os.path.getsize(float_path), "int8": os.path.getsize(int8_path)}
 
         candidates: list[tuple[str, object, str]] = [("float32", reference_model, "off")]

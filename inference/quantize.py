@@ -105,12 +105,12 @@ def quantize_int8(
     calibration: Calibration,
     *,
     reduce_range: bool = True,
-    metadata: dict[str, str] | None = None,
     on_image: Callable[[], None] | None = None,
 ) -> dict:
     """Write the static int8 QDQ model of the float32 model ``src`` to ``dst``; return the record of its
     calibration (also in ``dst``'s metadata as ``calibration``, with ``precision`` int8 and
-    ``reduce_range``, beside ``metadata``). ``on_image`` is called once per calibration image.
+    ``reduce_range``, beside the metadata ``src`` records, which the quantizer carries over).
+    ``on_image`` is called once per calibration image.
     Raises ``CalibrationError`` for an unreadable image."""
     from onnxruntime.quantization import (  # heavy: only export.py --precision int8 needs it
         CalibrationDataReader,
@@ -159,7 +159,7 @@ def quantize_int8(
     )
     record = calibration.record(reduce_range, keep)
     quantized = onnx.load(dst)
-    props = {**(metadata or {}), "precision": "int8", "reduce_range": json.dumps(reduce_range)}
+    props = {"precision": "int8", "reduce_range": json.dumps(reduce_range)}
     props["calibration"] = json.dumps(record)
     set_metadata(quantized, props)
     onnx.save(quantized, dst)
