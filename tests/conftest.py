@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import torch
+
+# Set on a module's node when one of its tests fails: its folders are then kept for a look.
+_MODULE_FAILED = pytest.StashKey[bool]()
 
 
 def _threads() -> int:
@@ -32,6 +36,34 @@ def pytest_collection_modifyitems(config, items) -> None:
     time) the files with long tests then start at once instead of leaving one worker busy at the
     end while the others idle. The order is otherwise kept."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    module = item.getparent(pytest.Module)
+    if report.failed and module is not None:
+        module.stash[_MODULE_FAILED] = True
+    return report
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_module_folders(request, tmp_path_factory):
+    """Removes the folders a test file's shared fixtures made (trained runs, exports, data sets:
+    full-size checkpoints, up to a GB a file) once its last test has passed, as pyproject.toml's
+    retention policy does for each test's own tmp_path. Without it a run holds every file's
+    folders until its end; with xdist's --dist loadfile a worker runs one file at a time, so the
+    folders new in its base folder since the file began are that file's."""
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    yield
+    if request.node.stash.get(_MODULE_FAILED, False):
+        return
+    for path in set(base.iterdir()) - before:
+        if path.is_symlink():  # mktemp's "<name>current" link to the newest "<name>N"
+            path.unlink()
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
