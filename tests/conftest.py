@@ -67,9 +67,13 @@ def _free_module_folders(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _tune_cache(tmp_path_factory):
-    """train.py --tune's cache, for the tests and the processes they start: never the user's own."""
+def _private_caches(tmp_path_factory):
+    """train.py --tune's cache and torch.compile's (inductor's), for the tests and the processes
+    they start: never the user's own, and none that another run filled. Inductor's entries from a
+    run under ATEN_CPU_CAPABILITY=avx2 broke a native run's compiled layers and the other way round
+    (utils.device.compile_model)."""
     os.environ["DFPNET_CACHE_DIR"] = str(tmp_path_factory.mktemp("tune-cache"))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("inductor-cache"))
 
 
 @pytest.fixture(scope="session")

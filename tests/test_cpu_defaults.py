@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
 
 from utils import cpu_defaults as cd
+from utils.device import compile_model, inductor_cache_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -133,3 +136,34 @@ def test_train_resolves_the_malloc_choice():
     # With --tune auto (the default) the allocator waits for the tuner's choice (tests/test_tune.py).
     cfg = setup(get_args_parser().parse_args(["--device", "cpu"]))
     assert cfg.malloc == "reuse" and cfg.malloc_reuse is False
+
+
+def test_compile_under_an_aten_ceiling_caches_apart_from_native(monkeypatch, tmp_path):
+    # A native compile and one under ATEN_CPU_CAPABILITY=avx2 sharing inductor's cache served each
+    # other garbage (bench/RESULTS.md s.12): the ceiling's compile gets a folder of its own.
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir  # (private: test only)
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
+    native = default_cache_dir()
+    assert inductor_cache_for(None) == native == str(tmp_path / f"torchinductor_{getpass.getuser()}")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "AVX2")
+    for already in (None, native):  # unset, or set by importing torch's compiler
+        if already is None:
+            monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+        else:
+            monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", already)
+        compiled = compile_model(torch.nn.Linear(2, 2))
+        assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule)
+        assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == inductor_cache_for("avx2") == f"{native}-aten-avx2"
+
+
+def test_compile_leaves_a_chosen_cache_and_native_runs_alone(monkeypatch, tmp_path):
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    compile_model(torch.nn.Linear(2, 2))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", inductor_cache_for(None))
+    compile_model(torch.nn.Linear(2, 2))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == inductor_cache_for(None)  # as torch.compile

@@ -36,6 +36,7 @@ from training.optim import SGDInBackward
 from training.step import train_step
 from utils import recipe
 from utils.cpu_defaults import keep_freed_memory
+from utils.device import compile_model
 from utils.labels import IGNORE_LABEL
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -284,7 +285,7 @@ class TrainStep:
         self.config = config
         self.device = device
         self.model = build_model(config, device, num_classes)
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.forward = compile_model(self.model) if config.compile else self.model
         # As train.py: the SGD recipe over the parameters that train.
         self.optimizer = (SGDInBackward if config.update_in_backward else torch.optim.SGD)(
             [p for p in self.model.parameters() if p.requires_grad],

@@ -20,6 +20,7 @@ from training.optim import SGDInBackward
 from training.snapshots import read_training_state
 from utils.checkpoint import Weights, load_imagenet_backbone, load_state_dict_strict, read_weights
 from utils.cpu_defaults import cpu_defaults
+from utils.device import compile_model
 from utils.labels import LabelSet
 
 LOUD = "*" * 78
@@ -128,7 +129,7 @@ def build_model(
             gradient_as_bucket_view=True,
         )
     if cfg.compile:
-        train_model = torch.compile(train_model)
+        train_model = compile_model(train_model)
     optimizer_class = SGDInBackward if cfg.update_in_backward else torch.optim.SGD
     optimizer = optimizer_class(
         [p for p in model.parameters() if p.requires_grad],

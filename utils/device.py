@@ -1,12 +1,16 @@
 """The device a script runs on and the precision it runs in: facts every script shares.
 
-``resolve_device`` (--device), ``default_amp`` (--amp's default: bf16 where native) and
-``autocast`` (the network under --amp). Training and prediction both use them.
+``resolve_device`` (--device), ``default_amp`` (--amp's default: bf16 where native),
+``autocast`` (the network under --amp) and ``compile_model`` (--compile). Training and prediction use them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import getpass
+import os
+import re
+import tempfile
 
 import torch
 
@@ -50,3 +54,31 @@ def autocast(device_type: str, amp: str = "off") -> contextlib.AbstractContextMa
     # them again anyway. Each weight is cast once per forward either way; outside training
     # (no grad) autocast caches nothing.
     return torch.autocast(device_type=device_type, dtype=_AMP_DTYPES[amp], cache_enabled=False)
+
+
+def compile_model(module: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile(module)``, its on-disk cache kept apart for each ``ATEN_CPU_CAPABILITY``.
+
+    Inductor's cache does not tell a graph compiled with ATen held to AVX2 (how bench/RESULTS.md
+    emulates the AVX2 class) from one compiled natively: served from the other's entries, compiled
+    InPlace-ABN layers returned garbage (1e34, NaN) or aborted the process (torch 2.13, the Intel
+    Xeon with AMX; bench/RESULTS.md s.12). So under that variable the cache is inductor's own
+    folder with the capability appended, unless ``TORCHINDUCTOR_CACHE_DIR`` names another folder
+    (importing torch's compiler sets it to inductor's own, so that one counts as unset)."""
+    capability = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    if capability and os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, inductor_cache_for(None)):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_cache_for(capability)
+    return torch.compile(module)
+
+
+def inductor_cache_for(capability: str | None) -> str:
+    """Inductor's own cache folder (torch's default) for None; for an ``ATEN_CPU_CAPABILITY``, that
+    folder's name with ``-aten-<capability>`` appended."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid_{os.getuid()}"
+    name = "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user)
+    if capability:
+        name += "-aten-" + re.sub(r"[^A-Za-z0-9_.-]", "_", capability)
+    return os.path.abspath(os.path.join(tempfile.gettempdir(), name))
