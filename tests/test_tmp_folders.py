@@ -42,10 +42,15 @@ def test_two(shared):
         test_b=fixture.format(name="failing", ok="False"),
     )
     basetemp = pytester.path / "base"
-    result = pytester.runpytest_inprocess(
-        "-p", "no:xdist", "-p", "no:cacheprovider", f"--basetemp={basetemp}",
-        "-o", "tmp_path_retention_policy=failed",
-    )  # fmt: skip
+    environ = dict(os.environ)  # the inner run's conftest points the caches at its own folders
+    try:
+        result = pytester.runpytest_inprocess(
+            "-p", "no:xdist", "-p", "no:cacheprovider", f"--basetemp={basetemp}",
+            "-o", "tmp_path_retention_policy=failed",
+        )  # fmt: skip
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
     result.assert_outcomes(passed=3, failed=1)
     left = sorted(p.name for p in basetemp.iterdir())
     assert not [name for name in left if name.startswith("passing")], left
