@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 
 import pytest
 import torch
@@ -67,13 +68,16 @@ def _free_module_folders(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _private_caches(tmp_path_factory):
-    """train.py --tune's cache and torch.compile's (inductor's), for the tests and the processes
-    they start: never the user's own, and none that another run filled. Inductor's entries from a
-    run under ATEN_CPU_CAPABILITY=avx2 broke a native run's compiled layers and the other way round
-    (utils.device.compile_model)."""
+def _private_folders(tmp_path_factory):
+    """train.py --tune's cache, torch.compile's (inductor's) and the temporary folder, for the tests
+    and the processes they start: never the user's own, none that another run filled, and gone with
+    pytest's folders (torchrun's and multiprocessing's leftovers, onnxruntime's quantization files).
+    Inductor's entries from a run under ATEN_CPU_CAPABILITY=avx2 broke a native run's compiled
+    layers and the other way round (utils.device.compile_model)."""
     os.environ["DFPNET_CACHE_DIR"] = str(tmp_path_factory.mktemp("tune-cache"))
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("inductor-cache"))
+    os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("tmp"))
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
 
 
 @pytest.fixture(scope="session")

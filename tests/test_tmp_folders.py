@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 
 pytest_plugins = ["pytester"]
 
@@ -42,7 +43,8 @@ def test_two(shared):
         test_b=fixture.format(name="failing", ok="False"),
     )
     basetemp = pytester.path / "base"
-    environ = dict(os.environ)  # the inner run's conftest points the caches at its own folders
+    # The inner run's conftest points the caches and the temporary folder at folders of its own.
+    environ, tempdir = dict(os.environ), tempfile.tempdir
     try:
         result = pytester.runpytest_inprocess(
             "-p", "no:xdist", "-p", "no:cacheprovider", f"--basetemp={basetemp}",
@@ -51,6 +53,7 @@ def test_two(shared):
     finally:
         os.environ.clear()
         os.environ.update(environ)
+        tempfile.tempdir = tempdir
     result.assert_outcomes(passed=3, failed=1)
     left = sorted(p.name for p in basetemp.iterdir())
     assert not [name for name in left if name.startswith("passing")], left
