@@ -9,9 +9,6 @@ import tempfile
 import pytest
 import torch
 
-# Set on a module's node when one of its tests fails: its folders are then kept for a look.
-_MODULE_FAILED = pytest.StashKey[bool]()
-
 
 def _threads() -> int:
     """Torch threads for this test process and the processes it starts: the cores shared among
@@ -39,26 +36,18 @@ def pytest_collection_modifyitems(config, items) -> None:
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item, call):
-    report = yield
-    module = item.getparent(pytest.Module)
-    if report.failed and module is not None:
-        module.stash[_MODULE_FAILED] = True
-    return report
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _free_module_folders(request, tmp_path_factory):
     """Removes the folders a test file's shared fixtures made (trained runs, exports, data sets:
     full-size checkpoints, up to a GB a file) once its last test has passed, as pyproject.toml's
     retention policy does for each test's own tmp_path. Without it a run holds every file's
     folders until its end; with xdist's --dist loadfile a worker runs one file at a time, so the
-    folders new in its base folder since the file began are that file's."""
+    folders new in its base folder since the file began are that file's. A file with a failure
+    keeps them for a look."""
     base = tmp_path_factory.getbasetemp()
-    before = set(base.iterdir())
+    before, failed = set(base.iterdir()), request.session.testsfailed
     yield
-    if request.node.stash.get(_MODULE_FAILED, False):
+    if request.session.testsfailed > failed:
         return
     for path in set(base.iterdir()) - before:
         if path.is_symlink():  # mktemp's "<name>current" link to the newest "<name>N"
