@@ -10,6 +10,7 @@ reports bf16 but cannot run it.
 
 from __future__ import annotations
 
+import functools
 import os
 
 # oneDNN's ISA names, lowest first; a ceiling at or above an entry keeps what it brings.
@@ -34,6 +35,7 @@ _ISA_ORDER = (
 ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 
 
+@functools.cache  # read once a process: every model opened and every bench row asks
 def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
     """The first processor's flags (empty where /proc/cpuinfo cannot be read)."""
     try:
