@@ -140,23 +140,29 @@ def quantize_int8(
     model = onnx.load(src, load_external_data=False)
     keep = float_nodes(model)
     del model
-    # The quantizer logs advice about pre-processing (which does not apply to dynamic shapes) at WARNING.
-    logging.getLogger().setLevel(logging.ERROR)
-    quantize_static(
-        src,
-        dst,
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        reduce_range=reduce_range,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=keep,
-        # MinMax keeps two numbers per tensor and image (the graph is augmented with ReduceMin and
-        # ReduceMax), so hundreds of images fit in memory. (CalibMaxIntermediateOutputs would bound
-        # it, but onnxruntime 1.32 discards the batches it is meant to merge.)
-        calibrate_method=CalibrationMethod.MinMax,
-    )
+    # The quantizer logs advice about pre-processing (which does not apply to dynamic shapes) at
+    # WARNING, on the root logger: quiet it for the call only, not for the caller's process.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_static(
+            src,
+            dst,
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=keep,
+            # MinMax keeps two numbers per tensor and image (the graph is augmented with ReduceMin and
+            # ReduceMax), so hundreds of images fit in memory. (CalibMaxIntermediateOutputs would
+            # bound it, but onnxruntime 1.32 discards the batches it is meant to merge.)
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    finally:
+        root.setLevel(level)
     record = calibration.record(reduce_range, keep)
     quantized = onnx.load(dst)
     props = {"precision": "int8", "reduce_range": json.dumps(reduce_range)}
@@ -173,3 +179,4 @@ def set_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
     for key, value in [*kept, *props.items()]:
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
+
