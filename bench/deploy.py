@@ -46,7 +46,6 @@ import tempfile
 from collections.abc import Callable
 
 import numpy as np
-import onnx
 import onnxruntime
 import torch
 from torch import nn
@@ -55,7 +54,7 @@ import export
 from bench.common import alternate, environment, finish, format_table, log, summarize
 from dataset.synthetic import generate_dataset
 from inference.onnx_infer import OnnxModel, openvino_available
-from inference.quantize import calibration_set, quantize_int8, set_metadata
+from inference.quantize import calibration_set, copy_as_bf16, quantize_int8
 from libs import ABN
 from networks.dfpnet import DFPNet
 from networks.fuse import fuse_for_inference
@@ -230,9 +229,7 @@ def main(args: argparse.Namespace) -> dict:
                     models["float32"], path, calibration, reduce_range=export.reduce_range(args.reduce_range)
                 )
             elif precision == "bf16":
-                proto = onnx.load(models["float32"])
-                set_metadata(proto, {"precision": "bf16"})
-                onnx.save(proto, path)
+                copy_as_bf16(models["float32"], path)
             models[precision] = path
             return path
 

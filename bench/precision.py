@@ -27,7 +27,6 @@ import os
 import tempfile
 
 import numpy as np
-import onnx
 import torch
 
 import export
@@ -36,7 +35,7 @@ from dataset.datasets import CartoonDataSet, default_transform
 from inference.model import load_model
 from inference.onnx_infer import OnnxModel, openvino_available
 from inference.predict import evaluate_model, make_eval_loader
-from inference.quantize import calibration_set, quantize_int8, set_metadata
+from inference.quantize import calibration_set, copy_as_bf16, quantize_int8
 from utils.checkpoint import read_weights
 from utils.cli import DefaultsHelpFormatter, parse_size, positive_int
 from utils.cpuinfo import cpu_class_name, native_bf16
@@ -150,12 +149,8 @@ def main(args: argparse.Namespace) -> dict:
             candidates.append(("pytorch-bf16", fused, "bf16"))
         if openvino_available():
             if native_bf16():
-                # What export.py --precision bf16 writes: the float32 graph, marked bf16.
                 bf16_path = os.path.join(tmp, "bf16.onnx")
-                proto = onnx.load(float_path)
-                set_metadata(proto, {"precision": "bf16"})
-                onnx.save(proto, bf16_path)
-                del proto
+                copy_as_bf16(float_path, bf16_path)
                 candidates.append(("bf16", OnnxModel(bf16_path, threads=args.threads), "off"))
             candidates.append(("int8", OnnxModel(int8_path, threads=args.threads, runtime="openvino"), "off"))
         candidates.append(
