@@ -278,28 +278,25 @@ def main(args: argparse.Namespace) -> dict:
         }
     base = result["authors"]["images_per_s"]
     result["ratios"] = {name: result[name]["images_per_s"] / base for name in args.configs}
+
+    def target(names: list[str], ratio: float) -> dict:
+        """The best of ``names`` and whether it reaches ``ratio`` x the authors' images/s."""
+        best = max(names, key=result["ratios"].__getitem__) if names else None
+        return {"target": ratio, "best": best, "met": best is not None and result["ratios"][best] >= ratio}
+
     emulated = isa_ceiling() is not None
     # onnxruntime ignores the ISA ceiling: under an emulation its rows are the real CPU's.
     counted = [n for n in args.configs if not (emulated and n.startswith("onnxruntime"))]
     fast = [name for name in ("fused", "onnxruntime") if name in counted]
-    result["target_met"] = bool(fast) and max(result["ratios"][n] for n in fast) >= TARGET
+    result["target_met"] = target(fast, TARGET)["met"]
     vnni = int8_dot_product()
     int8_target = INT8_TARGET_VNNI if vnni else INT8_TARGET
     int8 = [n for n in counted if n.endswith("int8")]
     bf16 = [n for n in counted if n.endswith("bf16")]
+
     result["targets"] = {
-        "int8": {
-            "target": int8_target,
-            "best": max(int8, key=lambda n: result["ratios"][n]) if int8 else None,
-            "met": bool(int8) and max(result["ratios"][n] for n in int8) >= int8_target,
-        },
-        "bf16": {
-            "target": BF16_TARGET,
-            "best": max(bf16, key=lambda n: result["ratios"][n]) if bf16 else None,
-            "met": bool(bf16) and max(result["ratios"][n] for n in bf16) >= BF16_TARGET,
-        }
-        if native_bf16()
-        else None,
+        "int8": target(int8, int8_target),
+        "bf16": target(bf16, BF16_TARGET) if native_bf16() else None,
     }
     result["cpu_class"] = cpu_class_name()
     result["not_emulated"] = [n for n in args.configs if n not in counted]
