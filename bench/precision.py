@@ -90,14 +90,13 @@ def score(
     return matrix.compute(), labels
 
 
-def agreement(labels: dict[str, np.ndarray], reference: dict[str, np.ndarray], dataset) -> float:
-    """Share of the pixels with a ground truth (not ignored) whose label equals the reference's."""
-    same = total = 0
-    for index, name in enumerate(dataset.ids):
-        valid = dataset.read_label(index) != dataset.ignore_label
-        same += int((labels[name] == reference[name])[valid].sum())
-        total += int(valid.sum())
-    return same / max(total, 1)
+def agreement(
+    labels: dict[str, np.ndarray], reference: dict[str, np.ndarray], scored: dict[str, np.ndarray]
+) -> float:
+    """Share of the ``scored`` pixels (those with a ground truth, by image name) whose label equals
+    the reference's."""
+    same = sum(int((labels[name] == reference[name])[valid].sum()) for name, valid in scored.items())
+    return same / max(sum(int(valid.sum()) for valid in scored.values()), 1)
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -105,6 +104,7 @@ def main(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
 
     info = environment("cpu")
+    reduce_range, bf16, cpu_class = export.reduce_range(args.reduce_range), native_bf16(), cpu_class_name()
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="dfpnet-bench-precision-") as tmp:
         float_path = args.float_model or os.path.join(tmp, "float32.onnx")
@@ -137,18 +137,18 @@ def main(args: argparse.Namespace) -> dict:
             args.data_dir, args.calibration_split, args.calibration_images, args.input_size
         )
         log(f"quantizing to int8 on {len(calibration.paths)} {args.calibration_split} images ...")
-        quantize_int8(float_path, int8_path, calibration, reduce_range=export.reduce_range(args.reduce_range))
+        quantize_int8(float_path, int8_path, calibration, reduce_range=reduce_range)
         sizes = {"float32": os.path.getsize(float_path), "int8": os.path.getsize(int8_path)}
 
         candidates: list[tuple[str, object, str]] = [("float32", reference_model, "off")]
-        if native_bf16():
+        if bf16:
             weights = read_weights(args.restore_from)
             fused = load_model(
                 weights, label_set.num_classes, torch.device("cpu"), channels_last=True, fuse=True
             )
             candidates.append(("pytorch-bf16", fused, "bf16"))
         if openvino_available():
-            if native_bf16():
+            if bf16:
                 bf16_path = os.path.join(tmp, "bf16.onnx")
                 copy_as_bf16(float_path, bf16_path)
                 candidates.append(("bf16", OnnxModel(bf16_path, threads=args.threads), "off"))
@@ -157,6 +157,10 @@ def main(args: argparse.Namespace) -> dict:
             ("int8-onnxruntime", OnnxModel(int8_path, threads=args.threads, runtime="onnxruntime"), "off")
         )
 
+        # The pixels with a ground truth, read once for every row's agreement.
+        scored = {
+            name: dataset.read_label(index) != dataset.ignore_label for index, name in enumerate(dataset.ids)
+        }
         reference_labels: dict[str, np.ndarray] = {}
         for name, model, amp in candidates:
             log(f"scoring {name} ...")
@@ -170,7 +174,7 @@ def main(args: argparse.Namespace) -> dict:
                 "pixel_accuracy": metrics["pixel_accuracy"],
                 "per_class_iou": metrics["per_class_iou"],
                 "d_mean_iou": metrics["mean_iou"] - reference_metrics["mean_iou"],
-                "agreement": agreement(labels, reference_labels, dataset),
+                "agreement": agreement(labels, reference_labels, scored),
             }
             drops = [
                 (cls, ref - got)
@@ -225,8 +229,8 @@ def main(args: argparse.Namespace) -> dict:
         "images": len(dataset),
         "input_size": list(args.input_size),
         "calibration": {"split": args.calibration_split, "images": args.calibration_images},
-        "reduce_range": export.reduce_range(args.reduce_range),
-        "cpu_class": cpu_class_name(),
+        "reduce_range": reduce_range,
+        "cpu_class": cpu_class,
     }
     return finish(
         result,
@@ -235,7 +239,7 @@ def main(args: argparse.Namespace) -> dict:
         f"{args.restore_from} on {args.data_dir} {args.dataset} ({len(dataset)} images), "
         f"{args.input_size[0]}x{args.input_size[1]}; int8 calibrated on {args.calibration_images} "
         f"{args.calibration_split} images, reduce_range {args.reduce_range} "
-        f"({'7' if export.reduce_range(args.reduce_range) else '8'}-bit weights); CPU {cpu_class_name()}",
+        f"({'7' if reduce_range else '8'}-bit weights); CPU {cpu_class}",
     )
 
 
