@@ -30,29 +30,17 @@ def checkpoint(data, tmp_path_factory):
     return path
 
 
+def int8_argv(checkpoint, out, data, *more: str) -> list[str]:
+    """export.py's arguments for an int8 export of ``checkpoint`` to ``out`` calibrated on ``data``."""
+    model = ["--restore-from", str(checkpoint), "--out", str(out)]
+    return [*model, "--precision", "int8", "--data-dir", str(data), *more]
+
+
 @pytest.mark.slow
 def test_static_shapes_quantize_too(checkpoint, data, tmp_path, capsys):
     path = tmp_path / "static.onnx"
-    code, out, err = run_main(
-        export,
-        [
-            "--restore-from",
-            str(checkpoint),
-            "--out",
-            str(path),
-            "--input-size",
-            "32,32",
-            "--static",
-            "--precision",
-            "int8",
-            "--data-dir",
-            str(data),
-            "--calibration-images",
-            "2",
-            "--no-check",
-        ],
-        capsys,
-    )
+    argv = int8_argv(checkpoint, path, data, "--input-size", "32,32", "--static", "--calibration-images", "2")
+    code, out, err = run_main(export, [*argv, "--no-check"], capsys)
     assert code == 0, err
     model = OnnxModel(str(path), runtime="onnxruntime")
     assert model.fixed == (1, 32, 32) and model.precision == "int8"
@@ -63,20 +51,7 @@ def test_static_shapes_quantize_too(checkpoint, data, tmp_path, capsys):
 def test_int8_without_a_dataset_fails_before_exporting(checkpoint, tmp_path, capsys):
     out_path = tmp_path / "int8.onnx"
     missing = tmp_path / "no_such_data"
-    code, out, err = run_main(
-        export,
-        [
-            "--restore-from",
-            str(checkpoint),
-            "--out",
-            str(out_path),
-            "--precision",
-            "int8",
-            "--data-dir",
-            str(missing),
-        ],
-        capsys,
-    )
+    code, out, err = run_main(export, int8_argv(checkpoint, out_path, missing), capsys)
     assert code == 2 and err.count("\n") == 1
     assert f"{missing}: no such dataset folder" in err and not out_path.exists()
     assert os.listdir(tmp_path) == []
@@ -89,25 +64,8 @@ def test_unreadable_calibration_image_fails_with_its_name(checkpoint, data, tmp_
     bad = copy / "train_images" / f"{first}.jpg"
     bad.write_bytes(b"not a picture")
     out_path = tmp_path / "out" / "int8.onnx"
-    code, out, err = run_main(
-        export,
-        [
-            "--restore-from",
-            str(checkpoint),
-            "--out",
-            str(out_path),
-            "--input-size",
-            SIZE,
-            "--precision",
-            "int8",
-            "--data-dir",
-            str(copy),
-            "--calibration-images",
-            "2",
-            "--no-check",
-        ],
-        capsys,
-    )
+    argv = int8_argv(checkpoint, out_path, copy, "--input-size", SIZE, "--calibration-images", "2")
+    code, out, err = run_main(export, [*argv, "--no-check"], capsys)
     assert code == 2 and str(bad) in err and "OpenCV cannot read it" in err
     assert err.strip().count("\n") == 0
     assert not out_path.parent.exists() or os.listdir(out_path.parent) == []  # checked before exporting
