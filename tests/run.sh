@@ -25,7 +25,7 @@ fi
 tmp="${TMPDIR:-/tmp}"
 free_kb="$(df -Pk "$tmp" 2>/dev/null | awk 'NR == 2 {print $4}')"
 if [[ "$free_kb" =~ ^[0-9]+$ ]] && ((free_kb < 4 * 1024 * 1024)); then
-  echo "tests/run.sh: warning: $tmp has $((free_kb / 1024)) MB free; the suite needs up to about 3.4 GB there" \
+  echo "tests/run.sh: warning: $tmp has $((free_kb / 1024)) MB free; the suite took up to about 3.4 GB there with 2 workers" \
        "(free some, or point TMPDIR at a roomier disk)" >&2
 fi
 exec "$PYTHON" -m pytest "${xdist[@]}" "$@"
