@@ -20,12 +20,12 @@ if ((workers > 1)) && [[ " $* " != *" -n "* && " $* " != *"--numprocesses"* && "
   # are then made once, not once per worker.
   xdist=(-n "$workers" --dist loadfile)
 fi
-# pytest's folders (full-size checkpoints, exports) take up to about 3.4 GB at once with 2 workers
+# pytest's folders (full-size checkpoints, exports) take up to about 3.6 GB at once with 2 workers
 # and are removed as tests pass; warn up front rather than fail halfway with "No space left".
 tmp="${TMPDIR:-/tmp}"
 free_kb="$(df -Pk "$tmp" 2>/dev/null | awk 'NR == 2 {print $4}')"
 if [[ "$free_kb" =~ ^[0-9]+$ ]] && ((free_kb < 4 * 1024 * 1024)); then
-  echo "tests/run.sh: warning: $tmp has $((free_kb / 1024)) MB free; the suite took up to about 3.4 GB there with 2 workers" \
-       "(free some, or point TMPDIR at a roomier disk)" >&2
+  echo "tests/run.sh: warning: $tmp has $((free_kb / 1024)) MB free; the suite took up to about" \
+       "3.6 GB there with 2 workers (free some, or point TMPDIR at a roomier disk)" >&2
 fi
 exec "$PYTHON" -m pytest "${xdist[@]}" "$@"
