@@ -13,6 +13,10 @@ or ``--labels`` (the same classes; other colours or flip pairs). A file that can
 reported on one line and skipped; the exit status is then 1 once the others are done; 2 for bad
 arguments, a bad label set, or an unusable checkpoint or model.
 
+With ``--annotations coco,labelme,cvat-mask,labelstudio`` the predictions are also written as files
+those tools import, to correct them there (``inference/annotations.py``, docs/annotations.md);
+``--min-confidence P`` leaves the pixels whose winning probability is below P unlabelled (255).
+
 With ``--onnx`` (a model written by export.py) the network runs through onnxruntime and this
 script imports neither torch nor anything that does: a deployment can ship without PyTorch.
 """
@@ -27,6 +31,7 @@ import sys
 import cv2
 from tqdm import tqdm
 
+from inference.annotations import DEFAULT_TOLERANCE, AnnotationWriter, parse_formats
 from inference.model import network_label_set, read_network, setup_device, setup_model
 from inference.pipeline import (
     ImageFiles,
@@ -38,7 +43,14 @@ from inference.pipeline import (
     save_prediction,
 )
 from utils import recipe
-from utils.cli import DefaultsHelpFormatter, add_inference_arguments, die, given_labels
+from utils.cli import (
+    DefaultsHelpFormatter,
+    add_inference_arguments,
+    die,
+    given_labels,
+    non_negative_float,
+    probability,
+)
 
 PROG = "parse_images.py"
 
@@ -65,8 +77,45 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--out", required=True, metavar="DIR", help="folder for the output pictures (created)"
     )
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    parser.add_argument(
+        "--annotations",
+        type=_formats,
+        default=(),
+        metavar="FORMAT[,FORMAT]",
+        help="also write the predictions for an annotation tool to import: coco (RLE), labelme "
+        "(polygons), cvat-mask, labelstudio (brush); docs/annotations.md",
+    )
+    parser.add_argument(
+        "--polygon-tolerance",
+        type=non_negative_float,
+        default=DEFAULT_TOLERANCE,
+        metavar="PX",
+        help="labelme polygons: how far in pixels the traced outline may stray from the label map (0: exact)",
+    )
+    parser.add_argument(
+        "--min-confidence",
+        type=probability,
+        default=None,
+        metavar="P",
+        help="leave pixels whose winning class probability is below P unlabelled (255 in the label "
+        "PNG, in no annotation) for a person to decide (default: none, every pixel labelled)",
+    )
+    parser.add_argument(
+        "--image-url",
+        default="",
+        metavar="PREFIX",
+        help="labelstudio: each task's data.image is PREFIX + the picture's file name, e.g. "
+        "/data/local-files/?d=pictures/ (default: the path as given here)",
+    )
     add_inference_arguments(parser, onnx=True)
     return parser
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    try:
+        return parse_formats(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def get_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,6 +138,13 @@ def main(args: argparse.Namespace) -> int:
     images = ImageFiles(paths, args.input_size)
     os.makedirs(args.out, exist_ok=True)
     failed: list[str] = []
+    annotations = (
+        AnnotationWriter(
+            args.out, args.annotations, label_set, tolerance=args.polygon_tolerance, image_url=args.image_url
+        )
+        if args.annotations
+        else None
+    )
 
     def save(item: dict, label) -> None:
         path = str(item["path"])
@@ -101,13 +157,21 @@ def main(args: argparse.Namespace) -> int:
             )
             return
         save_prediction(args.out, str(item["name"]), label, image, label_set=label_set)
+        if annotations is not None:
+            annotations.add(path, str(item["name"]), label)
 
     stats = InferenceStats()
     try:
         if args.onnx:  # torch-free: onnxruntime already uses every core, so images are read in turn
 
             def predict(batch):
-                return model.predict_labels(batch, flip=args.flip, scales=args.scales, label_set=label_set)
+                return model.predict_labels(
+                    batch,
+                    flip=args.flip,
+                    scales=args.scales,
+                    label_set=label_set,
+                    min_confidence=args.min_confidence,
+                )
 
             run_loop(
                 batches(images, args.batch_size),
@@ -140,8 +204,10 @@ def main(args: argparse.Namespace) -> int:
                 progress=not args.no_progress,
                 desc="parsing",
                 stats=stats,
+                min_confidence=args.min_confidence,
             )
         save_legend(args.out, label_set)
+        written = annotations.close() if annotations is not None else []
     except OSError as exc:  # an output picture could not be written: no point going on
         fail(str(exc))
     done = stats.images - len(failed)
@@ -151,6 +217,8 @@ def main(args: argparse.Namespace) -> int:
         f"({stats.images_per_second:.2f} images/s, {runtime}); label set: {label_set.describe()}, "
         f"colours in {os.path.join(args.out, 'legend.png')}"
     )
+    if written:
+        print(f"Annotations for correction: {', '.join(os.path.join(args.out, w) for w in written)}")
     if failed:
         print(
             f"{PROG}: error: {len(failed)} file(s) could not be read: {', '.join(failed[:5])}"

@@ -127,14 +127,21 @@ def _check_item(item: _Item, label_set: LabelSet, ignore_label: int) -> tuple[li
             data, label = read
             if data[:8] == _PNG_SIGNATURE and len(data) > 25 and data[25] == _PNG_PALETTE:
                 problems.append(
-                    f"label is a palette PNG (OpenCV reads its colours, not its ids); save the "
-                    f"ids as 8-bit grayscale: {item.label_path}"
+                    f"label is a palette PNG (OpenCV reads its colours, not its ids); convert the masks with "
+                    f"`python -m dataset.convert SRC --from palette --out NEW_DIR` (docs/annotations.md): "
+                    f"{item.label_path}"
                 )
             elif label.ndim != 2 or label.dtype != np.uint8:
                 channels = 1 if label.ndim == 2 else label.shape[2]
+                fix = (
+                    "; colour masks convert with "
+                    "`python -m dataset.convert SRC --from cvat-mask --out NEW_DIR` (docs/annotations.md)"
+                    if channels in (3, 4)
+                    else ""
+                )
                 problems.append(
                     f"label is {channels}-channel {label.dtype}, expected single-channel "
-                    f"8-bit ids: {item.label_path}"
+                    f"8-bit ids{fix}: {item.label_path}"
                 )
             else:
                 if image_shape is not None and label.shape != image_shape:

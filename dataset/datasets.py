@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import torch.utils.data
 
-from dataset.layout import IMAGE_EXT, LABEL_EXT, read_id_list, split_paths
+from dataset.layout import LABEL_EXT, image_file, read_id_list, split_paths
 from utils import recipe
 from utils.labels import IGNORE_LABEL, LabelSet, resolve_label_set
 from utils.transforms import (
@@ -162,29 +162,33 @@ class CartoonDataSet(torch.utils.data.Dataset):
         self.ids = read_id_list(list_path)
         if not self.ids:
             raise ValueError(f"id list {list_path} holds no ids")
-        self._check_files(self._image_dir, IMAGE_EXT)
+        present = self._listing(self._image_dir)
+        self._image_paths = [image_file(self._image_dir, i, present) for i in self.ids]
+        self._check_files(self._image_paths, present)
         if self.is_train:
             # Evaluation splits may come without labels (read_label then names the file).
-            self._check_files(self._label_dir, LABEL_EXT)
+            self._check_files(
+                [os.path.join(self._label_dir, i + LABEL_EXT) for i in self.ids],
+                self._listing(self._label_dir),
+            )
 
-    def _check_files(self, folder: str, ext: str) -> None:
-        # Failing here, once, beats a worker crashing mid-epoch on the first missing file.
+    def _listing(self, folder: str) -> set[str]:
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"folder of split '{self.dataset}' not found: {folder}")
-        present = set(os.listdir(folder))
-        missing = [i for i in self.ids if i + ext not in present]
+        return set(os.listdir(folder))
+
+    def _check_files(self, paths: list[str], present: set[str]) -> None:
+        # Failing here, once, beats a worker crashing mid-epoch on the first missing file.
+        missing = [p for p in paths if os.path.basename(p) not in present]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise FileNotFoundError(
-                f"file listed in {self.dataset}_id.txt not found: "
-                f"{os.path.join(folder, missing[0] + ext)}{more}"
-            )
+            raise FileNotFoundError(f"file listed in {self.dataset}_id.txt not found: {missing[0]}{more}")
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def image_path(self, index: int) -> str:
-        return os.path.join(self._image_dir, self.ids[index] + IMAGE_EXT)
+        return self._image_paths[index]
 
     def label_path(self, index: int) -> str:
         return os.path.join(self._label_dir, self.ids[index] + LABEL_EXT)

@@ -1,7 +1,8 @@
 """Where a split's files are (docs/reference.md section 2): the one source of the paths and extensions.
 
     <root>/<split>_id.txt                  one image id per line
-    <root>/<split>_images/<id>.jpg         the picture
+    <root>/<split>_images/<id>.jpg         the picture (or <id>.png: lossless pictures, kept so by
+                                           dataset.convert; .jpg first when both exist)
     <root>/<split>_segmentations/<id>.png  single-channel label ids
 
 Torch-free, so the checker and the synthetic generator start fast.
@@ -12,8 +13,19 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-IMAGE_EXT = ".jpg"
+IMAGE_EXT = ".jpg"  # the authors' pictures
+IMAGE_EXTS = (IMAGE_EXT, ".png")  # looked for in this order
 LABEL_EXT = ".png"
+
+
+def image_file(image_dir: str, name: str, present: set[str] | frozenset[str] | None = None) -> str:
+    """The picture of ``name``: ``<name>.jpg``, else ``<name>.png`` if that exists, else the ``.jpg`` path
+    (for the message that it is missing). ``present``: the folder's file names, when already listed."""
+    for ext in IMAGE_EXTS:
+        file = name + ext
+        if (file in present) if present is not None else os.path.isfile(os.path.join(image_dir, file)):
+            return os.path.join(image_dir, file)
+    return os.path.join(image_dir, name + IMAGE_EXT)
 
 
 class SplitPaths(NamedTuple):
@@ -22,7 +34,7 @@ class SplitPaths(NamedTuple):
     label_dir: str
 
     def image(self, name: str) -> str:
-        return os.path.join(self.image_dir, name + IMAGE_EXT)
+        return image_file(self.image_dir, name)
 
     def label(self, name: str) -> str:
         return os.path.join(self.label_dir, name + LABEL_EXT)

@@ -16,8 +16,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # parse_images.py --onnx and every module it imports on that path (none imports torch there).
 DEPLOY_FILES: tuple[str, ...] = (
     "parse_images.py",
-    *(f"utils/{m}.py" for m in ("__init__", "cli", "cpuinfo", "recipe", "labels", "transforms", "pictures")),
-    *(f"inference/{m}.py" for m in ("__init__", "model", "pipeline", "onnx_infer")),
+    *(
+        f"utils/{m}.py"
+        for m in ("__init__", "cli", "cpuinfo", "recipe", "labels", "transforms", "pictures", "files")
+    ),
+    *(f"inference/{m}.py" for m in ("__init__", "model", "pipeline", "onnx_infer", "annotations")),
+    "dataset/__init__.py",
+    *(f"dataset/formats/{m}.py" for m in ("__init__", "common", "names", "rle", "shapes", "masks", "coco")),
+    *(f"dataset/formats/{m}.py" for m in ("labelme", "labelstudio")),
 )
 # The packages those files import, pinned as the repository's requirements.txt pins them.
 DEPLOY_PACKAGES: tuple[str, ...] = ("numpy", "opencv-python-headless", "onnxruntime", "openvino", "tqdm")

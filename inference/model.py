@@ -138,7 +138,11 @@ def setup_model(
     """
     if not hasattr(network, "state"):  # an OnnxModel: refuse now what it would fail on mid-run
         problem = network.unusable_with(
-            batch_size=args.batch_size, input_size=args.input_size, flip=args.flip, scales=args.scales
+            batch_size=args.batch_size,
+            input_size=args.input_size,
+            flip=args.flip,
+            scales=args.scales,
+            min_confidence=getattr(args, "min_confidence", None),
         )
         if problem:
             fail(problem, 2)

@@ -27,7 +27,7 @@ import numpy as np
 from inference.pipeline import check_scales, scaled_size
 from utils.cli import RUNTIMES, first_line
 from utils.cpuinfo import int8_dot_product, native_bf16
-from utils.labels import LabelSet, LabelSetError, from_stored_form
+from utils.labels import IGNORE_LABEL, LabelSet, LabelSetError, from_stored_form
 from utils.transforms import MEAN, STD
 
 OUTPUTS = ("logits", "probs", "labels")
@@ -269,15 +269,21 @@ class OnnxModel:
             )
 
     def unusable_with(
-        self, *, batch_size: int, input_size: Sequence[int], flip: bool, scales: Sequence[float]
+        self,
+        *,
+        batch_size: int,
+        input_size: Sequence[int],
+        flip: bool,
+        scales: Sequence[float],
+        min_confidence: float | None = None,
     ) -> str | None:
         """Why this model cannot run these settings (one line naming the file), or None if it can:
-        a labels output averages nothing, and a --static model takes one batch size and crop."""
+        a labels output has no probabilities, and a --static model takes one batch size and crop."""
         averaging = flip or tuple(scales) != (1.0,)
-        if self.output == "labels" and averaging:
+        if self.output == "labels" and (averaging or min_confidence is not None):
             return (
-                f"{self.path} outputs labels (export.py --output labels): --flip and --scales average "
-                f"probabilities; export with --output logits or probs, or drop them"
+                f"{self.path} outputs labels (export.py --output labels): --flip, --scales and "
+                f"--min-confidence need probabilities; export with --output logits or probs, or drop them"
             )
         batch, height, width = self.fixed
         wanted = (batch_size * (2 if flip else 1), *input_size)  # a flip runs the mirrors in the same batch
@@ -365,16 +371,21 @@ class OnnxModel:
         flip: bool = False,
         scales: Sequence[float] = (1.0,),
         label_set: LabelSet | None = None,
+        min_confidence: float | None = None,
     ) -> np.ndarray:
-        """``N x h x w`` uint8 class ids at the crop size (``label_set``: see :meth:`predict_probs`)."""
-        if not flip and check_scales(scales) == (1.0,):
+        """``N x h x w`` uint8 class ids at the crop size (``label_set``: see :meth:`predict_probs`);
+        ``min_confidence``: pixels whose winning probability is below it are 255 (unlabelled)."""
+        if min_confidence is None and not flip and check_scales(scales) == (1.0,):
             out = self(images)
             if self.output == "labels":
                 return resize_labels(out, images.shape[-2:])
             logits = resize_bilinear(out.astype(np.float32, copy=False), images.shape[-2:])
             return logits.argmax(1).astype(np.uint8)
         probs = self.predict_probs(images, flip=flip, scales=scales, label_set=label_set)
-        return probs.argmax(1).astype(np.uint8)
+        labels = probs.argmax(1).astype(np.uint8)
+        if min_confidence is not None:
+            labels[probs.max(1) < min_confidence] = IGNORE_LABEL
+        return labels
 
 
 def resize_labels(labels: np.ndarray, size: Sequence[int]) -> np.ndarray:

@@ -103,19 +103,25 @@ def predict_labels(
     flip: bool = False,
     scales: Sequence[float] = (1.0,),
     amp: str = "off",
+    min_confidence: float | None = None,
 ) -> torch.Tensor:
     """``N x h x w`` uint8 class ids at the crop size, computed on the images' device.
 
     A single plain pass takes the argmax of the logits (softmax is monotonic, so the ids are the
     same, as in the authors' evaluation); flip or several scales average probabilities first.
+    ``min_confidence``: pixels whose winning probability is below it are 255 (unlabelled).
     """
-    if not flip and check_scales(scales) == (1.0,):
+    if min_confidence is None and not flip and check_scales(scales) == (1.0,):
         with torch.no_grad(), autocast(images.device.type, amp):
             outputs = model(images)
         logits = resize(final_map(outputs, label_set.num_classes).float(), images.shape[-2:])
-    else:
-        logits = predict_probs(model, images, label_set=label_set, flip=flip, scales=scales, amp=amp)
-    return logits.argmax(dim=1).to(torch.uint8)
+        return logits.argmax(dim=1).to(torch.uint8)
+    probs = predict_probs(model, images, label_set=label_set, flip=flip, scales=scales, amp=amp)
+    confidence, labels = probs.max(dim=1)
+    labels = labels.to(torch.uint8)
+    if min_confidence is not None:
+        labels[confidence < min_confidence] = IGNORE_LABEL
+    return labels
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,6 +148,7 @@ def run_inference(
     progress: bool = True,
     desc: str = "predicting",
     stats: InferenceStats | None = None,
+    min_confidence: float | None = None,
 ) -> InferenceStats:
     """Predict every batch of ``loader`` (yielding ``(images, meta)``) and hand each image's
     prediction, warped back to its original size, to ``handle(meta_item, label)``.
@@ -151,14 +158,17 @@ def run_inference(
     ``handle`` runs in one background thread, in loader order; its exceptions stop the loop and
     are raised here. A PyTorch model is put in eval mode and given back in the mode it came in;
     a ``inference.onnx_infer.OnnxModel`` runs on the CPU (``device``, ``amp`` and ``channels_last`` unused).
-    ``label_set`` gives the classes to expect and the pairs a flip swaps.
+    ``label_set`` gives the classes to expect and the pairs a flip swaps; ``min_confidence`` leaves
+    pixels whose winning probability is below it unlabelled (255).
     """
     total = len(loader.sampler) if hasattr(loader, "sampler") and hasattr(loader.sampler, "__len__") else None
     progress = progress and _is_main_process()
     if not isinstance(model, nn.Module):
 
         def predict_onnx(images: torch.Tensor) -> np.ndarray:
-            return model.predict_labels(images.numpy(), flip=flip, scales=scales, label_set=label_set)
+            return model.predict_labels(
+                images.numpy(), flip=flip, scales=scales, label_set=label_set, min_confidence=min_confidence
+            )
 
         return run_loop(
             loader,
@@ -178,7 +188,15 @@ def run_inference(
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return (
-            predict_labels(model, images, label_set=label_set, flip=flip, scales=scales, amp=amp)
+            predict_labels(
+                model,
+                images,
+                label_set=label_set,
+                flip=flip,
+                scales=scales,
+                amp=amp,
+                min_confidence=min_confidence,
+            )
             .cpu()
             .numpy()
         )

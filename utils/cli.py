@@ -144,6 +144,14 @@ def non_negative_float(text: str) -> float:
     return _number(text, float, 0.0, False, "a number >= 0")
 
 
+def probability(text: str) -> float:
+    """A number in [0, 1] (argparse type)."""
+    value = _number(text, float, 0.0, False, "a probability between 0 and 1")
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {text!r}")
+    return value
+
+
 def add_label_arguments(
     parser: argparse.ArgumentParser, *, data_dir: bool = True, stored: bool = True
 ) -> None:

@@ -1,0 +1,218 @@
+"""LabelMe: one JSON file per picture (``shapes``, ``imagePath``, ``imageData``, ``imageHeight``,
+``imageWidth``), as LabelMe saves it.
+
+Reading: polygons, rectangles, circles, lines and line strips (``--line-width`` pixels wide) are
+drawn in file order, later shapes over earlier ones (as LabelMe's own export does); points are
+counted and skipped; a shape labelled ``_background_`` paints background, ``__ignore__`` paints
+255. The picture is ``imagePath`` relative to the JSON file (or by its name in ``--images``), else
+the picture embedded in ``imageData``. Writing: the label map traced into polygons, one file per
+picture, ``imageData`` left empty.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from dataset.formats import shapes
+from dataset.formats.common import Entry, PaintContext, PictureFinder, Source, load_json, stem
+from dataset.formats.names import ConvertError, is_background
+from utils.labels import IGNORE_LABEL, LABELS_FILE, LabelSet
+
+VERSION = "5.5.0"  # the LabelMe file version written (the format has not changed since 4.x)
+DRAWN = ("polygon", "rectangle", "circle", "line", "linestrip")
+SKIPPED = ("point", "points")
+OFFSET = 0.0  # LabelMe's points are pixel centres
+
+
+def json_files(folder: str) -> list[str]:
+    """The folder's LabelMe files: its .json files but a labels.json (the label set beside them)."""
+    return sorted(
+        os.path.join(folder, f)
+        for f in os.listdir(folder)
+        if f.lower().endswith(".json") and f != LABELS_FILE
+    )
+
+
+def looks_like(data: object) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("shapes"), list)
+
+
+def _points(shape: dict, where: str, kind: str) -> np.ndarray:
+    points = shape.get("points")
+    try:
+        array = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError):
+        array = np.zeros((0,))
+    if array.ndim != 2 or array.shape[1] != 2 or not np.isfinite(array).all():
+        raise ConvertError(f"{where}: 'points' of a {kind} must be a list of [x, y] numbers")
+    need = {"polygon": 3, "rectangle": 2, "circle": 2, "line": 2, "linestrip": 2}[kind]
+    if len(array) < need:
+        raise ConvertError(f"{where}: a {kind} needs at least {need} points, it has {len(array)}")
+    return array
+
+
+def _painter(
+    shapes_list: list[tuple[str, str, np.ndarray]], size: tuple[int, int] | None, where: str, line_width: int
+):
+    def paint(height: int, width: int, context: PaintContext) -> np.ndarray:
+        if size is not None and size != (height, width):
+            raise ConvertError(
+                f"{where}: imageHeight x imageWidth is {size[0]}x{size[1]}, the picture is {height}x{width}"
+            )
+        label = np.full((height, width), context.unlabelled, dtype=np.uint8)
+        for label_name, kind, points in shapes_list:
+            value = context.ids[label_name]
+            if kind in ("polygon", "rectangle"):
+                if kind == "rectangle":
+                    (x0, y0), (x1, y1) = points[0], points[1]
+                    points = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+                beyond, entirely = shapes.outside(points, width, height, OFFSET)
+                if entirely:
+                    raise ConvertError(
+                        f"{where}: a {kind} labelled {label_name!r} lies entirely outside the "
+                        f"{width}x{height} picture"
+                    )
+                if beyond:
+                    context.tally.add("shape clipped to its picture", where)
+                shapes.fill_polygon(label, points, OFFSET, value)
+            elif kind == "circle":
+                shapes.fill_circle(label, points[0], points[1], OFFSET, value)
+            else:
+                shapes.draw_line(label, points, OFFSET, line_width, value)
+        return label
+
+    return paint
+
+
+def read(src: str, *, images: str | None, line_width: int, workdir: str) -> Source:
+    """A folder of LabelMe files (or one file). Embedded pictures are written under ``workdir``."""
+    files = json_files(src) if os.path.isdir(src) else [src]
+    folder = src if os.path.isdir(src) else os.path.dirname(src) or "."
+    if not files:
+        raise ConvertError(f"{src}: no LabelMe .json files in the folder")
+    entries, names = [], []
+    skipped_points = 0
+    for path in files:
+        data = load_json(path)
+        if not looks_like(data):
+            raise ConvertError(f"{path}: not a LabelMe file (no 'shapes' list)")
+        found = []
+        for k, shape in enumerate(data["shapes"]):
+            where = f"{path}: shapes[{k}]"
+            if not isinstance(shape, dict):
+                raise ConvertError(f"{where}: expected an object")
+            kind = shape.get("shape_type") or "polygon"
+            label_name = shape.get("label")
+            if not isinstance(label_name, str) or not label_name.strip():
+                raise ConvertError(f"{where}: 'label' must be a non-empty string, got {label_name!r}")
+            if kind in SKIPPED:
+                skipped_points += 1
+                continue
+            if kind not in DRAWN:
+                raise ConvertError(f"{where}: shape_type {kind!r} is not one of {', '.join(DRAWN + SKIPPED)}")
+            found.append((label_name.strip(), kind, _points(shape, where, kind)))
+            names.append(label_name.strip())
+        picture = _picture(path, data, images, workdir)
+        size = None
+        if isinstance(data.get("imageHeight"), int) and isinstance(data.get("imageWidth"), int):
+            size = (data["imageHeight"], data["imageWidth"])
+        name = stem(data.get("imagePath") or path) if data.get("imagePath") else stem(path)
+        entries.append(Entry(name, None, picture, path, _painter(found, size, path, line_width)))
+    notes = [f"note: {skipped_points} point shape(s) skipped (a point has no area)"] if skipped_points else []
+    return Source(
+        "labelme",
+        f"{len(files)} LabelMe file(s) in {folder}",
+        sorted(set(names), key=lambda n: (not is_background(n), n)),
+        {},
+        entries,
+        notes,
+    )
+
+
+def _picture(path: str, data: dict, images: str | None, workdir: str) -> str:
+    folder = os.path.dirname(path)
+    image_path = data.get("imagePath")
+    if isinstance(image_path, str) and image_path:
+        finder = PictureFinder([folder, *([images] if images else [])])
+        found = finder.find(image_path)
+        if found:
+            return found
+    embedded = data.get("imageData")
+    if isinstance(embedded, str) and embedded:
+        try:
+            raw = base64.b64decode(embedded, validate=True)
+        except (binascii.Error, ValueError):
+            raise ConvertError(f"{path}: imageData is not valid base64") from None
+        out = os.path.join(workdir, f"{len(os.listdir(workdir))}_{stem(image_path or path)}.embedded")
+        with open(out, "wb") as f:
+            f.write(raw)
+        return out
+    raise ConvertError(
+        f"{path}: picture {image_path!r} not found (looked beside the file"
+        f"{' and in ' + images if images else ''}) and no imageData embedded"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Writing predictions
+# --------------------------------------------------------------------------------------------
+
+
+def shapes_of(label: np.ndarray, label_set: LabelSet, tolerance: float) -> list[dict]:
+    """The label map as LabelMe polygons: classes by decreasing area, so that later (smaller) ones are
+    drawn over earlier ones. Each hole of a class's regions whose pixels are mostly background or a
+    class drawn before follows as a polygon of that class; one of a later class is drawn by it."""
+    classes, counts = np.unique(label, return_counts=True)
+    order = [
+        int(c) for c, _ in sorted(zip(classes, counts), key=lambda t: -t[1]) if c not in (0, IGNORE_LABEL)
+    ]
+    drawn = {0}
+    out: list[dict] = []
+    for c in order:
+        mask = label == c
+        out += [_shape(label_set.names[c], outline) for outline in shapes.trace(mask, tolerance)]
+        inside = shapes.holes(mask)
+        if inside.any():
+            count, regions = cv2.connectedComponents(inside.astype(np.uint8), connectivity=8)
+            for k in range(1, count):
+                region = regions == k
+                values = np.bincount(label[region], minlength=256)
+                majority = int(values.argmax())
+                if majority in drawn:
+                    out += [_shape(label_set.names[majority], o) for o in shapes.trace(region, tolerance)]
+        drawn.add(c)
+    return out
+
+
+def _shape(name: str, points: Sequence) -> dict:
+    return {
+        "label": name,
+        "points": [[round(float(x), 2), round(float(y), 2)] for x, y in points],
+        "group_id": None,
+        "description": "",
+        "shape_type": "polygon",
+        "flags": {},
+    }
+
+
+def document(
+    label: np.ndarray, image_path: str, json_path: str, label_set: LabelSet, tolerance: float
+) -> dict:
+    """One LabelMe file for a predicted label map; ``imagePath`` relative to ``json_path``'s folder."""
+    return {
+        "version": VERSION,
+        "flags": {},
+        "shapes": shapes_of(label, label_set, tolerance),
+        "imagePath": os.path.relpath(
+            os.path.abspath(image_path), os.path.dirname(os.path.abspath(json_path))
+        ),
+        "imageData": None,
+        "imageHeight": int(label.shape[0]),
+        "imageWidth": int(label.shape[1]),
+    }
