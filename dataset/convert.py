@@ -28,12 +28,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import cv2
-import numpy as np
 from tqdm import tqdm
 
 from dataset.check import check_dataset
 from dataset.formats import coco, labelme, labelstudio, masks
-from dataset.formats.common import Entry, PaintContext, Source, Tally, load_json, unique_names
+from dataset.formats.common import Entry, PaintContext, Source, Tally, load_json, picture_bytes, unique_names
 from dataset.formats.names import ConvertError, build_label_set
 from dataset.layout import LABEL_EXT, split_paths
 from utils.cli import DefaultsHelpFormatter, positive_int
@@ -44,8 +43,6 @@ PROG = "python -m dataset.convert"
 FORMATS = ("auto", "palette", "cvat-mask", "coco", "labelme", "labelstudio")
 DEFAULT_SPLIT = "train=0.8,val=0.2"
 _SPLIT_NAMES = {"training": "train", "validation": "val", "valid": "val", "testing": "test"}
-_PNG = b"\x89PNG\r\n\x1a\n"
-_JPEG = b"\xff\xd8\xff"
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,40 +171,6 @@ def assign_splits(
 # --------------------------------------------------------------------------------------------
 
 
-def picture_bytes(path: str, tally: Tally) -> tuple[bytes, str, int, int]:
-    """What to write for a picture: its own bytes and extension when it is a 3-channel 8-bit JPEG or PNG,
-    else a lossless 3-channel PNG of it (grayscale repeated, transparency over white, 16 bits cut to 8);
-    and its height and width."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise ConvertError(f"{path}: cannot read the picture: {exc.strerror or exc}") from None
-    if not data:
-        raise ConvertError(f"{path}: the picture is an empty file (0 bytes)")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ConvertError(f"{path}: the picture cannot be decoded (corrupt or not an image)")
-    height, width = image.shape[:2]
-    kind = ".jpg" if data.startswith(_JPEG) else ".png" if data.startswith(_PNG) else None
-    if kind and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
-        return data, kind, height, width
-    tally.add("picture written as a 3-channel PNG (grayscale, transparent, 16-bit or not JPEG/PNG)", path)
-    if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise ConvertError(f"{path}: {image.dtype} pictures are not supported (8- or 16-bit only)")
-    if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    elif image.shape[2] == 4:
-        alpha = image[:, :, 3:].astype(np.float32) / 255.0
-        image = np.rint(image[:, :, :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
-    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(image))
-    if not ok:
-        raise ConvertError(f"{path}: could not encode the picture as PNG")
-    return encoded.tobytes(), ".png", height, width
-
-
 def _write(path: str, data: bytes) -> None:
     try:
         with open(path, "wb") as f:
@@ -258,7 +221,12 @@ def convert(args: argparse.Namespace) -> int:
         if not entries:
             raise ConvertError(f"{args.src}: no annotated pictures")
         label_set, ids, lines = build_label_set(
-            source.names, source.colours, args.src, given=given, flip_pairs=not args.no_flip_pairs
+            source.names,
+            source.colours,
+            args.src,
+            given=given,
+            flip_pairs=not args.no_flip_pairs,
+            background=source.background,
         )
         if given_path and not args.labels:
             lines.insert(0, f"labels: {given_path} (beside the source; --labels to use another)")
@@ -276,7 +244,7 @@ def convert(args: argparse.Namespace) -> int:
                 f.write("".join(e.name + "\n" for e in split_entries))
         write_json_atomic(label_set.to_dict(), os.path.join(work, LABELS_FILE))
         jobs = [(e, s) for s, es in by_split.items() for e in es]
-        pool = ThreadPoolExecutor(max_workers=args.workers)
+        pool = ThreadPoolExecutor(max_workers=args.workers or min(8, 2 * (os.cpu_count() or 1)))
         try:
             futures = [pool.submit(write_entry, e, work, s, context) for e, s in jobs]
             bar = tqdm(
@@ -384,7 +352,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers",
         type=positive_int,
-        default=min(8, 2 * (os.cpu_count() or 1)),
+        default=None,
         help="threads decoding, drawing and writing (default: 2 per core, at most 8)",
     )
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")

@@ -586,3 +586,72 @@ def test_a_full_disk_leaves_nothing(tmp_path, capsys):
     assert got == 1
     one_error_line(err, "cannot write: File too large")
     assert_nothing_written(tmp_path / "data")
+
+
+@pytest.mark.slow
+def test_labelme_folder_to_training_and_evaluation_without_class_flags(tmp_path, capsys):
+    """A LabelMe folder with no labels.json: convert, train, evaluate; the classes come from the shapes."""
+    import evaluate
+    import train
+
+    write_labelme(tmp_path / "lm", samples(6, 64))
+    data = str(tmp_path / "data")
+    code, out, err = run([str(tmp_path / "lm"), "--out", data, "--split", "train=0.5,val=0.5"], capsys)
+    assert code == 0, err
+    snap = str(tmp_path / "snap")
+    common = ["--input-size", "48,48", "--workers", "0"]
+    code, out, err = _call(
+        lambda: train.run(
+            [
+                "--data-dir",
+                data,
+                "--batch-size",
+                "2",
+                "--epochs",
+                "1",
+                "--restore-from",
+                "none",
+                "--snapshot-dir",
+                snap,
+                "--val-datasets",
+                "val",
+                *common,
+            ]
+        ),
+        capsys,
+    )
+    assert code == 0, err
+    labels_json = os.path.join(data, "labels.json")
+    assert f"label set: 8 classes from {labels_json}: background, body, head, left_arm, left_leg" in out
+    metrics = tmp_path / "m.json"
+    code, out, err = _call(
+        lambda: evaluate.main(
+            evaluate.get_arguments(
+                [
+                    "--restore-from",
+                    os.path.join(snap, "best.pth"),
+                    "--data-dir",
+                    data,
+                    "--metrics-out",
+                    str(metrics),
+                    "--no-progress",
+                    "--device",
+                    "cpu",
+                    *common,
+                ]
+            )
+        ),
+        capsys,
+    )
+    assert code == 0, err
+    scores = json.load(open(metrics))
+    assert list(scores["per_class_iou"]) == list(load_label_file(labels_json).names), scores.keys()
+
+
+def _call(fn, capsys) -> tuple[int, str, str]:
+    try:
+        code = fn() or 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 
 import cv2
 import numpy as np
@@ -464,3 +465,147 @@ def test_parse_images_onnx_runs_without_torch(models, data, tmp_path, capsys):
             np.testing.assert_array_equal(colour, RENAMED.colours()[label])
     legend = cv2.imread(str(tmp_path / "ort" / "legend.png"))
     assert legend is not None and legend.shape[0] >= 8 * 18
+
+
+def _converted_back(folder, fmt: str, images: str, capsys, *extra: str) -> dict[str, np.ndarray]:
+    """dataset.convert of what parse_images.py --annotations FMT wrote into ``folder``: id -> label map."""
+    from dataset import convert
+
+    src = {
+        "coco": "coco.json",
+        "labelme": "labelme",
+        "cvat-mask": "cvat-mask",
+        "labelstudio": "labelstudio.json",
+    }
+    out = folder / f"back-{fmt}"
+    argv = [
+        str(folder / src[fmt]),
+        "--from",
+        fmt,
+        "--out",
+        str(out),
+        "--no-progress",
+        "--split",
+        "val=1",
+        *extra,
+    ]
+    if fmt != "labelme":  # LabelMe files point at their pictures; the others name them
+        argv += ["--images", images]
+    code, text, err = run_main(convert, argv, capsys)
+    assert code == 0, err
+    # The model's set came along (CVAT's labelmap.txt holds its names in their order): the same ids.
+    assert fmt == "cvat-mask" or "(beside the source" in text, text
+    return {
+        f[:-4]: cv2.imread(str(out / "val_segmentations" / f), cv2.IMREAD_UNCHANGED)
+        for f in os.listdir(out / "val_segmentations")
+    }
+
+
+@pytest.mark.slow
+def test_predictions_go_out_as_annotations_and_convert_back(models, data, tmp_path, capsys):
+    """parse_images.py --annotations, torch-free (the bundle, torch blocked) and on PyTorch, then
+    dataset.convert of each file: the same label maps, exactly for the mask and RLE formats and within
+    per-class IoU 0.98 for LabelMe's traced polygons."""
+    _, checkpoint, onnx_path, _ = models["synthetic"]
+    inputs = str(data / "val_images")
+    formats = "coco,labelme,cvat-mask,labelstudio"
+    common = ["--input-size", ",".join(map(str, SIZE)), "--no-progress", "--annotations", formats]
+    alone = tmp_path / "deployment"
+    shutil.copytree(onnx_path.parent, alone)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _NO_TORCH,
+            *common,
+            "--onnx",
+            onnx_path.name,
+            "--out",
+            str(tmp_path / "ort"),
+            inputs,
+        ],
+        cwd=alone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Annotations for correction: " in done.stdout and "cvat-mask.zip" in done.stdout
+    code, _, err = run_main(
+        parse_images,
+        [
+            "--restore-from",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "pt"),
+            "--amp",
+            "off",
+            "--workers",
+            "0",
+            *common,
+            inputs,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    stems = sorted(os.path.splitext(f)[0] for f in os.listdir(inputs))
+    for run in ("ort", "pt"):
+        want = {s: cv2.imread(str(tmp_path / run / f"{s}_label.png"), cv2.IMREAD_UNCHANGED) for s in stems}
+        assert len({int(c) for w in want.values() for c in np.unique(w)}) >= 3  # a map worth tracing
+        for fmt in ("coco", "cvat-mask", "labelstudio"):
+            got = _converted_back(tmp_path / run, fmt, inputs, capsys)
+            assert sorted(got) == stems, fmt
+            for s in stems:
+                np.testing.assert_array_equal(got[s], want[s], err_msg=f"{run} {fmt} {s}")
+        got = _converted_back(tmp_path / run, "labelme", inputs, capsys)
+        inter, union = np.zeros(RENAMED.num_classes), np.zeros(RENAMED.num_classes)
+        for s in stems:
+            for c in range(RENAMED.num_classes):
+                inter[c] += ((got[s] == c) & (want[s] == c)).sum()
+                union[c] += ((got[s] == c) | (want[s] == c)).sum()
+        present = union > 0
+        assert (inter[present] / union[present]).min() >= 0.98, (run, inter / np.maximum(union, 1))
+    with zipfile.ZipFile(tmp_path / "ort" / "cvat-mask.zip") as archive:
+        assert sorted(n for n in archive.namelist() if not n.endswith("/")) == sorted(
+            [
+                "labelmap.txt",
+                "ImageSets/Segmentation/default.txt",
+                *(f"SegmentationClass/{s}.png" for s in stems),
+            ]
+        )
+    coco_file = json.load(open(tmp_path / "ort" / "coco.json"))
+    assert [c["name"] for c in coco_file["categories"]] == list(RENAMED.names[1:])
+
+    # --min-confidence: the doubtful pixels unlabelled in the label PNG and in no annotation.
+    code, _, err = run_main(
+        parse_images,
+        [
+            "--restore-from",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "unsure"),
+            "--amp",
+            "off",
+            "--workers",
+            "0",
+            *common,
+            "--min-confidence",
+            "0.9",
+            inputs,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    back = _converted_back(tmp_path / "unsure", "coco", inputs, capsys, "--unlabelled", "ignore")
+    unsure = 0
+    for s in stems:
+        sure = cv2.imread(str(tmp_path / "pt" / f"{s}_label.png"), cv2.IMREAD_UNCHANGED)
+        label = cv2.imread(str(tmp_path / "unsure" / f"{s}_label.png"), cv2.IMREAD_UNCHANGED)
+        kept = label != 255
+        np.testing.assert_array_equal(label[kept], sure[kept])
+        np.testing.assert_array_equal(back[s][kept & (label != 0)], label[kept & (label != 0)])
+        assert (back[s][~kept] == 255).all()
+        unsure += int((~kept).sum())
+    assert unsure > 0

@@ -26,7 +26,7 @@ def parsers() -> dict[str, argparse.ArgumentParser]:
     import evaluate
     import export
     import parse_images
-    from dataset import browse, check, synthetic
+    from dataset import browse, check, convert, synthetic
     from training.flags import get_args_parser
 
     return {
@@ -37,6 +37,7 @@ def parsers() -> dict[str, argparse.ArgumentParser]:
         "python -m dataset.check": check.get_args_parser(),
         "python -m dataset.browse": browse.get_args_parser(),
         "python -m dataset.synthetic": synthetic.get_args_parser(),
+        "python -m dataset.convert": convert.get_args_parser(),
     }
 
 

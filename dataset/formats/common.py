@@ -17,10 +17,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from dataset.formats.names import Colour, ConvertError
 
+_PNG = b"\x89PNG\r\n\x1a\n"
+_JPEG = b"\xff\xd8\xff"
 # Picture files a source may name; matched case-insensitively.
 PICTURE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
@@ -92,7 +95,8 @@ class Entry:
 @dataclass
 class Source:
     """What a reader found: the format, a description for the summary line, the class names in the
-    source's order, their colours (RGB) where it has them, the entries, and lines to print."""
+    source's order, their colours (RGB) where it has them, the entries, lines to print, and the name
+    the source itself gives id 0 (None: a background name, else a new ``background``)."""
 
     format: str
     description: str
@@ -100,7 +104,7 @@ class Source:
     colours: dict[str, Colour]
     entries: list[Entry]
     notes: list[str] = field(default_factory=list)
-    label_file: str | None = None  # a labels.json that came with the source (see dataset.convert)
+    background: str | None = None  # the name that is id 0 whatever it is called (a label map's first line)
 
 
 _last_json: dict[tuple | None, object] = {}
@@ -201,3 +205,37 @@ class PictureFinder:
 
     def describe(self) -> str:
         return ", ".join(self.folders) or "(no picture folder found)"
+
+
+def picture_bytes(path: str, tally: Tally) -> tuple[bytes, str, int, int]:
+    """What to write for a picture: its own bytes and extension when it is a 3-channel 8-bit JPEG or PNG,
+    else a lossless 3-channel PNG of it (grayscale repeated, transparency over white, 16 bits cut to 8);
+    and its height and width."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ConvertError(f"{path}: cannot read the picture: {exc.strerror or exc}") from None
+    if not data:
+        raise ConvertError(f"{path}: the picture is an empty file (0 bytes)")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ConvertError(f"{path}: the picture cannot be decoded (corrupt or not an image)")
+    height, width = image.shape[:2]
+    kind = ".jpg" if data.startswith(_JPEG) else ".png" if data.startswith(_PNG) else None
+    if kind and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+        return data, kind, height, width
+    tally.add("picture written as a 3-channel PNG (grayscale, transparent, 16-bit or not JPEG/PNG)", path)
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ConvertError(f"{path}: {image.dtype} pictures are not supported (8- or 16-bit only)")
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    elif image.shape[2] == 4:
+        alpha = image[:, :, 3:].astype(np.float32) / 255.0
+        image = np.rint(image[:, :, :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(image))
+    if not ok:
+        raise ConvertError(f"{path}: could not encode the picture as PNG")
+    return encoded.tobytes(), ".png", height, width

@@ -217,6 +217,7 @@ def read_cvat(src: str, *, images: str | None, given: LabelSet | None) -> Source
         return paint
 
     entries, notes = _entries(src, images, painter)
+    black = [name for name, colour in table if tuple(colour) == (0, 0, 0)]
     return Source(
         "cvat-mask",
         f"{len(entries)} colour masks in {mask_folder(src)}",
@@ -224,6 +225,7 @@ def read_cvat(src: str, *, images: str | None, given: LabelSet | None) -> Source
         colours,
         entries,
         notes,
+        background=black[0] if black else table[0][0],  # CVAT: black, else the first line, whatever its name
     )
 
 

@@ -80,11 +80,13 @@ def build_label_set(
     *,
     given: LabelSet | None = None,
     flip_pairs: bool = True,
+    background: str | None = None,
 ) -> tuple[LabelSet, dict[str, int], list[str]]:
     """The label set for a source's class ``names`` (in the source's order; background and ignore
     names may be among them), the id of each source name (ignore names map to 255), and the lines
-    to print (each proposed pair, where the set came from). ``given`` (``--labels``): the source's
-    names matched to it, exactly or else ignoring case; a name it lacks is a ConvertError."""
+    to print (each proposed pair, where the set came from). ``background``: the name that is id 0
+    (default: the first background name, else a new ``background``). ``given`` (``--labels``): the
+    source's names matched to it, exactly or else ignoring case; a name it lacks is a ConvertError."""
     ids: dict[str, int] = {}
     lines: list[str] = []
     if given is not None:
@@ -98,7 +100,7 @@ def build_label_set(
                 ids[name] = given.names.index(name)
             elif len(lower.get(name.lower(), [])) == 1:
                 ids[name] = lower[name.lower()][0]
-            elif is_background(name):
+            elif is_background(name) or name == background:
                 ids[name] = 0
             else:
                 raise ConvertError(
@@ -109,11 +111,10 @@ def build_label_set(
         lines.append(f"label set: {given.summary()}")
         return given, ids, lines
 
-    backgrounds = [n for n in names if is_background(n)]
-    background = backgrounds[0] if backgrounds else "background"
-    ordered = [background]
+    backgrounds = [background] if background else [n for n in names if is_background(n)]
+    ordered = [backgrounds[0] if backgrounds else "background"]
     for name in names:
-        if is_ignore(name) or is_background(name):
+        if is_ignore(name) or is_background(name) or name == ordered[0]:
             continue
         if name not in ordered:
             ordered.append(name)
@@ -132,6 +133,7 @@ def build_label_set(
         raise ConvertError(str(exc), code=1) from None
     for name in names:
         ids[name] = IGNORE_LABEL if is_ignore(name) else (0 if is_background(name) else ordered.index(name))
+    ids[ordered[0]] = 0
     for a, b in pairs:
         lines.append(
             f"left/right pair: {ordered[a]} <-> {ordered[b]} (from the names; --no-flip-pairs to drop)"
