@@ -13,7 +13,7 @@ Formats, what the converter decides and the labelling loop: docs/annotations.md.
 
 Exit status: 0 converted and usable; 1 a problem in the source or in writing (one line naming the
 file and the entry); 2 a bad command line (an unknown or undetectable format, a DATA_DIR that is
-not empty, a bad --split or label set).
+not empty, a bad --split or label set); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -369,6 +369,14 @@ def main(args: argparse.Namespace) -> int:
     except ConvertError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.code
+    except OSError as exc:  # a folder or file the converter makes, on a full or read-only disk
+        print(
+            f"{PROG}: error: {exc.filename or args.out}: cannot write: {exc.strerror or exc}", file=sys.stderr
+        )
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

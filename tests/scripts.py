@@ -14,3 +14,13 @@ def run_main(module: ModuleType, argv: list[str], capsys) -> tuple[int, str, str
         code = exc.code if isinstance(exc.code, int) else 1
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def run_call(fn, capsys) -> tuple[int, str, str]:
+    """``fn()`` (a script's entry point with its arguments bound): exit code, stdout, stderr."""
+    try:
+        code = fn() or 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -163,7 +163,12 @@ def test_colour_label(data):
     path = data / "val_segmentations" / "syn_00004.png"
     label = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     cv2.imwrite(str(path), cv2.merge([label, label, label]))
-    assert_reported(data, path, "expected single-channel 8-bit ids")
+    assert_reported(
+        data,
+        path,
+        "expected single-channel 8-bit ids; colour masks convert with "
+        "`python -m dataset.convert SRC --from cvat-mask --out NEW_DIR`",
+    )
 
 
 def test_palette_label(data):
@@ -175,7 +180,12 @@ def test_palette_label(data):
     image = Image.fromarray(label)  # "L"; putpalette turns it into "P" with the same indices
     image.putpalette(list(np.arange(768) % 256))
     image.save(path)
-    assert_reported(data, path, "palette PNG")
+    assert_reported(
+        data,
+        path,
+        "palette PNG (OpenCV reads its colours, not its ids); convert the masks with "
+        "`python -m dataset.convert SRC --from palette --out NEW_DIR`",
+    )
 
 
 def test_every_problem_is_reported_up_to_the_limit(data):

@@ -599,6 +599,11 @@ def test_onnx_models_refuse_flags_they_cannot_run(script, static_labels_onnx, da
     for flags, said in [
         (["--flip", "--input-size", size], "outputs labels"),
         (["--scales", "0.75,1", "--input-size", size], "outputs labels"),
+        *(
+            [(["--min-confidence", "0.5", "--input-size", size], "outputs labels")]
+            if script == "parse_images"
+            else []
+        ),
         (["--input-size", "40,40"], "is fixed to input 1x32x32"),
         (["--batch-size", "2", "--input-size", size], "is fixed to input 1x32x32"),
     ]:

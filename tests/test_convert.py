@@ -17,7 +17,7 @@ from PIL import Image
 from dataset import check, convert
 from dataset.formats import coco, labelme, labelstudio, masks, names, rle, shapes
 from dataset.synthetic import render_sample
-from tests.scripts import run_main
+from tests.scripts import run_call, run_main
 from utils.labels import DOG, IGNORE_LABEL, LabelSet, load_label_file
 
 mask_api = pytest.importorskip(
@@ -191,6 +191,8 @@ def test_source_names_make_a_set_or_match_a_given_one():
     assert label_set.flip_pairs == ((2, 3),) and label_set.palette[1] == (1, 2, 3)
     assert ids == {"head": 1, "_background_": 0, "left_leg": 2, "right_leg": 3, "__ignore__": 255}
     assert "left/right pair: left_leg <-> right_leg (from the names; --no-flip-pairs to drop)" in lines
+    unpaired, _, lines = names.build_label_set(["left_leg", "right_leg"], None, "src", flip_pairs=False)
+    assert unpaired.flip_pairs == () and "left/right pairs: none (--no-flip-pairs)" in lines
     _, ids, _ = names.build_label_set(["background", "HEAD", "tail"], None, "src", given=DOG)
     assert ids == {"background": 0, "HEAD": 1, "tail": 7}
     with pytest.raises(names.ConvertError, match=r"src: class 'wing' is not in the label set \(8 classes"):
@@ -270,7 +272,7 @@ def test_labelme_embedded_pictures_points_lines_and_clipping(tmp_path, capsys):
     json.dump(doc, open(tmp_path / "lm" / "dog0.json", "w"))
     code, out, err = run([str(tmp_path / "lm"), "--from", "labelme", "--out", str(tmp_path / "data")], capsys)
     assert code == 0, err
-    assert "note: 1 point shape(s) skipped" in out and "note: 2 x shape clipped to its picture" in out
+    assert "note: 1 point shape(s) skipped" in out and "note: 2 x polygon clipped to its picture" in out
     got = layout_labels(tmp_path / "data")
     label = got["dog0"][1]
     assert (label[:4, :4] == 7).all() and (label[-3:, -3:] == 1).all()
@@ -600,7 +602,7 @@ def test_labelme_folder_to_training_and_evaluation_without_class_flags(tmp_path,
     assert code == 0, err
     snap = str(tmp_path / "snap")
     common = ["--input-size", "48,48", "--workers", "0"]
-    code, out, err = _call(
+    code, out, err = run_call(
         lambda: train.run(
             [
                 "--data-dir",
@@ -624,7 +626,7 @@ def test_labelme_folder_to_training_and_evaluation_without_class_flags(tmp_path,
     labels_json = os.path.join(data, "labels.json")
     assert f"label set: 8 classes from {labels_json}: background, body, head, left_arm, left_leg" in out
     metrics = tmp_path / "m.json"
-    code, out, err = _call(
+    code, out, err = run_call(
         lambda: evaluate.main(
             evaluate.get_arguments(
                 [
@@ -646,12 +648,3 @@ def test_labelme_folder_to_training_and_evaluation_without_class_flags(tmp_path,
     assert code == 0, err
     scores = json.load(open(metrics))
     assert list(scores["per_class_iou"]) == list(load_label_file(labels_json).names), scores.keys()
-
-
-def _call(fn, capsys) -> tuple[int, str, str]:
-    try:
-        code = fn() or 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err

@@ -21,6 +21,7 @@ import train
 from dataset.datasets import CartoonDataSet
 from networks.dfpnet import DFPNet
 from tests.labelsets import DOG_TO_QUAD6, QUAD6, RENAMED8, remapped_dataset
+from tests.scripts import run_call
 from training.model import fine_tune_from
 from utils.checkpoint import read_checkpoint, read_weights, save_atomic, stored_label_set, with_label_set
 from utils.labels import DOG, LabelSet, load_label_file
@@ -48,13 +49,7 @@ def dog_checkpoint(tmp_path_factory) -> str:
     return path
 
 
-def _run(main, capsys) -> tuple[int, str, str]:
-    try:
-        code = main() or 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+_run = run_call
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,6 +50,24 @@ def atomic_file(path: str | os.PathLike) -> Iterator[str]:
             os.unlink(tmp)
 
 
+def read_json(path: str, what: str = "file") -> Any:
+    """A JSON file's content; ValueError with one line naming ``path`` (``what`` it is, for the words):
+    not found, unreadable, or not valid JSON (with the line and column)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: {what} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the {what}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{path}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
+
+
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
     """``obj`` as indented JSON (and a final newline) through :func:`atomic_file`."""
     with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from utils.files import read_json
+
 IGNORE_LABEL = 255
 MAX_CLASSES = 255  # ids 0..254 fit an 8-bit PNG beside the ignore label 255
 LABELS_FILE = "labels.json"  # looked for in the data folder
@@ -315,19 +317,9 @@ DOG = preset(DEFAULT_PRESET, "the default")
 def load_label_file(path: str) -> LabelSet:
     """A ``labels.json`` file, validated; :class:`LabelSetError` names the file."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise LabelSetError(f"{path}: label-set file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        why = getattr(exc, "strerror", None) or exc
-        raise LabelSetError(f"{path}: cannot read the label-set file: {why}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise LabelSetError(
-            f"{path}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
-        ) from None
+        data = read_json(path, "label-set file")
+    except ValueError as exc:
+        raise LabelSetError(str(exc)) from None
     return LabelSet.from_dict(data, path)
 
 

@@ -16,8 +16,8 @@ import os
 
 import numpy as np
 
-from dataset.formats import rle, shapes
-from dataset.formats.common import Entry, PaintContext, PictureFinder, Source, load_json, stem
+from dataset.formats import rle
+from dataset.formats.common import Entry, PaintContext, PictureFinder, Source, fill_inside, load_json, stem
 from dataset.formats.names import ConvertError, is_background
 from utils.labels import IGNORE_LABEL, LabelSet
 
@@ -66,12 +66,6 @@ def _segments(ann: dict, where: str, height: int, width: int) -> list:
             raise ConvertError(
                 f"{where}: the RLE's size {size} is not the image's [height, width] [{height}, {width}]"
             )
-        counts = seg.get("counts")
-        if isinstance(counts, str):
-            try:
-                rle.decompress_counts(counts)
-            except rle.RleError as exc:
-                raise ConvertError(f"{where}: {exc}") from None
         return [seg]
     raise ConvertError(f"{where}: 'segmentation' must be a list of polygons or an RLE object")
 
@@ -158,14 +152,7 @@ def _painter(image: dict, where: str):
                     except rle.RleError as exc:
                         raise ConvertError(f"{ann_where}: {exc}") from None
                 else:
-                    beyond, entirely = shapes.outside(seg, width, height, OFFSET)
-                    if entirely:
-                        raise ConvertError(
-                            f"{ann_where}: a polygon lies entirely outside the {width}x{height} picture"
-                        )
-                    if beyond:
-                        context.tally.add("polygon clipped to its picture", ann_where)
-                    shapes.fill_polygon(mask, seg, OFFSET)
+                    fill_inside(mask, seg, OFFSET, 1, ann_where, context)
             masks.append((-int(mask.sum()), order, context.ids[name], mask))
         label = np.full((height, width), context.unlabelled, np.uint8)
         for _, _, value, mask in sorted(masks, key=lambda m: (m[0], m[1])):

@@ -9,7 +9,6 @@ refused before anything is written; ``paint`` checks the rest (sizes, colours, R
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
@@ -20,7 +19,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from dataset.formats import shapes
 from dataset.formats.names import Colour, ConvertError
+from utils.files import read_json
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 _JPEG = b"\xff\xd8\xff"
@@ -79,6 +80,20 @@ class Tally:
 Painter = Callable[[int, int, PaintContext], np.ndarray]
 
 
+def fill_inside(
+    label: np.ndarray, points: np.ndarray, offset: float, value: int, where: str, context: PaintContext
+) -> None:
+    """:func:`shapes.fill_polygon` of a source's polygon: clipped to the picture and counted when it
+    reaches outside, refused (ConvertError naming ``where``) when it lies entirely outside."""
+    height, width = label.shape[:2]
+    beyond, entirely = shapes.outside(points, width, height, offset)
+    if entirely:
+        raise ConvertError(f"{where}: a polygon lies entirely outside the {width}x{height} picture")
+    if beyond:
+        context.tally.add("polygon clipped to its picture", where)
+    shapes.fill_polygon(label, points, offset, value)
+
+
 @dataclass
 class Entry:
     """One annotated picture: its id in the Dog layout (``name``), the source's split (None where it
@@ -120,18 +135,9 @@ def load_json(path: str) -> object:
     if key is not None and key in _last_json:
         return _last_json[key]
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise ConvertError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConvertError(f"{path}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConvertError(
-            f"{path}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
-        ) from None
+        data = read_json(path)
+    except ValueError as exc:
+        raise ConvertError(str(exc)) from None
     _last_json.clear()
     _last_json[key] = data
     return data

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from dataset.formats import shapes
-from dataset.formats.common import Entry, PaintContext, PictureFinder, Source, load_json, stem
+from dataset.formats.common import Entry, PaintContext, PictureFinder, Source, fill_inside, load_json, stem
 from dataset.formats.names import ConvertError, is_background
 from utils.labels import IGNORE_LABEL, LABELS_FILE, LabelSet
 
@@ -72,15 +72,7 @@ def _painter(
                 if kind == "rectangle":
                     (x0, y0), (x1, y1) = points[0], points[1]
                     points = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
-                beyond, entirely = shapes.outside(points, width, height, OFFSET)
-                if entirely:
-                    raise ConvertError(
-                        f"{where}: a {kind} labelled {label_name!r} lies entirely outside the "
-                        f"{width}x{height} picture"
-                    )
-                if beyond:
-                    context.tally.add("shape clipped to its picture", where)
-                shapes.fill_polygon(label, points, OFFSET, value)
+                fill_inside(label, points, OFFSET, value, f"{where} ({kind} {label_name!r})", context)
             elif kind == "circle":
                 shapes.fill_circle(label, points[0], points[1], OFFSET, value)
             else:

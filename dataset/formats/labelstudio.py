@@ -18,8 +18,8 @@ import urllib.parse
 
 import numpy as np
 
-from dataset.formats import rle, shapes
-from dataset.formats.common import Entry, PaintContext, PictureFinder, Source, load_json, stem
+from dataset.formats import rle
+from dataset.formats.common import Entry, PaintContext, PictureFinder, Source, fill_inside, load_json, stem
 from dataset.formats.names import ConvertError, is_background
 from utils.labels import IGNORE_LABEL, LabelSet
 
@@ -108,12 +108,7 @@ def _painter(results: list, where: str):
                 label[mask != 0] = value
             else:
                 points = shape * np.array([width, height]) / 100.0
-                beyond, entirely = shapes.outside(points, width, height, OFFSET)
-                if entirely:
-                    raise ConvertError(f"{result_where}: the polygon lies entirely outside the picture")
-                if beyond:
-                    context.tally.add("polygon clipped to its picture", result_where)
-                shapes.fill_polygon(label, points, OFFSET, value)
+                fill_inside(label, points, OFFSET, value, result_where, context)
         return label
 
     return paint
@@ -174,7 +169,7 @@ def read(src: str, *, images: str | None) -> Source:
 # --------------------------------------------------------------------------------------------
 
 
-def task(image_url: str, label: np.ndarray, label_set: LabelSet, score: float | None = None) -> dict:
+def task(image_url: str, label: np.ndarray, label_set: LabelSet) -> dict:
     """One task whose prediction is the label map as brush results, one per class present."""
     height, width = label.shape
     results = []
@@ -197,7 +192,5 @@ def task(image_url: str, label: np.ndarray, label_set: LabelSet, score: float | 
                 },
             }
         )
-    prediction: dict = {"model_version": "dfpnet", "result": results}
-    if score is not None:
-        prediction["score"] = round(float(score), 4)
+    prediction = {"model_version": "dfpnet", "result": results}
     return {"data": {TO_NAME: image_url}, "predictions": [prediction]}
