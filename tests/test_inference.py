@@ -215,6 +215,18 @@ def test_single_scale_equals_the_plain_prediction():
     assert torch.equal(predict_labels(model, images, label_set=DOG), expected.argmax(1).to(torch.uint8))
 
 
+def test_min_confidence_unlabels_exactly_the_pixels_below_it():
+    model = PixelNet().eval()
+    images = torch.randn(2, 3, 15, 22, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        probs = model(images)[-1].softmax(1)
+    threshold = float(probs.max(1).values.median())
+    got = predict_labels(model, images, label_set=DOG, min_confidence=threshold)
+    want = probs.argmax(1).to(torch.uint8)
+    want[probs.max(1).values < threshold] = 255
+    assert torch.equal(got, want) and 0 < int((got == 255).sum()) < got.numel()
+
+
 def test_multi_scale_averages_at_the_crop_size():
     model = PixelNet().eval()
     images = torch.randn(1, 3, 33, 47, generator=torch.Generator().manual_seed(3))

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 _SHIFT = 4  # fractional bits of the coordinates handed to OpenCV
+MIN_IOU = 0.99  # a simplified outline must fill this closely what the exact one fills
 _ONE = 1 << _SHIFT
 
 
@@ -105,15 +106,33 @@ def outside(points: Sequence, width: int, height: int, offset: float) -> tuple[b
     return bool(beyond), entirely
 
 
-def trace(mask: np.ndarray, tolerance: float) -> list[np.ndarray]:
+def trace(mask: np.ndarray, tolerance: float, min_iou: float = MIN_IOU) -> list[np.ndarray]:
     """The outer outlines of a binary mask's regions (8-connected), each an N x 2 float array of pixel
-    centres (x, y) simplified to ``tolerance`` pixels; a region's holes are not traced (see
-    :func:`holes`). An outline of fewer than 3 points (a one-pixel-wide sliver) gets its last point
-    repeated."""
+    centres (x, y) simplified to ``tolerance`` pixels; a region whose simplified outline would fill
+    pixels with an IoU under ``min_iou`` against its exact one (a small or thin part) keeps the exact
+    one. A region's holes are not traced (see :func:`holes`). An outline of fewer than 3 points (a
+    one-pixel-wide sliver) gets its last point repeated."""
     contours, _ = cv2.findContours(
         np.ascontiguousarray(mask, dtype=np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
     )
-    return [_simplify(c, tolerance) for c in contours]
+    out = []
+    for contour in contours:
+        points = _simplify(contour, tolerance)
+        if tolerance > 0 and len(points) < len(contour) and _fill_iou(contour, points) < min_iou:
+            points = _simplify(contour, 0.0)
+        out.append(points)
+    return out
+
+
+def _fill_iou(contour: np.ndarray, points: np.ndarray) -> float:
+    """IoU of the pixels two outlines of one region fill (LabelMe's rule), on the region's box."""
+    exact = contour.reshape(-1, 2)
+    (x0, y0), (x1, y1) = np.floor(exact.min(0) - 1).astype(int), np.ceil(exact.max(0) + 1).astype(int)
+    a = np.zeros((y1 - y0 + 1, x1 - x0 + 1), np.uint8)
+    b = np.zeros_like(a)
+    fill_polygon(a, exact - (x0, y0), 0.0)
+    fill_polygon(b, points - (x0, y0), 0.0)
+    return float((a & b).sum() / max(1, (a | b).sum()))
 
 
 def holes(mask: np.ndarray) -> np.ndarray:
