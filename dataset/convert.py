@@ -42,7 +42,16 @@ from utils.labels import IGNORE_LABEL, LABELS_FILE, LabelSet, LabelSetError, loa
 PROG = "python -m dataset.convert"
 FORMATS = ("auto", "palette", "cvat-mask", "coco", "labelme", "labelstudio")
 DEFAULT_SPLIT = "train=0.8,val=0.2"
-_SPLIT_NAMES = {"training": "train", "validation": "val", "valid": "val", "testing": "test"}
+# Subset names tools use for the layout's splits, by their lower case (CVAT: "Train", "Validation").
+_SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "validation": "val",
+    "valid": "val",
+    "test": "test",
+    "testing": "test",
+}
 
 
 # --------------------------------------------------------------------------------------------

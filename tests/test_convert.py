@@ -410,6 +410,19 @@ def test_cvat_colour_masks_and_an_unknown_colour(tmp_path, capsys):
     for name, _, label in items:
         np.testing.assert_array_equal(got[name][1], label)
 
+    # CVAT's subsets as it names them become the layout's splits.
+    lists = tmp_path / "cvat" / "ImageSets" / "Segmentation"
+    (lists / "default.txt").unlink()
+    (lists / "Train.txt").write_text("dog0\ndog1\ndog2\n")
+    (lists / "Validation.txt").write_text("dog3\ndog4\n")
+    code, out, err = run([str(tmp_path / "cvat"), "--out", str(tmp_path / "subsets")], capsys)
+    assert code == 0, err
+    assert "splits: train 3, val 2 (the source's splits)" in out
+    assert sorted(f for f in os.listdir(tmp_path / "subsets") if f.endswith("_id.txt")) == [
+        "train_id.txt",
+        "val_id.txt",
+    ]
+
     stray = cv2.imread(str(tmp_path / "cvat" / "SegmentationClass" / "dog2.png"))
     stray[:3, :4] = (7, 8, 9)  # BGR: RGB (9, 8, 7)
     cv2.imwrite(str(tmp_path / "cvat" / "SegmentationClass" / "dog2.png"), stray)
