@@ -437,6 +437,20 @@ def test_cvat_colour_masks_and_an_unknown_colour(tmp_path, capsys):
     assert_nothing_written(tmp_path / "again")
 
 
+def test_colour_masks_without_a_labelmap_take_the_colours_of_labels(tmp_path, capsys):
+    items = samples(3)
+    write_cvat(tmp_path / "masks", items)
+    (tmp_path / "masks" / "labelmap.txt").unlink()
+    code, out, err = run(
+        [str(tmp_path / "masks"), "--from", "cvat-mask", "--labels", "dog", "--out", str(tmp_path / "d")],
+        capsys,
+    )
+    assert code == 0, err
+    assert "label set: 8 classes from the preset 'dog' (--labels dog)" in out
+    for name, _, label in items:
+        np.testing.assert_array_equal(layout_labels(tmp_path / "d")[name][1], label)
+
+
 def test_label_studio_brush_and_polygons_from_its_own_encoder(tmp_path, capsys):
     (tmp_path / "images").mkdir()
     shutil.copy(os.path.join(HERE, "data", "labelstudio_brush.json"), tmp_path / "export.json")
