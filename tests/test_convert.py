@@ -132,18 +132,26 @@ def test_coco_polygons_fill_as_pycocotools_does_within_a_boundary_pixel():
 
 
 def test_traced_polygons_fill_back_exactly_at_tolerance_0_and_closely_at_the_default():
+    """Through the LabelMe reader (PIL, as LabelMe draws): the tracer's polygons give the map back."""
     for tolerance in (0.0, labelme_default_tolerance()):
         inter, union = np.zeros(DOG.num_classes), np.zeros(DOG.num_classes)
         for _, _, label in samples(8, 192):
-            painted = np.zeros_like(label)
-            for shape in labelme.shapes_of(label, DOG, tolerance):
-                shapes.fill_polygon(painted, shape["points"], labelme.OFFSET, DOG.names.index(shape["label"]))
+            painted = paint_labelme(labelme.shapes_of(label, DOG, tolerance), label.shape)
             if tolerance == 0:
                 np.testing.assert_array_equal(painted, label)
             for c in range(DOG.num_classes):
                 inter[c] += ((label == c) & (painted == c)).sum()
                 union[c] += ((label == c) | (painted == c)).sum()
         assert (inter / union).min() >= 0.98, (tolerance, inter / union)
+
+
+def paint_labelme(shapes_list: list[dict], size: tuple[int, int]) -> np.ndarray:
+    """LabelMe shapes drawn by the converter's LabelMe reader, with the Dog set's ids."""
+    from dataset.formats.common import PaintContext, Tally
+
+    found = [(s["label"], s["shape_type"], np.asarray(s["points"], np.float64)) for s in shapes_list]
+    context = PaintContext({n: i for i, n in enumerate(DOG.names)}, 0, Tally())
+    return labelme._painter(found, None, "test", 10)(size[0], size[1], context)
 
 
 def labelme_default_tolerance() -> float:
@@ -157,10 +165,7 @@ def test_holes_are_drawn_back_with_what_fills_them():
     label[5:35, 5:35] = 2  # a body with a background hole holding a head
     label[12:28, 12:28] = 0
     label[17:23, 17:23] = 1
-    painted = np.zeros_like(label)
-    for shape in labelme.shapes_of(label, DOG, 0.0):
-        shapes.fill_polygon(painted, shape["points"], labelme.OFFSET, DOG.names.index(shape["label"]))
-    np.testing.assert_array_equal(painted, label)
+    np.testing.assert_array_equal(paint_labelme(labelme.shapes_of(label, DOG, 0.0), label.shape), label)
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,7 +277,7 @@ def test_labelme_embedded_pictures_points_lines_and_clipping(tmp_path, capsys):
     json.dump(doc, open(tmp_path / "lm" / "dog0.json", "w"))
     code, out, err = run([str(tmp_path / "lm"), "--from", "labelme", "--out", str(tmp_path / "data")], capsys)
     assert code == 0, err
-    assert "note: 1 point shape(s) skipped" in out and "note: 2 x polygon clipped to its picture" in out
+    assert "note: 1 point shape(s) skipped" in out and "note: 2 x shape clipped to its picture" in out
     got = layout_labels(tmp_path / "data")
     label = got["dog0"][1]
     assert (label[:4, :4] == 7).all() and (label[-3:, -3:] == 1).all()

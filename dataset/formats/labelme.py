@@ -2,7 +2,7 @@
 ``imageWidth``), as LabelMe saves it.
 
 Reading: polygons, rectangles, circles, lines and line strips (``--line-width`` pixels wide) are
-drawn in file order, later shapes over earlier ones (as LabelMe's own export does); points are
+drawn in file order, later shapes over earlier ones, with PIL as LabelMe's own export draws them; points are
 counted and skipped; a shape labelled ``_background_`` paints background, ``__ignore__`` paints
 255. The picture is ``imagePath`` relative to the JSON file (or by its name in ``--images``), else
 the picture embedded in ``imageData``. Writing: the label map traced into polygons, one file per
@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from dataset.formats import shapes
-from dataset.formats.common import Entry, PaintContext, PictureFinder, Source, fill_inside, load_json, stem
+from dataset.formats.common import Entry, PaintContext, PictureFinder, Source, load_json, stem
 from dataset.formats.names import ConvertError, is_background
 from utils.labels import IGNORE_LABEL, LABELS_FILE, LabelSet
 
@@ -61,23 +61,47 @@ def _painter(
     shapes_list: list[tuple[str, str, np.ndarray]], size: tuple[int, int] | None, where: str, line_width: int
 ):
     def paint(height: int, width: int, context: PaintContext) -> np.ndarray:
+        # PIL draws exactly as LabelMe's own export (labelme.utils.shape_to_mask): polygons, rectangles
+        # and circles filled with their outline, lines line_width wide, on pixel centres.
+        from PIL import Image, ImageDraw  # Pillow: reading LabelMe only; the deployment writes without it
+
         if size is not None and size != (height, width):
             raise ConvertError(
                 f"{where}: imageHeight x imageWidth is {size[0]}x{size[1]}, the picture is {height}x{width}"
             )
-        label = np.full((height, width), context.unlabelled, dtype=np.uint8)
+        canvas = Image.new("L", (width, height), context.unlabelled)
+        draw = ImageDraw.Draw(canvas)
         for label_name, kind, points in shapes_list:
             value = context.ids[label_name]
-            if kind in ("polygon", "rectangle"):
-                if kind == "rectangle":
-                    (x0, y0), (x1, y1) = points[0], points[1]
-                    points = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
-                fill_inside(label, points, OFFSET, value, f"{where} ({kind} {label_name!r})", context)
-            elif kind == "circle":
-                shapes.fill_circle(label, points[0], points[1], OFFSET, value)
+            xy = [(float(x), float(y)) for x, y in points]
+            if kind == "circle":
+                (cx, cy), (px, py) = xy[:2]
+                r = float(np.hypot(cx - px, cy - py))
+                draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=value, fill=value)
+                continue
+            if kind in ("line", "linestrip"):
+                draw.line(xy, fill=value, width=line_width)
+                continue
+            box = (
+                points
+                if kind == "polygon"
+                else np.array([points[0], [points[1][0], points[0][1]], points[1]])
+            )
+            beyond, entirely = shapes.outside(box, width, height, OFFSET)
+            if entirely:
+                raise ConvertError(
+                    f"{where}: a {kind} labelled {label_name!r} lies entirely outside the picture"
+                )
+            if beyond:
+                context.tally.add("shape clipped to its picture", where)
+            if kind == "rectangle":
+                (x0, y0), (x1, y1) = xy[:2]
+                draw.rectangle(
+                    [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], outline=value, fill=value
+                )
             else:
-                shapes.draw_line(label, points, OFFSET, line_width, value)
-        return label
+                draw.polygon(xy, outline=value, fill=value)
+        return np.asarray(canvas, dtype=np.uint8).copy()
 
     return paint
 

@@ -3,8 +3,8 @@
 Tools disagree on where a pixel is. COCO, CVAT and Label Studio give coordinates on the picture's
 continuous plane, pixel ``(i, j)`` covering ``[j, j+1) x [i, i+1)`` (its centre at ``j + 0.5``);
 LabelMe rasterises its points as pixel centres (PIL's ``ImageDraw.polygon``, pixel ``(i, j)`` at
-``(j, i)``). Each reader passes its ``offset`` (0.5 or 0) and :func:`fill_polygon` fills as that
-tool's own library does (see there).
+``(j, i)``) and its reader draws with PIL itself; :func:`fill_polygon` fills as pycocotools does
+for the others.
 
 Tracing goes the other way: the outline through the centres of a region's border pixels (OpenCV's
 ``findContours``), simplified to ``tolerance`` pixels (``approxPolyDP``). Filling it again gives
@@ -31,8 +31,9 @@ def fill_polygon(mask: np.ndarray, points: Sequence, offset: float, value: int =
     """Fill the polygon ``points`` (N x 2, x then y, at least 3) into ``mask`` with ``value``.
 
     ``offset`` 0.5 (COCO, CVAT, Label Studio): the pixels whose centre is inside (even-odd rule), as
-    pycocotools rasterises; ``offset`` 0 (LabelMe, points on pixel centres): those inside or on the
-    outline, as LabelMe's export (PIL) does, so that a traced outline fills its region back exactly.
+    pycocotools rasterises; ``offset`` 0 (points on pixel centres): those inside or on the outline,
+    OpenCV's near match of LabelMe's rule (the LabelMe reader draws with PIL, as LabelMe does; this
+    serves the tracer's check, which must run where Pillow is not installed).
     """
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2) - offset
     if offset:
@@ -67,28 +68,6 @@ def _fill_centres(mask: np.ndarray, pts: np.ndarray, value: int) -> None:
     inside = (np.cumsum(box, axis=1, dtype=np.int16) & 1).astype(bool)
     region = mask[top : top + box.shape[0], left : min(left + box.shape[1], width)]
     region[inside[:, : region.shape[1]]] = value
-
-
-def fill_circle(
-    mask: np.ndarray, centre: Sequence[float], edge: Sequence[float], offset: float, value: int = 1
-):
-    """A disc through ``edge`` around ``centre`` (LabelMe's circle)."""
-    radius = float(np.hypot(edge[0] - centre[0], edge[1] - centre[1]))
-    cv2.circle(
-        mask,
-        tuple(int(v) for v in _fixed(np.array(centre), offset)),
-        int(round(radius * _ONE)),
-        int(value),
-        -1,
-        lineType=cv2.LINE_8,
-        shift=_SHIFT,
-    )
-
-
-def draw_line(mask: np.ndarray, points: Sequence, offset: float, width: int, value: int = 1) -> None:
-    """An open polyline ``width`` pixels wide (LabelMe's line and linestrip)."""
-    pts = _fixed(np.asarray(points, dtype=np.float64).reshape(-1, 2), offset)
-    cv2.polylines(mask, [pts], False, int(value), int(width), lineType=cv2.LINE_8, shift=_SHIFT)
 
 
 def outside(points: Sequence, width: int, height: int, offset: float) -> tuple[bool, bool]:
