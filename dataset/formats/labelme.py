@@ -2,8 +2,8 @@
 ``imageWidth``), as LabelMe saves it.
 
 Reading: polygons, rectangles, circles, lines and line strips (``--line-width`` pixels wide) are
-drawn in file order, later shapes over earlier ones, with PIL as LabelMe's own export draws them; points are
-counted and skipped; a shape labelled ``_background_`` paints background, ``__ignore__`` paints
+drawn in file order, later shapes over earlier ones, with PIL as LabelMe's own export draws them;
+points are counted and skipped; a shape labelled ``_background_`` paints background, ``__ignore__`` paints
 255. The picture is ``imagePath`` relative to the JSON file (or by its name in ``--images``), else
 the picture embedded in ``imageData``. Writing: the label map traced into polygons, one file per
 picture, ``imageData`` left empty.
