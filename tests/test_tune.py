@@ -151,8 +151,13 @@ def test_off_and_short_runs_keep_the_class_defaults_without_measuring(tmp_path):
     short = tuning.tuning_steps(len(pool)) * 50  # tuning would cost 2 % of it
     auto = _tune("auto", must_not_measure, tmp_path, planned=short)
     assert auto.candidate == default and "not tuned" in auto.reason and "--tune on" in auto.reason
+    assert f"costs over 1% of this run's {short} steps; --tune on forces it" in auto.reason
     unknown = _tune("auto", must_not_measure, tmp_path, planned=None)  # --time-budget
     assert unknown.candidate == default
+    assert unknown.reason.endswith(
+        "costs over 1% of a run whose length is not known before it starts (--time-budget); "
+        "--tune on forces it"
+    ), unknown.reason
     assert not os.path.exists(tmp_path / "tune.json")
     long = tuning.tuning_steps(len(pool)) * 101
     fake = FakeMeasure({}, {})

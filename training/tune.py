@@ -332,12 +332,16 @@ def tune(
                 candidate, "cached", f"tuned before on this machine ({path})", cached.get("table", "")
             )
         if not worth_tuning(planned_steps, len(pool)):
-            steps = "an unknown number of" if planned_steps is None else str(planned_steps)
+            run = (
+                "a run whose length is not known before it starts (--time-budget)"
+                if planned_steps is None
+                else f"this run's {planned_steps} steps"
+            )
             return TuneResult(
                 default,
                 "defaults",
                 f"not tuned: measuring {len(pool)} configurations (about {tuning_steps(len(pool))} steps) "
-                f"costs over {recipe.TUNE_MAX_SHARE:.0%} of this run's {steps} steps; --tune on forces it",
+                f"costs over {recipe.TUNE_MAX_SHARE:.0%} of {run}; --tune on forces it",
             )
     start = clock()
     with tempfile.TemporaryDirectory(prefix="dfpnet-tune-") as tmp:
