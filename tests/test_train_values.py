@@ -574,6 +574,11 @@ def fake_checkout(tmp_path):
 
 def _run_sh(checkout, **settings: str) -> list[list[str]]:
     """run.sh of the fake checkout with these settings (and no others); the calls its python got."""
+    return _run_sh_printing(checkout, **settings)[0]
+
+
+def _run_sh_printing(checkout, **settings: str) -> tuple[list[list[str]], str]:
+    """:func:`_run_sh`, and what run.sh printed."""
     log = checkout / "calls.jsonl"
     env = {k: v for k, v in os.environ.items() if k not in RUN_SETTINGS}
     env.update(settings, FAKE_PYTHON_LOG=str(log))
@@ -583,7 +588,7 @@ def _run_sh(checkout, **settings: str) -> list[list[str]]:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[setup]" not in result.stderr  # the stamp was current: no venv set up, nothing downloaded
     with open(log) as f:
-        return [json.loads(line) for line in f]
+        return [json.loads(line) for line in f], result.stdout
 
 
 def test_run_sh_passes_each_setting_as_its_flag(fake_checkout):
@@ -688,6 +693,14 @@ def test_run_sh_without_a_dataset_trains_the_demo(fake_checkout):
     assert args.data_dir == generated.out and args.restore_from == "none"
     assert args.time_budget == 2 and args.epochs is None  # DEMO_MINUTES
     assert args.snapshot_dir == "./snapshots/demo" and args.workers == 1  # EXTRA_ARGS comes last and wins
+
+    # The README's example settings are not the demo's: it says so rather than drop them silently.
+    calls, printed = _run_sh_printing(fake_checkout, DATA_DIR="./no-such-dataset", BATCH_SIZE="8", NPROC="4")
+    assert "and ignores BATCH_SIZE=8 NPROC=4; EXTRA_ARGS and DEMO_MINUTES still apply." in printed, printed
+    train = [call for call in calls if call[0] == "train.py"][-1]  # the log keeps the earlier run's calls
+    assert train[train.index("--batch-size") + 1] == "4" and "torch.distributed.run" not in calls[-1]
+    _, printed = _run_sh_printing(fake_checkout, DATA_DIR="./no-such-dataset", NPROC="1")
+    assert "ignores" not in printed
 
 
 # ------------------------------------------------------------------------------------------
