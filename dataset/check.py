@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from dataset.layout import split_paths
+from dataset.layout import EVALUATION_SPLITS, TRAINING_SPLIT, split_paths, split_present
 from utils.cli import DefaultsHelpFormatter, add_label_arguments, die
 from utils.labels import IGNORE_LABEL, LabelSet, LabelSetError, check_flags, resolve_label_set
 
 PROG = "python -m dataset.check"
-DEFAULT_SPLITS = ("train", "val", "trainTest")
+DEFAULT_SPLITS = (TRAINING_SPLIT, *EVALUATION_SPLITS)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_PALETTE = 3  # IHDR colour type of an indexed-colour PNG
 
@@ -204,15 +204,22 @@ def _human(n: int) -> str:
 
 def check_dataset(
     root: str,
-    splits: tuple[str, ...] | list[str] = DEFAULT_SPLITS,
+    splits: tuple[str, ...] | list[str] | None = None,
     label_set: LabelSet | None = None,
     ignore_label: int = IGNORE_LABEL,
     max_problems: int = 50,
     workers: int | None = None,
 ) -> CheckReport:
     """Check the splits of a data directory (layout: docs/reference.md section 2) against ``label_set``
-    (default: ``<root>/labels.json`` if there is one, else the Dog set); report every problem."""
+    (default: ``<root>/labels.json`` if there is one, else the Dog set); report every problem.
+
+    ``splits`` given are all required. None applies training's rule (``dataset.layout``): train in
+    full, and val and trainTest where their id lists exist (one warning each where not)."""
     root = str(root)
+    skipped: list[str] = []
+    if splits is None:
+        splits = [TRAINING_SPLIT] + [s for s in EVALUATION_SPLITS if split_present(root, s)]
+        skipped = [s for s in EVALUATION_SPLITS if s not in splits and os.path.isdir(root)]
     label_set = label_set or resolve_label_set(data_dir=root)
     num_classes = label_set.num_classes
     problems = _Problems(max_problems)
@@ -239,7 +246,11 @@ def check_dataset(
 
     names = label_set.names
     unused = [f"{names[c]} ({c})" for c in range(num_classes) if pixels[c] == 0]
-    warnings = (
+    warnings = [
+        f"warning: {split_paths(root, s).id_list} not found: split {s!r} is not checked "
+        f"(training does not evaluate it either)"
+        for s in skipped
+    ] + (
         [
             f"warning: no label of {', '.join(images) or 'the splits'} uses class(es) "
             f"{', '.join(unused)} of the label set ({label_set.describe()}): a wrong label set, or "
@@ -285,7 +296,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="data directory holding <split>_id.txt, <split>_images/, "
         "<split>_segmentations/ (and optionally labels.json)",
     )
-    parser.add_argument("--splits", nargs="+", default=list(DEFAULT_SPLITS), help="splits to check")
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        default=None,
+        help="splits to check, all required (default: train, and val and trainTest where their id "
+        "lists exist, as training reads them)",
+    )
     add_label_arguments(parser, stored=False)
     parser.add_argument("--ignore-label", type=int, default=IGNORE_LABEL, help="label id that is not scored")
     parser.add_argument("--max-problems", type=int, default=50, help="print at most this many problems")

@@ -49,6 +49,18 @@ def split_paths(root: str, split: str) -> SplitPaths:
     )
 
 
+# What a data folder must hold, the one rule training and dataset.check share: the training split in
+# full; the evaluation splits (val, trainTest) are read where their id list exists, and skipped, with
+# a warning, where it does not (LIP has no trainTest).
+TRAINING_SPLIT = "train"
+EVALUATION_SPLITS = ("val", "trainTest")
+
+
+def split_present(root: str, split: str) -> bool:
+    """Whether ``split`` of ``root`` has its id list (an evaluation split without one is skipped)."""
+    return os.path.isfile(split_paths(root, split).id_list)
+
+
 def read_id_list(path: str) -> list[str]:
     """Ids of an ``<split>_id.txt``: one per line, surrounding blanks stripped, empty lines skipped."""
     with open(path, encoding="utf-8") as f:

@@ -84,6 +84,28 @@ def test_missing_id_list_cli(data):
     assert f"id list missing: {data / 'trainTest_id.txt'}" in result.stdout
 
 
+def test_check_and_training_take_a_folder_without_trainTest_alike(data):
+    """The rule of dataset.layout, for both: train in full, the evaluation splits where they exist."""
+    from training.data import present_splits
+
+    for name in ("trainTest_id.txt", "trainTest_images", "trainTest_segmentations"):
+        path = data / name
+        shutil.rmtree(path) if path.is_dir() else os.remove(path)
+    result = run_cli(data)
+    assert result.returncode == 0, result.stdout
+    assert (
+        f"warning: {data / 'trainTest_id.txt'} not found: split 'trainTest' is not checked "
+        f"(training does not evaluate it either)"
+    ) in result.stdout
+    assert "6 images (train 4, val 2)" in result.stdout and result.stdout.strip().splitlines()[-1].startswith(
+        "OK"
+    )
+    assert present_splits(str(data), ("val", "trainTest")) == ["val"]
+    os.remove(data / "train_id.txt")  # the training split is never optional
+    result = run_cli(data)
+    assert result.returncode == 1 and f"id list missing: {data / 'train_id.txt'}" in result.stdout
+
+
 def test_unreadable_image_cli(data):
     bad = data / "train_images" / "syn_00001.jpg"
     bad.write_bytes(b"\xff\xd8 definitely not a whole jpeg")

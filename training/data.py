@@ -14,7 +14,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from dataset.check import check_dataset
 from dataset.datasets import CartoonDataSet, default_transform
-from dataset.layout import split_paths
+from dataset.layout import split_paths, split_present
 from inference.predict import make_eval_loader
 from training import PROG
 from training import distributed as du
@@ -63,14 +63,14 @@ def training_splits(data_dir: str, dataset: str) -> list[str]:
 
 
 def present_splits(data_dir: str, splits: tuple[str, ...]) -> list[str]:
-    """The evaluation splits whose id list exists; each missing one is warned about and skipped."""
+    """The evaluation splits whose id list exists (``dataset.layout``'s rule, which dataset.check
+    applies too); each missing one is warned about and skipped."""
     kept = []
     for split in splits:
-        id_list = split_paths(data_dir, split).id_list
-        if os.path.isfile(id_list):
+        if split_present(data_dir, split):
             kept.append(split)
         else:
-            du.warn(f"{id_list} not found: split {split!r} is not evaluated")
+            du.warn(f"{split_paths(data_dir, split).id_list} not found: split {split!r} is not evaluated")
     return kept
 
 
