@@ -594,6 +594,12 @@ def test_time_budget_fixes_the_schedule_and_resume_keeps_it(data_dir, tmp_path, 
     epochs = int(plan[0].split(" left: ")[1].split(" epochs")[0])
     state = torch.load(os.path.join(snap, "last.pth"), map_location="cpu", weights_only=True)
     assert state["iteration"] == 6 and epochs > 2  # an hour holds far more than two 48x48 epochs
+    # Stopped before its first evaluation: no best.pth, and the run says what to use instead.
+    assert not os.path.exists(os.path.join(snap, "best.pth"))
+    assert (
+        f"no evaluation has run yet, so there is no {os.path.join(snap, 'best.pth')}: export.py, evaluate.py "
+        f"and parse_images.py take {os.path.join(snap, 'last.pth')} as well"
+    ) in first.stdout + first.stderr
     assert state["schedule"]["epochs"] == epochs and state["schedule"]["total_iters"] == 4 * epochs
     # The 3 timed steps ran at the base LR (where poly starts); the rest on the poly schedule fixed.
     lr = _scalars(snap, "learning_rate")

@@ -4,6 +4,7 @@ signals, --time-budget planning, and the run's last line."""
 from __future__ import annotations
 
 import datetime
+import os
 import signal
 import sys
 import time
@@ -372,9 +373,16 @@ class Trainer:
         if self.iteration < self.total_iters:  # --max-iters
             if self.snapshots.last_saved != self.iteration:
                 self.save_last()
+            # A short run may stop before its first evaluation: say what to deploy instead of best.pth.
+            no_best = (
+                ""
+                if os.path.isfile(self.snapshots.best_path)
+                else f"; no evaluation has run yet, so there is no {self.snapshots.best_path}: export.py, "
+                f"evaluate.py and parse_images.py take {self.snapshots.last_path} as well"
+            )
             du.log(
                 f"stopped at iteration {self.iteration} of {self.total_iters} (--max-iters) after {elapsed}; "
-                f"{self.snapshots.last_path} saved: run again (--resume is the default) to continue"
+                f"{self.snapshots.last_path} saved: run again (--resume is the default) to continue{no_best}"
             )
         elif self.best["epoch"] >= 0:
             du.log(
