@@ -29,7 +29,7 @@ import cv2
 
 from dataset.check import check_dataset
 from dataset.datasets import CartoonDataSet, default_transform, is_training_split
-from inference.model import network_label_set, read_network, setup_device, setup_model
+from inference.model import network_input_size, network_label_set, read_network, setup_device, setup_model
 from inference.pipeline import InferenceStats, save_legend, save_prediction
 from inference.predict import evaluate_model, make_eval_loader
 from inference.visualize import confusion_matrix_figure, iou_bar_figure, save_figure
@@ -235,6 +235,7 @@ def main(args: argparse.Namespace) -> None:
     find_split(args.data_dir, args.dataset)
     given = given_labels(args, fail, data_dir=args.data_dir)
     network = read_network(args, fail)
+    network_input_size(args, network)
     label_set = network_label_set(args, network, given, fail)
     check_split(args.data_dir, args.dataset, label_set, args.ignore_label)
     check_outputs(args)

@@ -46,7 +46,7 @@ from torch import nn
 from tqdm import tqdm
 
 from inference.bundle import write_bundle
-from inference.model import load_model, network_label_set, read_network
+from inference.model import load_model, network_input_size, network_label_set, read_network
 from inference.onnx_infer import OUTPUTS, PRECISIONS, OnnxModel, OnnxModelError
 from inference.pipeline import ImageFiles
 from inference.quantize import DEFAULT_CALIBRATION_IMAGES, CalibrationError, calibration_set, quantize_int8
@@ -112,10 +112,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--input-size",
         type=parse_size,
-        default=recipe.INPUT_SIZE,
+        default=None,
         metavar="H,W",
-        help="example input traced and training crop recorded in the metadata (H and W stay "
-        "dynamic unless --static)",
+        help="example input traced and crop recorded in the metadata, which the runtimes then default "
+        "to (H and W stay dynamic unless --static); default: the crop the checkpoint records, else "
+        "the authors' 384,384",
     )
     add_label_arguments(parser, data_dir=False)
     parser.add_argument(
@@ -286,6 +287,7 @@ def export(args: argparse.Namespace, given: LabelSet | None, shown: str | None =
     if problem:
         fail(problem, 2)
     weights = read_network(args, fail)
+    network_input_size(args, weights)
     label_set = network_label_set(args, weights, given, fail)
     try:
         model = load_model(weights, label_set.num_classes, torch.device("cpu"), fuse=True)

@@ -32,7 +32,7 @@ import cv2
 from tqdm import tqdm
 
 from inference.annotations import DEFAULT_TOLERANCE, AnnotationWriter, parse_formats
-from inference.model import network_label_set, read_network, setup_device, setup_model
+from inference.model import network_input_size, network_label_set, read_network, setup_device, setup_model
 from inference.pipeline import (
     ImageFiles,
     InferenceStats,
@@ -133,6 +133,7 @@ def main(args: argparse.Namespace) -> int:
         fail(f"no image files in {', '.join(args.inputs)}")
     given = given_labels(args, fail)
     network = read_network(args, fail)
+    network_input_size(args, network)
     label_set = network_label_set(args, network, given, fail)
     model = setup_model(args, network, label_set, device, fail)
     images = ImageFiles(paths, args.input_size)
@@ -214,6 +215,7 @@ def main(args: argparse.Namespace) -> int:
     runtime = model.describe() if args.onnx else f"device {device}, amp {args.amp}"
     print(
         f"Parsed {done} of {stats.images} images into {args.out} "
+        f"at {args.input_size[0]}x{args.input_size[1]} "
         f"({stats.images_per_second:.2f} images/s, {runtime}); label set: {label_set.describe()}, "
         f"colours in {os.path.join(args.out, 'legend.png')}"
     )

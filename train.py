@@ -71,7 +71,7 @@ def main(cfg: TrainConfig) -> int:
         except FileNotFoundError as exc:
             raise UsageError(f"argument --resume: {exc}") from None
         net, state = build_model(cfg, resume_path, label_set)
-        trainer = Trainer(cfg, data, net, Snapshots(cfg.snapshot_dir, label_set))
+        trainer = Trainer(cfg, data, net, Snapshots(cfg.snapshot_dir, label_set, cfg.eval_size))
         trainer.tuning = f"{tuned.reason}\n\n{tuned.table}".strip()
         trainer.restore(state, resume_path)
         del state

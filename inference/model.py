@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from utils import recipe
 from utils.cli import Fail
 from utils.labels import DOG, LabelSet, LabelSetError, check_flags, check_same_classes
 
@@ -98,6 +99,14 @@ def read_network(args: argparse.Namespace, fail: Fail) -> Weights | OnnxModel:
         return read_weights(args.restore_from)
     except CheckpointError as exc:
         fail(str(exc), 2)
+
+
+def network_input_size(args: argparse.Namespace, network: Weights | OnnxModel) -> tuple[int, int]:
+    """``--input-size``, else the crop the checkpoint or ONNX model records (the one its run evaluated
+    at), else the authors' 384x384 (their files record none); set on ``args`` and returned."""
+    if args.input_size is None:
+        args.input_size = network.input_size or recipe.INPUT_SIZE
+    return args.input_size
 
 
 def network_label_set(

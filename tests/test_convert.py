@@ -627,6 +627,7 @@ def test_labelme_folder_to_training_and_evaluation_without_class_flags(tmp_path,
     """A LabelMe folder with no labels.json: convert, train, evaluate; the classes come from the shapes."""
     import evaluate
     import train
+    from utils.checkpoint import read_weights
 
     write_labelme(tmp_path / "lm", samples(6, 64))
     data = str(tmp_path / "data")
@@ -671,12 +672,15 @@ def test_labelme_folder_to_training_and_evaluation_without_class_flags(tmp_path,
                     "--no-progress",
                     "--device",
                     "cpu",
-                    *common,
-                ]
+                    "--workers",
+                    "0",
+                ]  # no --input-size: best.pth records the crop its run evaluated at
             )
         ),
         capsys,
     )
     assert code == 0, err
+    assert "Settings: input 48x48" in out
+    assert read_weights(os.path.join(snap, "best.pth")).input_size == (48, 48)
     scores = json.load(open(metrics))
     assert list(scores["per_class_iou"]) == list(load_label_file(labels_json).names), scores.keys()

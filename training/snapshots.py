@@ -156,9 +156,10 @@ class Snapshots:
     """The files of one snapshot folder, written from rank 0 only (every rank holds the same weights),
     each recording ``label_set``."""
 
-    def __init__(self, folder: str, label_set: LabelSet) -> None:
+    def __init__(self, folder: str, label_set: LabelSet, input_size: tuple[int, int] | None = None) -> None:
         self.folder = folder
         self.label_set = label_set
+        self.input_size = input_size  # the crop the run evaluates at, recorded beside the label set
         self.last_path = os.path.join(folder, LAST_NAME)
         self.best_path = os.path.join(folder, BEST_NAME)
         self.last_saved: int | None = None  # iteration of the last.pth this run wrote
@@ -175,18 +176,19 @@ class Snapshots:
             raise SaveError(f"{path}: could not be written: {exc.strerror or exc} ({name}); {kept}") from None
 
     def save_last(self, state: dict[str, Any]) -> None:
-        state = dict(state, model=with_label_set(state["model"], self.label_set))
+        state = dict(state, model=with_label_set(state["model"], self.label_set, self.input_size))
         self._save(state, self.last_path)
         self.last_saved = int(state["iteration"])
 
     def save_best(self, model: nn.Module) -> None:
-        self._save(with_label_set(model.state_dict(), self.label_set), self.best_path)
+        self._save(with_label_set(model.state_dict(), self.label_set, self.input_size), self.best_path)
 
     def save_epoch(self, model: nn.Module, epoch: int) -> None:
         # The authors trained under DataParallel: every key of their files starts with `module.`.
         state = {f"module.{k}": v for k, v in model.state_dict().items()}
         self._save(
-            with_label_set(state, self.label_set), os.path.join(self.folder, epoch_snapshot_name(epoch))
+            with_label_set(state, self.label_set, self.input_size),
+            os.path.join(self.folder, epoch_snapshot_name(epoch)),
         )
 
     def space_warning(self, model: nn.Module) -> str | None:

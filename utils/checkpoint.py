@@ -35,6 +35,7 @@ log = logging.getLogger("dfpnet")
 _OPTIONAL_SUFFIXES = ("num_batches_tracked",)
 _MAX_NAMED = 5
 LABEL_SET_KEY = "dfpnet.label_set"  # in a state_dict's _metadata; no module of DFPnet has this name
+INPUT_SIZE_KEY = "dfpnet.input_size"  # the training crop [H, W], beside the label set
 
 
 class CheckpointError(Exception):
@@ -149,22 +150,40 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike) -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def with_label_set(state: Mapping[str, torch.Tensor], label_set: LabelSet) -> OrderedDict:
-    """``state`` (a state_dict) with ``label_set`` recorded in its ``_metadata``."""
+def with_label_set(
+    state: Mapping[str, torch.Tensor], label_set: LabelSet, input_size: tuple[int, int] | None = None
+) -> OrderedDict:
+    """``state`` (a state_dict) with ``label_set`` (and the training crop ``input_size``, when given)
+    recorded in its ``_metadata``."""
     out = OrderedDict(state)
     metadata = OrderedDict(getattr(state, "_metadata", None) or {})
     metadata[LABEL_SET_KEY] = label_set.to_dict()
+    if input_size is not None:
+        metadata[INPUT_SIZE_KEY] = [int(v) for v in input_size]
     out._metadata = metadata  # type: ignore[attr-defined]
     return out
+
+
+def _metadata(obj: Any) -> Mapping:
+    if isinstance(obj, Mapping):  # a training state holds the state_dict, as in extract_state_dict
+        obj = next((obj[k] for k in ("model", "state_dict") if isinstance(obj.get(k), Mapping)), obj)
+    metadata = getattr(obj, "_metadata", None)
+    return metadata if isinstance(metadata, Mapping) else {}
+
+
+def stored_input_size(obj: Any) -> tuple[int, int] | None:
+    """The training crop recorded in a checkpoint read by :func:`read_checkpoint`; None if it has none
+    (the authors' files, ours from before the crop was recorded) or an unusable one."""
+    entry = _metadata(obj).get(INPUT_SIZE_KEY)
+    if isinstance(entry, list) and len(entry) == 2 and all(isinstance(v, int) and v > 0 for v in entry):
+        return entry[0], entry[1]
+    return None
 
 
 def stored_label_set(obj: Any, path: str | os.PathLike = "<checkpoint>") -> LabelSet | None:
     """The label set recorded in a checkpoint read by :func:`read_checkpoint`; None if it has none
     (the authors' files, or ours from before label sets)."""
-    if isinstance(obj, Mapping):  # a training state holds the state_dict, as in extract_state_dict
-        obj = next((obj[k] for k in ("model", "state_dict") if isinstance(obj.get(k), Mapping)), obj)
-    metadata = getattr(obj, "_metadata", None)
-    entry = metadata.get(LABEL_SET_KEY) if isinstance(metadata, Mapping) else None
+    entry = _metadata(obj).get(LABEL_SET_KEY)
     if entry is None:
         return None
     try:
@@ -175,18 +194,20 @@ def stored_label_set(obj: Any, path: str | os.PathLike = "<checkpoint>") -> Labe
 
 @dataclass
 class Weights:
-    """A DFPnet checkpoint read once: its tensors (``module.`` stripped) and its label set, if recorded."""
+    """A DFPnet checkpoint read once: its tensors (``module.`` stripped), and its label set and training
+    crop where recorded."""
 
     path: str
     state: dict[str, torch.Tensor]
     label_set: LabelSet | None
+    input_size: tuple[int, int] | None = None
 
 
 def read_weights(path: str | os.PathLike) -> Weights:
     """:func:`read_checkpoint` + :func:`extract_state_dict` + :func:`stored_label_set` of one file."""
     obj = read_checkpoint(path)
     label_set = stored_label_set(obj, path)
-    return Weights(str(path), extract_state_dict(obj, path), label_set)
+    return Weights(str(path), extract_state_dict(obj, path), label_set, stored_input_size(obj))
 
 
 def load_imagenet_backbone(

@@ -183,14 +183,19 @@ def add_label_arguments(
 def add_inference_arguments(
     parser: argparse.ArgumentParser, *, onnx: bool = False, data_dir: bool = False, scores: bool = False
 ) -> None:
-    """The prediction flags evaluate.py and parse_images.py share; ``onnx`` adds ``--onnx`` and ``--fuse``;
-    ``scores`` (evaluate.py) makes float32 the default precision, so that scores are exact unless asked."""
+    """The prediction flags evaluate.py and parse_images.py share; ``onnx`` adds ``--onnx`` and ``--fuse``
+    (and makes ``--input-size`` default to the crop the network records: ``inference.model``'s
+    ``network_input_size``); ``scores`` (evaluate.py) makes float32 the default precision, so that
+    scores are exact unless asked."""
     parser.add_argument(
         "--input-size",
         type=parse_size,
-        default=recipe.INPUT_SIZE,
+        default=None if onnx else recipe.INPUT_SIZE,
         metavar="H,W",
-        help="crop the network sees, height,width (authors' run: 384,384)",
+        help="crop the network sees, height,width; default: the crop the checkpoint or ONNX model records, "
+        "else the authors' 384,384"
+        if onnx
+        else "crop the network sees, height,width (authors' run: 384,384)",
     )
     add_label_arguments(parser, data_dir=data_dir)
     parser.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass")
