@@ -206,7 +206,8 @@ def metadata(args: argparse.Namespace, label_set: LabelSet) -> dict[str, str]:
         "std": json.dumps(list(STD)),
         "channel_order": "BGR",
         "normalisation": "(x / 255 - mean) / std per channel of the BGR image, channels as they are",
-        "input_size": json.dumps(list(args.input_size)),
+        # Resolved from the checkpoint by export(); a caller's unresolved args get the authors' crop.
+        "input_size": json.dumps(list(args.input_size or recipe.INPUT_SIZE)),
         "resize": "letterbox into the input size with the loader's affine warp (docs/deploy.md)",
         "checkpoint": os.path.basename(args.restore_from),
         "precision": args.precision,

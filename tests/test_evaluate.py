@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 import evaluate
+from inference.model import network_input_size
 from tests import scripts
 from utils import recipe
 from utils.device import default_amp
@@ -428,7 +430,10 @@ def test_run_evaluate_sh_authors_settings_and_overrides(script_copy):
         "--metrics-out": "./outputs/eval/metrics.json",
     }
     defaults = evaluate.get_arguments([])
-    assert defaults.input_size == (384, 384) and (defaults.labels, defaults.num_classes) == (None, None)
+    # No --input-size: the crop the checkpoint records, and the authors' files record none: 384x384.
+    assert defaults.input_size is None and (defaults.labels, defaults.num_classes) == (None, None)
+    authors = argparse.Namespace(input_size=None)
+    assert network_input_size(authors, argparse.Namespace(input_size=None)) == (384, 384)
     assert defaults.restore_from == "./snapshots/DFPnet_epoch_495.pth"
     log.unlink()
     proc = _run_sh(

@@ -238,6 +238,7 @@ def test_metadata_records_the_precision():
     args = export.get_arguments(["--precision", "bf16"])
     assert export.metadata(args, DOG)["precision"] == "bf16"
     assert export.metadata(export.get_arguments([]), DOG)["precision"] == "float32"
+    assert export.metadata(export.get_arguments([]), DOG)["input_size"] == "[384, 384]"  # not yet resolved
 
 
 @pytest.mark.slow
