@@ -77,7 +77,7 @@ def detect(src: str) -> tuple[str, str]:
     jsons = labelme.json_files(src)
     if any(labelme.looks_like(load_json(p)) for p in jsons[:3]):
         found.append(("labelme", f"{len(jsons)} .json files with shapes"))
-    cocos = [p for p in coco.coco_files(src) if p not in jsons[:3] or not labelme.looks_like(load_json(p))]
+    cocos = coco.coco_files(src)
     if any(coco.looks_like(load_json(p)) for p in cocos[:3]):
         found.append(("coco", f"COCO files {', '.join(cocos[:3])}"))
     pngs = masks.mask_files(src)

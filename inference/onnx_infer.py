@@ -245,8 +245,8 @@ class OnnxModel:
         if self.output not in OUTPUTS:
             raise OnnxModelError(f"{path}: unknown output kind {self.output!r} in its metadata")
         self.label_set: LabelSet | None = None
-        size = re.fullmatch(r"\[(\d+), ?(\d+)\]", self.metadata.get("input_size", ""))  # export.py's [H, W]
-        self.input_size = (int(size[1]), int(size[2])) if size and min(size[1], size[2]) != "0" else None
+        size = re.fullmatch(r"\[([1-9]\d*), ?([1-9]\d*)\]", self.metadata.get("input_size", ""))  # [H, W]
+        self.input_size = (int(size[1]), int(size[2])) if size else None
         if "label_set" in self.metadata:
             try:
                 self.label_set = from_stored_form(self.metadata["label_set"], f"the ONNX model {path}")

@@ -129,7 +129,8 @@ def load_json(path: str) -> object:
     """A JSON file; ConvertError naming the file, the line and the column when it is not valid. The last
     file read is kept, so that detecting a format and reading it parse a large file once."""
     try:
-        key = (path, os.stat(path).st_mtime_ns, os.stat(path).st_size)
+        info = os.stat(path)
+        key = (path, info.st_mtime_ns, info.st_size)
     except OSError:
         key = None
     if key is not None and key in _last_json:

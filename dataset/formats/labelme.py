@@ -21,7 +21,7 @@ import numpy as np
 
 from dataset.formats import shapes
 from dataset.formats.common import Entry, PaintContext, PictureFinder, Source, load_json, stem
-from dataset.formats.names import ConvertError, is_background
+from dataset.formats.names import ConvertError, sorted_names
 from utils.labels import IGNORE_LABEL, LABELS_FILE, LabelSet
 
 VERSION = "5.5.0"  # the LabelMe file version written (the format has not changed since 4.x)
@@ -138,13 +138,13 @@ def read(src: str, *, images: str | None, line_width: int, workdir: str) -> Sour
         size = None
         if isinstance(data.get("imageHeight"), int) and isinstance(data.get("imageWidth"), int):
             size = (data["imageHeight"], data["imageWidth"])
-        name = stem(data.get("imagePath") or path) if data.get("imagePath") else stem(path)
+        name = stem(data.get("imagePath") or path)
         entries.append(Entry(name, None, picture, path, _painter(found, size, path, line_width)))
     notes = [f"note: {skipped_points} point shape(s) skipped (a point has no area)"] if skipped_points else []
     return Source(
         "labelme",
         f"{len(files)} LabelMe file(s) in {folder}",
-        sorted(set(names), key=lambda n: (not is_background(n), n)),
+        sorted_names(names),
         {},
         entries,
         notes,

@@ -20,7 +20,7 @@ import numpy as np
 
 from dataset.formats import rle
 from dataset.formats.common import Entry, PaintContext, PictureFinder, Source, fill_inside, load_json, stem
-from dataset.formats.names import ConvertError, is_background
+from dataset.formats.names import ConvertError, sorted_names
 from utils.labels import IGNORE_LABEL, LabelSet
 
 OFFSET = 0.5
@@ -157,7 +157,7 @@ def read(src: str, *, images: str | None) -> Source:
     return Source(
         "labelstudio",
         f"Label Studio export {src} ({len(data)} tasks)",
-        sorted(set(names), key=lambda n: (not is_background(n), n)),
+        sorted_names(names),
         {},
         entries,
         notes,

@@ -73,6 +73,12 @@ def propose_pairs(names: Sequence[str]) -> list[tuple[int, int]]:
     return sorted(pairs)
 
 
+def sorted_names(names: list[str]) -> list[str]:
+    """The distinct class names of a source that has no order of its own (LabelMe, Label Studio):
+    background names first, then alphabetically."""
+    return sorted(set(names), key=lambda n: (not is_background(n), n))
+
+
 def build_label_set(
     names: Sequence[str],
     colours: dict[str, Colour] | None,
