@@ -324,7 +324,7 @@ def test_killed_refused_and_terminated_runs_resume_to_the_same_weights(data_dir,
     )
     assert moved > 0  # the resumed runs did train
     # The LR continues on the same schedule across the resume boundaries. (A killed process may
-    # not have written its last events: tensorboardX writes from a queue.)
+    # not have written its last events: the TensorBoard writer writes from a queue.)
     lr_whole = _scalars(whole_run, "learning_rate")
     lr_cut = _scalars(cut, "learning_rate")
     assert sorted(lr_whole) == list(range(1, 9))
@@ -539,22 +539,32 @@ def test_out_of_memory_prints_a_hint(data_dir, tmp_path, capsys, monkeypatch):
 # ------------------------------------------------------------------------------------------
 
 
-def test_plan_epochs_fits_steps_evaluations_and_saves_into_the_budget():
-    from training.schedule import plan_epochs
+def test_plan_iterations_fits_steps_evaluations_and_saves_into_the_budget():
+    from training.schedule import plan_iterations
 
-    rules = {"eval_every": 5, "snapshot_every": 99}
-    # 10 steps of 1 s per epoch, 3 done; a 2 s save per epoch, 4 s per evaluation (+ 1 s best.pth),
-    # snapshots (1 s) after epoch 0 and the last.
-    epochs, seconds = plan_epochs(
-        200.0, iters_per_epoch=10, done=3, step_s=1.0, eval_s=4.0, save_s=2.0, **rules
-    )
-    # 15 epochs: 147 steps + 30 (saves) + 3 evaluations x 5 + 2 snapshots x 1 = 194 s; 16 would be 211 s.
-    assert (epochs, seconds) == (15, 194.0)
-    assert plan_epochs(1.0, iters_per_epoch=10, done=3, step_s=1.0, eval_s=4.0, save_s=2.0, **rules)[0] == 1
-    # Without evaluation splits the same time holds more epochs.
-    assert (
-        plan_epochs(200.0, iters_per_epoch=10, done=3, step_s=1.0, eval_s=0.0, save_s=2.0, **rules)[0] == 16
-    )
+    rules = {"iters_per_epoch": 10, "eval_every": 5, "snapshot_every": 99, "eval_s": 4.0, "save_s": 2.0}
+    # 10 steps of 1 s per epoch, 3 done; a 2 s save per epoch end, 4 s per evaluation (+ 1 s best.pth)
+    # after epochs 5, 10, ... and the last, snapshots (1 s) after epoch 0 and the last.
+    # 15 epochs: 147 steps + 15 saves (30) + 3 evaluations x 5 + 2 snapshots x 1 = 194 s, 6 s short of
+    # 200; one step more starts epoch 16 (epoch 15's end becomes a plain one: 2 s, the last end 8 s):
+    # 148 + 46 + 8 = 202 s, only 2 s over, so that is the plan.
+    assert plan_iterations(200.0, done=3, next_end=0, step_s=1.0, **rules) == (151, 202.0)
+    assert plan_iterations(197.0, done=3, next_end=0, step_s=1.0, **rules) == (150, 194.0)
+    # 5 s more: the run ends 4 steps into epoch 16 (evaluated, snapshotted): 151 steps, 15 ends before
+    # it (30 s of saves, the evaluations after epochs 5, 10 and 15: 15 s, epoch 0's snapshot: 1 s) and
+    # the last end (8 s) = 205 s.
+    assert plan_iterations(205.0, done=3, next_end=0, step_s=1.0, **rules) == (154, 205.0)
+    # Nothing fits: stop now, with the last epoch end (save, evaluation + best.pth, snapshot).
+    assert plan_iterations(1.0, done=3, next_end=0, step_s=1.0, **rules) == (3, 8.0)
+    # Re-planned at the end of epoch 1 (20 steps done, its end to come) when steps take 2 s: epoch 1's
+    # end (2 s) and epoch 2 (20 s of steps, its end as the last: 8 s) fill 30 s.
+    assert plan_iterations(30.0, done=20, next_end=1, step_s=2.0, **rules) == (30, 30.0)
+    # 4 s less: 2 steps fewer.
+    assert plan_iterations(26.0, done=20, next_end=1, step_s=2.0, **rules) == (28, 26.0)
+    # Under one step and the last end left: epoch 1 ends the run.
+    assert plan_iterations(9.0, done=20, next_end=1, step_s=2.0, **rules) == (20, 8.0)
+    # Without evaluation splits the same time holds more steps: 164 steps, 16 ends (33 s), the last (3 s).
+    assert plan_iterations(200.0, done=3, next_end=0, step_s=1.0, **{**rules, "eval_s": 0.0}) == (167, 200.0)
 
 
 def test_time_budget_and_epochs_exclude_each_other(capsys):
@@ -591,28 +601,36 @@ def test_time_budget_fixes_the_schedule_and_resume_keeps_it(data_dir, tmp_path, 
     assert first.returncode == 0, first.stderr[-3000:]
     plan = [line for line in first.stdout.splitlines() if line.startswith("--time-budget 60 min: ")]
     assert len(plan) == 1 and "(median of 1 timed)" in plan[0], first.stdout[-2000:]
-    epochs = int(plan[0].split(" left: ")[1].split(" epochs")[0])
+    assert plan[0].endswith("(poly LR over them), planned again after every epoch")
+    # Planned after the 3 timed steps, and again at the end of epoch 1 (iteration 4) from its wall time.
+    planned = _scalars(snap, "planned_iterations")
+    assert sorted(planned) == [3, 4]
+    assert int(plan[0].split(" left: ")[1].split(" iterations")[0]) == planned[3]
     state = torch.load(os.path.join(snap, "last.pth"), map_location="cpu", weights_only=True)
-    assert state["iteration"] == 6 and epochs > 2  # an hour holds far more than two 48x48 epochs
+    assert state["iteration"] == 6 and planned[4] > 8  # an hour holds far more than two 48x48 epochs
     # Stopped before its first evaluation: no best.pth, and the run says what to use instead.
     assert not os.path.exists(os.path.join(snap, "best.pth"))
     assert (
         f"no evaluation has run yet, so there is no {os.path.join(snap, 'best.pth')}: export.py, evaluate.py "
         f"and parse_images.py take {os.path.join(snap, 'last.pth')} as well"
     ) in first.stdout + first.stderr
-    assert state["schedule"]["epochs"] == epochs and state["schedule"]["total_iters"] == 4 * epochs
-    # The 3 timed steps ran at the base LR (where poly starts); the rest on the poly schedule fixed.
+    total = int(planned[4])
+    assert state["schedule"]["total_iters"] == total and state["schedule"]["epochs"] == -(-total // 4)
+    # The 3 timed steps ran at the base LR (where poly starts); then poly over the first plan, and
+    # from the epoch end on over the second.
     lr = _scalars(snap, "learning_rate")
     assert [lr[i] for i in (1, 2, 3)] == pytest.approx([1e-2] * 3)
-    for step in (4, 5, 6):
-        assert lr[step] == pytest.approx(poly_lr(1e-2, step - 1, 4 * epochs), rel=1e-6)
+    assert lr[4] == pytest.approx(poly_lr(1e-2, 3, planned[3]), rel=1e-6)
+    for step in (5, 6):
+        assert lr[step] == pytest.approx(poly_lr(1e-2, step - 1, total), rel=1e-6)
 
     capsys.readouterr()
     code = train.run(common + ["--max-iters", "7"])  # resumed: the same schedule, not a new plan
     out = capsys.readouterr().out
-    assert code == 0 and "--time-budget 60 min: " not in out and f"x {epochs} epochs" in out
+    assert code == 0 and "--time-budget 60 min: " not in out and f"= {total} iterations" in out
     state = torch.load(os.path.join(snap, "last.pth"), map_location="cpu", weights_only=True)
-    assert state["iteration"] == 7 and state["schedule"]["total_iters"] == 4 * epochs
+    assert state["iteration"] == 7 and state["schedule"]["total_iters"] == total
+    assert sorted(_scalars(snap, "planned_iterations")) == [3, 4]
 
 
 def test_every_flag_reaches_the_run_configuration():

@@ -281,10 +281,11 @@ def _add_our_flags(parser: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=None,
         metavar="MINUTES",
-        help="fit the run into this wall time: time the first steps, then fix the number of "
-        "epochs (and the poly schedule over them) so that training, evaluations and "
-        "saves end within it; a resumed run keeps the schedule it fixed (instead of "
-        "--epochs)",
+        help="fit the run into this wall time from the process start: time the first steps, "
+        "plan the number of iterations (and the poly schedule over them) so that training, "
+        "evaluations and saves end within it, and plan again at every epoch end from the "
+        "measured times (the last epoch may be partial); a resumed run keeps the last plan "
+        "(instead of --epochs)",
     )
     parser.add_argument(
         "--max-iters",

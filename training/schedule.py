@@ -1,5 +1,5 @@
 """When things happen in a run: the learning rate of each step (the authors' poly schedule), which
-epochs are evaluated and snapshotted, and how many epochs fit a --time-budget."""
+epochs are evaluated and snapshotted, and how many iterations fit a --time-budget."""
 
 from __future__ import annotations
 
@@ -40,35 +40,56 @@ def snapshot_due(epoch: int, epochs: int, every: int) -> bool:
     return epoch % every == 0 or epoch == epochs - 1
 
 
-def plan_epochs(
+def plan_iterations(
     left_s: float,
     *,
     iters_per_epoch: int,
     done: int,
+    next_end: int,
     step_s: float,
     eval_s: float,
     save_s: float,
     eval_every: int | None,
     snapshot_every: int,
 ) -> tuple[int, float]:
-    """The most epochs (at least one) whose remaining work fits in ``left_s`` seconds, and its seconds.
+    """The iterations in all (at least ``done``) whose remaining work ends closest to ``left_s``
+    seconds from now, and the seconds that work takes: the most that fit, or one more step where
+    that overshoots by less than the most that fit fall short (a slow CPU's step, or the epoch end
+    one more step brings, can be seconds long).
 
-    Counts the steps not yet ``done``, last.pth at each epoch end, each evaluation (``eval_s``,
-    0 without evaluation splits) with a best.pth, and the epoch snapshots (weights only: about
-    half a last.pth each), under the --eval-every / --snapshot-every rules.
+    The last epoch may be partial: the run ends wherever the budget does. The work counted: the
+    steps after ``done``, and at each epoch end from 0-based epoch ``next_end`` on (the first whose
+    end has not been processed), last.pth (``save_s``), the evaluation if one is due (``eval_s``, 0
+    without evaluation splits) with a best.pth, and the epoch snapshot if one is due (weights only:
+    about half a last.pth), under the --eval-every / --snapshot-every rules; the last epoch, whole
+    or not, is evaluated and snapshotted.
     """
+    ipe = iters_per_epoch
 
-    def seconds(epochs: int) -> float:
-        evals = sum(evaluation_due(e, epochs, eval_every) for e in range(epochs)) if eval_s else 0
-        snapshots = sum(snapshot_due(e, epochs, snapshot_every) for e in range(epochs))
-        return (
-            (epochs * iters_per_epoch - done) * step_s
-            + epochs * save_s
-            + evals * (eval_s + save_s / 2)
-            + snapshots * save_s / 2
-        )
+    def end_cost(epoch: int, last: bool) -> float:
+        evaluated = eval_s > 0 and (last or evaluation_due(epoch, epoch + 2, eval_every))
+        snapshot = last or snapshot_due(epoch, epoch + 2, snapshot_every)
+        return save_s + (eval_s + save_s / 2 if evaluated else 0.0) + (save_s / 2 if snapshot else 0.0)
 
-    epochs = 1
-    while seconds(epochs + 1) <= left_s:
+    def seconds(total: int) -> float:
+        epochs = max(next_end + 1, -(-total // ipe))
+        ends = sum(end_cost(e, False) for e in range(next_end, epochs - 1))
+        return (total - done) * step_s + ends + end_cost(epochs - 1, True)
+
+    best, best_s = done, end_cost(next_end, True)  # nothing fits: stop now, with the last epoch end
+    ends = 0.0  # the epoch ends before the last one, next_end .. epochs - 2
+    epochs = max(next_end + 1, -(-done // ipe))
+    while True:
+        last = end_cost(epochs - 1, True)
+        first = max(done, (epochs - 1) * ipe + 1)  # the fewest iterations that end in this epoch
+        if (first - done) * step_s + ends + last > left_s:
+            break
+        fits = int((left_s - ends - last) / step_s) if step_s > 0 else ipe
+        best = min(epochs * ipe, done + fits)
+        best_s = (best - done) * step_s + ends + last
+        ends += end_cost(epochs - 1, False)
         epochs += 1
-    return epochs, seconds(epochs)
+    over = seconds(best + 1) - left_s
+    if over < left_s - best_s:
+        return best + 1, seconds(best + 1)
+    return best, best_s

@@ -344,12 +344,15 @@ def restore_training_state(
     return iteration, dict(state.get("best") or {})
 
 
-def planned_epochs(state: dict[str, Any]) -> int | None:
-    """The number of epochs a --time-budget run fixed, as its training state recorded (None if none)."""
+def planned_iterations(state: dict[str, Any], iters_per_epoch: int) -> int | None:
+    """The iterations in all a --time-budget run planned, as its training state recorded (None if
+    none); whole epochs at this run's ``iters_per_epoch`` if the state's epochs were another length."""
     saved = state.get("schedule", {})
     if not saved.get("total_iters"):
         return None
-    return int(saved.get("epochs") or saved["total_iters"] // saved["iters_per_epoch"])
+    if saved.get("iters_per_epoch") == iters_per_epoch:
+        return int(saved["total_iters"])
+    return int(saved.get("epochs") or -(-saved["total_iters"] // saved["iters_per_epoch"])) * iters_per_epoch
 
 
 # ------------------------------------------------------------------------------------------

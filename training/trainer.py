@@ -20,13 +20,13 @@ from training.config import TrainConfig
 from training.data import TrainData
 from training.evaluation import evaluate, log_training_images
 from training.model import Network
-from training.schedule import evaluation_due, plan_epochs, poly_lr, snapshot_due
+from training.schedule import evaluation_due, plan_iterations, poly_lr, snapshot_due
 from training.signals import StopSignals
 from training.snapshots import (
     SaveError,
     Snapshots,
     capture_rng_state,
-    planned_epochs,
+    planned_iterations,
     restore_training_state,
     training_state,
 )
@@ -34,6 +34,18 @@ from training.step import DataError, NonFiniteLossError, StepInfo, train_one_epo
 from utils import recipe
 from utils.cpu_defaults import cpu_defaults
 from utils.device import autocast
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux; elsewhere 0: since the caller asked)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, after the name
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 class Trainer:
@@ -46,8 +58,11 @@ class Trainer:
         self.iters_per_epoch = data.iters_per_epoch
         self.epochs = cfg.epochs  # None until --time-budget has fixed it (plan_schedule)
         self.total_iters: int | None = self.epochs * self.iters_per_epoch if self.epochs else None
-        self.started = time.perf_counter()
+        self.started = time.perf_counter() - process_age()  # --time-budget counts from here
         self.step_seconds: list[float] = []
+        # --time-budget: re-plan at every epoch end from what the run has measured so far.
+        self.replanning = False
+        self.timed = {"eval": None, "save": None}  # seconds of the latest evaluation and save
         self.iteration = cfg.start_epoch * self.iters_per_epoch  # steps done over the whole run
         self.best: dict = {"mean_iou": -1.0, "epoch": -1, "split": None}
         self.signals = StopSignals(PROG)
@@ -63,10 +78,10 @@ class Trainer:
         if state is None:
             torch.manual_seed(du.derive_seed(cfg.random_seed, "dropout", cfg.rank))
             return
-        planned = planned_epochs(state) if cfg.time_budget is not None else None
+        planned = planned_iterations(state, self.iters_per_epoch) if cfg.time_budget is not None else None
         if planned:  # the schedule the budget fixed
-            self.epochs = planned
-            self.total_iters = self.epochs * self.iters_per_epoch
+            self.total_iters = planned
+            self.epochs = -(-planned // self.iters_per_epoch)
         self.iteration, best = restore_training_state(
             state,
             path,
@@ -104,8 +119,10 @@ class Trainer:
             best=self.best,
             args=cfg.record(),
         )
+        tick = time.perf_counter()
         with self.signals.saving():
             self.snapshots.save_last(state)
+        self.timed["save"] = time.perf_counter() - tick
 
     # ---- callbacks of train_one_epoch
     def lr_at(self, iteration: int) -> float:
@@ -159,7 +176,13 @@ class Trainer:
             on_step=self.on_step,
             should_stop=self.should_stop,
         )
-        if self.iteration < (epoch + 1) * self.iters_per_epoch:  # --max-iters or a stop signal
+        if self.replanning and stats.iterations and self.iteration == (epoch + 1) * self.iters_per_epoch:
+            # The epoch's wall time per step: data loading, logging and the loader's start included.
+            self.replan(epoch, (time.perf_counter() - epoch_start) / stats.iterations)
+        epoch_end = (epoch + 1) * self.iters_per_epoch
+        if self.total_iters is not None:
+            epoch_end = min(epoch_end, self.total_iters)  # the last epoch of a --time-budget run
+        if self.iteration < epoch_end:  # --max-iters, a stop signal or the steps --time-budget times
             return False
         line = (
             f"epoch {epoch + 1}/{self.epochs}  iter {self.iteration}/{self.total_iters}  "
@@ -167,7 +190,9 @@ class Trainer:
             f"{datetime.timedelta(seconds=round(time.perf_counter() - epoch_start))}"
         )
         if data.eval_sets and evaluation_due(epoch, self.epochs, cfg.eval_every):
+            tick = time.perf_counter()
             results = evaluate(self.net.model, data.eval_sets, cfg, self.writer, epoch, data.label_set)
+            self.timed["eval"] = time.perf_counter() - tick
             line += "  " + "  ".join(f"{split} mIoU {r['mean_iou']:.2f}" for split, r in results.items())
             first = next(iter(results))  # val, unless it is missing
             if results[first]["mean_iou"] > self.best["mean_iou"]:
@@ -240,11 +265,13 @@ class Trainer:
         return 0
 
     def run_epochs(self) -> None:
-        for epoch in range(self.iteration // self.iters_per_epoch, self.epochs or 0):
+        epoch = self.iteration // self.iters_per_epoch
+        while epoch < (self.epochs or 0):  # a --time-budget run re-plans self.epochs as it goes
             if self.cfg.max_iters is not None and self.iteration >= self.cfg.max_iters:
                 break
-            if self.should_stop() or not self.train_epoch(epoch):
+            if self.should_stop() or not self.train_epoch(epoch, stop_at=self.total_iters):
                 break
+            epoch += 1
 
     def stopped_by_signal(self) -> int:
         if self.bar is not None:
@@ -306,12 +333,14 @@ class Trainer:
         return 1
 
     def plan_schedule(self) -> None:
-        """--time-budget: time the first steps of epoch 0, then fix the number of epochs.
+        """--time-budget: time the first steps of epoch 0, then plan how many iterations fit.
 
         The timed steps are real training steps (at the base LR, where poly starts); the first
-        two are warm-up and not counted. The plan counts every step, evaluation (one forward pass
-        per image, timed here) and save (the first last.pth, timed here) the run will make, and
-        keeps the largest number of epochs that ends within the budget, at least one.
+        two are warm-up and not counted. The plan counts every step, evaluation (estimated from a
+        forward pass until one has run) and save (the first last.pth, timed here) the run will
+        make, and the budget counts from the process start. It is made again at every epoch end
+        from the epoch's measured wall time per step (:meth:`replan`), so a run whose steps speed
+        up or slow down still ends on time; the last epoch may be partial.
         """
         cfg, ipe = self.cfg, self.iters_per_epoch
         epoch = self.iteration // ipe
@@ -324,31 +353,46 @@ class Trainer:
             return
         counted = self.step_seconds[2:] or self.step_seconds[-1:]
         step_s = sorted(counted)[len(counted) // 2]
-        eval_s = self.time_evaluation()
+        self.timed["eval"] = self.time_evaluation()
         self.epochs, self.total_iters = epoch + 1, (epoch + 1) * ipe  # provisional, for the timed save
-        tick = time.perf_counter()
         self.save_last()
-        save_s = time.perf_counter() - tick
-        left = cfg.time_budget * 60 - (time.perf_counter() - self.started)
-        epochs, planned = plan_epochs(
-            left,
-            iters_per_epoch=ipe,
+        left = self.replan(epoch, step_s, saves_first=1)
+        self.save_last()  # the plan, for --resume
+        self.replanning = True
+        du.log(
+            f"--time-budget {cfg.time_budget:g} min: {step_s:.2f} s per step (median of {len(counted)} "
+            f"timed), ~{self.timed['eval']:.0f} s per evaluation, {self.timed['save']:.1f} s per save, "
+            f"{left:.0f} s left: {self.total_iters} iterations = {self.total_iters / ipe:.1f} epochs "
+            f"(poly LR over them), planned again after every epoch"
+        )
+
+    def replan(self, next_end: int, step_s: float, saves_first: int = 0) -> float:
+        """Fit the rest of the run into what is left of --time-budget: set the total iterations
+        (and the poly schedule over them) from ``step_s`` and the latest evaluation and save
+        times; the seconds that were left. ``next_end`` is the first epoch whose end is still to
+        come; ``saves_first`` saves happen before the steps do. Every process takes rank 0's plan,
+        so all stop at the same step."""
+        cfg = self.cfg
+        save_s = self.timed["save"] or 0.0
+        left = cfg.time_budget * 60 - (time.perf_counter() - self.started) - saves_first * save_s
+        plan = plan_iterations(
+            left - recipe.EXIT_SECONDS,
+            iters_per_epoch=self.iters_per_epoch,
             done=self.iteration,
+            next_end=next_end,
             step_s=step_s,
-            eval_s=eval_s if self.data.eval_sets else 0.0,
+            eval_s=(self.timed["eval"] or 0.0) if self.data.eval_sets else 0.0,
             save_s=save_s,
             eval_every=cfg.eval_every,
             snapshot_every=cfg.snapshot_every,
         )
-        self.epochs, self.total_iters = epochs, epochs * ipe
-        self.save_last()  # the fixed schedule, for --resume
+        self.total_iters = du.all_gather_objects(plan[0])[0]
+        self.epochs = -(-self.total_iters // self.iters_per_epoch)
         self.bar.reset(total=self.total_iters)
         self.bar.update(self.iteration)
-        du.log(
-            f"--time-budget {cfg.time_budget:g} min: {step_s:.2f} s per step (median of {len(counted)} "
-            f"timed), ~{eval_s:.0f} s per evaluation, {save_s:.1f} s per save, {left:.0f} s left: {epochs} "
-            f"epochs = {self.total_iters} iterations (poly LR over them), planned to end in {planned:.0f} s"
-        )
+        if self.writer is not None:
+            self.writer.add_scalar("planned_iterations", self.total_iters, self.iteration)
+        return left
 
     def time_evaluation(self) -> float:
         """Seconds one evaluation of every split takes, from two timed forward passes of one image."""
@@ -370,6 +414,11 @@ class Trainer:
         return images * forward_s * 1.2  # + the warp back, the scoring and the pictures (a guess)
 
     def report(self, elapsed: datetime.timedelta) -> None:
+        note = str(elapsed)
+        if self.cfg.time_budget is not None:  # since the process started, as the budget counts
+            spent = time.perf_counter() - self.started
+            budget = self.cfg.time_budget * 60
+            note = f"{elapsed} ({spent:.1f} s of the {budget:g} s budget since start)"
         if self.iteration < self.total_iters:  # --max-iters
             if self.snapshots.last_saved != self.iteration:
                 self.save_last()
@@ -381,16 +430,16 @@ class Trainer:
                 f"evaluate.py and parse_images.py take {self.snapshots.last_path} as well"
             )
             du.log(
-                f"stopped at iteration {self.iteration} of {self.total_iters} (--max-iters) after {elapsed}; "
+                f"stopped at iteration {self.iteration} of {self.total_iters} (--max-iters) after {note}; "
                 f"{self.snapshots.last_path} saved: run again (--resume is the default) to continue{no_best}"
             )
         elif self.best["epoch"] >= 0:
             du.log(
-                f"done in {elapsed}: best {self.best['split']} mean IU {self.best['mean_iou']:.2f} after "
+                f"done in {note}: best {self.best['split']} mean IU {self.best['mean_iou']:.2f} after "
                 f"epoch {self.best['epoch'] + 1} ({self.snapshots.best_path})"
             )
         else:
-            du.log(f"done in {elapsed}")
+            du.log(f"done in {note}")
 
     def log_setup(self) -> None:
         """What the run is about to do, in a few lines."""
@@ -418,7 +467,7 @@ class Trainer:
             du.log(f"{cpu_defaults().describe()}; {reuse}")
         ipe = data.iters_per_epoch
         length = (
-            f"{self.epochs} epochs = {ipe * self.epochs} iterations"
+            f"{self.epochs} epochs = {self.total_iters} iterations"
             if self.epochs
             else f"epochs to fit --time-budget {cfg.time_budget:g} min"
         )

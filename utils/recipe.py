@@ -43,6 +43,7 @@ SAVE_EVERY = 500                                          # ours: last.pth every
 WORKERS = 2                                               # ours: DataLoader workers per process
 EVAL_WORKERS = 2                                          # ours: at most this many for evaluation in training
 TIMING_STEPS = 5                                          # ours: steps --time-budget times (2 are warm-up)
+EXIT_SECONDS = 1.0                                        # ours: --time-budget keeps for the process's exit
 TUNE_WARMUP = 2                                           # ours: --tune: unmeasured steps per configuration
 TUNE_STEPS = 3                                            # ours: --tune: measured steps (their median counts)
 TUNE_START_STEPS = 3                                      # ours: --tune: a fresh process's start, in steps
