@@ -30,7 +30,7 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run, log to OUTDIR/NAME.log, report 
   echo "=== $name: exit $rc"
 }
 
-# Packages a bare GPU image lacks (tensorboardX, setuptools_scm), carried as wheels in .whl/.
+# Packages a bare GPU image lacks (tensorboard, setuptools_scm), carried as wheels in .whl/.
 if compgen -G ".whl/*.whl" >/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
     .whl/*.whl && export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"

@@ -10,13 +10,13 @@ import sys
 import time
 
 import torch
-from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 from libs import BACKEND_DESCRIPTION
 from training import PROG
 from training import distributed as du
 from training.config import TrainConfig
+from training.curves import Curves
 from training.data import TrainData
 from training.evaluation import evaluate, log_training_images
 from training.model import Network
@@ -98,7 +98,7 @@ class Trainer:
 
     def save_last(self) -> None:
         if self.writer is not None:
-            self.writer.flush()  # best effort: a kill still loses what tensorboardX's queue holds
+            self.writer.flush()  # best effort: a kill still loses what the writer's queue holds
         cfg = self.cfg
         rng = du.all_gather_objects(capture_rng_state(self.device))  # every process's, for an exact resume
         schedule = {
@@ -226,9 +226,8 @@ class Trainer:
                     )
                 if du.is_main_process():
                     # purge_step hides what an interrupted run logged after its last save.
-                    self.writer = SummaryWriter(
-                        logdir=self.cfg.snapshot_dir,
-                        purge_step=self.iteration + 1 if self.iteration else None,
+                    self.writer = Curves(
+                        self.cfg.snapshot_dir, self.iteration + 1 if self.iteration else None, du.warn
                     )
                     self.writer.add_text("label_set", self.data.label_set.summary(), self.iteration)
                     if self.tuning:
