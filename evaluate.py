@@ -42,7 +42,7 @@ from utils.cli import (
     given_labels,
     output_folder_problem,
 )
-from utils.files import write_json_atomic
+from utils.files import write_error, write_json_atomic
 from utils.labels import IGNORE_LABEL, LabelSet
 
 PROG = "evaluate.py"
@@ -287,7 +287,10 @@ def main(args: argparse.Namespace) -> None:
     print_report(args, matrix, stats, label_set, model.describe() if args.onnx else f"device {device}")
     metrics = matrix.to_dict(list(label_set.names))
     if args.save_path:
-        save_figures(args.save_path, matrix, metrics, label_set)
+        try:
+            save_figures(args.save_path, matrix, metrics, label_set)
+        except OSError as exc:
+            fail(str(exc))
         print(f"Pictures in {args.save_path}")
     if args.metrics_out:
         try:
@@ -295,7 +298,7 @@ def main(args: argparse.Namespace) -> None:
                 metrics_record(args, metrics, stats, label_set, device, model), args.metrics_out
             )
         except OSError as exc:
-            fail(f"{args.metrics_out}: could not write the metrics: {exc.strerror or exc}")
+            fail(str(write_error(args.metrics_out, exc)))
         print(f"Metrics in {args.metrics_out}")
 
 

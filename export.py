@@ -63,7 +63,7 @@ from utils.cli import (
     positive_int,
 )
 from utils.cpuinfo import int8_dot_product
-from utils.files import atomic_file
+from utils.files import atomic_file, write_error
 from utils.labels import LabelSet, stored_form
 from utils.transforms import MEAN, STD
 
@@ -268,7 +268,7 @@ def main(args: argparse.Namespace) -> None:
                 os.rmdir(bundle)  # empty, checked above
             os.rename(staging, bundle)
         except OSError as exc:
-            fail(f"{args.bundle}: could not be written: {exc.strerror or exc}")
+            fail(str(write_error(exc.filename or args.bundle, exc, "the bundle is not written")))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(
@@ -323,7 +323,7 @@ def export(args: argparse.Namespace, given: LabelSet | None, shown: str | None =
                     props=metadata(args, label_set),
                 )
             except OSError as exc:
-                fail(f"{args.out}: could not be written: {exc.strerror or exc}")
+                fail(str(write_error(args.out, exc)))
             except Exception as exc:  # noqa: BLE001 - the exporter raises many types; one line for the user
                 fail(f"{args.restore_from}: the ONNX export failed: {first_line(exc)}")
             if not args.no_check:
@@ -362,7 +362,7 @@ def quantize(float_path: str, path: str, calibration, args: argparse.Namespace) 
     except CalibrationError as exc:
         fail(str(exc), 2)
     except OSError as exc:
-        fail(f"{args.out}: could not be written: {exc.strerror or exc}")
+        fail(str(write_error(args.out, exc)))
     except Exception as exc:  # noqa: BLE001 - the quantizer raises many types; one line for the user
         fail(f"{args.restore_from}: int8 quantization failed: {first_line(exc)}")
     finally:

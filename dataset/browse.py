@@ -36,7 +36,7 @@ from utils.cli import (
     positive_int,
 )
 from utils.labels import LabelSet, LabelSetError, check_flags, resolve_label_set
-from utils.pictures import legend_picture
+from utils.pictures import legend_picture, write_image
 
 PROG = "python -m dataset.browse"
 _GAP, _CAPTION = 6, 22
@@ -146,8 +146,7 @@ def browse(
             )
             picture = sample_picture(image, label, label_set, caption)
         path = os.path.join(out, f"{name}{'_mirrored' if mirrored else ''}.png")
-        if not cv2.imwrite(path, picture):
-            raise OSError(f"{path}: could not write the picture")
+        write_image(path, picture)
         written.append((path, mirrored))
     return written
 

@@ -36,7 +36,7 @@ from dataset.formats.common import Entry, PaintContext, Source, Tally, load_json
 from dataset.formats.names import ConvertError, build_label_set
 from dataset.layout import LABEL_EXT, split_paths
 from utils.cli import DefaultsHelpFormatter, positive_int
-from utils.files import write_json_atomic
+from utils.files import write_error, write_json_atomic
 from utils.labels import IGNORE_LABEL, LABELS_FILE, LabelSet, LabelSetError, load_label_set
 
 PROG = "python -m dataset.convert"
@@ -184,8 +184,8 @@ def _write(path: str, data: bytes) -> None:
     try:
         with open(path, "wb") as f:
             f.write(data)
-    except OSError as exc:
-        raise ConvertError(f"{path}: cannot write: {os.strerror(exc.errno) if exc.errno else exc}") from None
+    except OSError as exc:  # a failed write() names no file
+        raise OSError(exc.errno, exc.strerror, exc.filename or path) from None
 
 
 def write_entry(entry: Entry, root: str, split: str, context: PaintContext) -> None:
@@ -221,7 +221,7 @@ def convert(args: argparse.Namespace) -> int:
         os.makedirs(parent, exist_ok=True)
         work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.converting-", dir=parent)
     except OSError as exc:
-        raise ConvertError(f"{parent}: cannot create the output folder: {exc.strerror or exc}") from None
+        raise ConvertError(str(write_error(out, exc, "nothing was written"))) from None
     try:
         scratch = os.path.join(work, ".source")
         os.mkdir(scratch)
@@ -288,6 +288,10 @@ def convert(args: argparse.Namespace) -> int:
         if os.path.isdir(out):
             os.rmdir(out)
         os.rename(work, out)
+    except OSError as exc:  # a full or read-only disk: the file named as it would have been
+        shutil.rmtree(work, ignore_errors=True)
+        target = str(exc.filename or args.out).replace(work, out)
+        raise ConvertError(str(write_error(target, exc, "nothing was written"))) from None
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -380,7 +384,8 @@ def main(args: argparse.Namespace) -> int:
         return exc.code
     except OSError as exc:  # a folder or file the converter makes, on a full or read-only disk
         print(
-            f"{PROG}: error: {exc.filename or args.out}: cannot write: {exc.strerror or exc}", file=sys.stderr
+            f"{PROG}: error: {write_error(exc.filename or args.out, exc, 'nothing was written')}",
+            file=sys.stderr,
         )
         return 1
     except KeyboardInterrupt:

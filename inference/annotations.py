@@ -101,8 +101,12 @@ class AnnotationWriter:
             ):
                 f.write("".join(n + "\n" for n in self.cvat_names))
             with atomic_file(folder + ".zip") as tmp:
-                shutil.make_archive(tmp, "zip", folder)
-                os.replace(tmp + ".zip", tmp)
+                try:
+                    shutil.make_archive(tmp, "zip", folder)
+                    os.replace(tmp + ".zip", tmp)
+                finally:
+                    if os.path.exists(tmp + ".zip"):  # a full disk stopped the archive
+                        os.unlink(tmp + ".zip")
             written += ["cvat-mask/", "cvat-mask.zip"]
         if "labelstudio" in self.formats:
             write_json_atomic(self.tasks, os.path.join(self.out_dir, "labelstudio.json"))

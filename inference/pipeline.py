@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from utils.labels import LabelSet
-from utils.pictures import legend_picture, overlay
+from utils.pictures import legend_picture, overlay, write_image
 from utils.transforms import (
     box_to_center_scale,
     crop_to_image,
@@ -277,8 +277,7 @@ def save_prediction(
     if image_bgr is not None:
         pictures.append((base + "_overlay.jpg", overlay(image_bgr, label, label_set, alpha)))
     for path, picture in pictures:
-        if not cv2.imwrite(path, np.ascontiguousarray(picture)):
-            raise OSError(f"{path}: could not write the picture")
+        write_image(path, picture)
     return [path for path, _ in pictures]
 
 
@@ -288,6 +287,5 @@ LEGEND_FILE = "legend.png"
 def save_legend(out_dir: str, label_set: LabelSet) -> str:
     """Write ``<out_dir>/legend.png`` (:func:`legend_picture`); returns its path."""
     path = os.path.join(out_dir, LEGEND_FILE)
-    if not cv2.imwrite(path, legend_picture(label_set)):
-        raise OSError(f"{path}: could not write the picture")
+    write_image(path, legend_picture(label_set))
     return path

@@ -9,6 +9,7 @@ parse_images.py is ``utils.pictures.overlay``.
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from utils.files import write_bytes_atomic
 from utils.labels import LabelSet
 from utils.transforms import MEAN, STD
 
@@ -98,11 +100,11 @@ def iou_bar_figure(
 
 
 def save_figure(fig: Figure, path: str, *, dpi: int = 120) -> None:
-    """Write a figure (PNG, or any format matplotlib knows from the extension), creating folders."""
-    folder = os.path.dirname(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    """Write a figure (PNG, or any format matplotlib knows from the extension) through a temporary
+    file, creating folders; a failed write raises :class:`utils.files.WriteError`."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=dpi, format=os.path.splitext(path)[1][1:] or "png")
+    write_bytes_atomic(buffer.getvalue(), path)
 
 
 def image_to_rgb(image: torch.Tensor) -> np.ndarray:

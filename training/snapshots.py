@@ -41,6 +41,7 @@ from utils.checkpoint import (
     stored_label_set,
     with_label_set,
 )
+from utils.files import write_error
 from utils.labels import LabelSet
 
 LOCK_NAME = ".lock"
@@ -171,9 +172,7 @@ class Snapshots:
         try:
             save_atomic(obj, path)
         except OSError as exc:
-            name = errno.errorcode.get(exc.errno or 0, "an OS error")
-            kept = "its previous version is kept" if os.path.isfile(path) else "nothing was written"
-            raise SaveError(f"{path}: could not be written: {exc.strerror or exc} ({name}); {kept}") from None
+            raise SaveError(str(write_error(path, exc))) from None
 
     def save_last(self, state: dict[str, Any]) -> None:
         state = dict(state, model=with_label_set(state["model"], self.label_set, self.input_size))

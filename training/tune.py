@@ -36,6 +36,7 @@ from training.config import TrainConfig
 from training.data import TrainData
 from training.measure import AUTHORS, StepConfig, measure_fresh, summarize
 from utils import recipe
+from utils.checkpoint import save_atomic
 from utils.cpu_defaults import (
     cpu_class,
     cpu_defaults,
@@ -44,7 +45,7 @@ from utils.cpu_defaults import (
     native_bf16,
 )
 from utils.device import default_amp
-from utils.files import write_json_atomic
+from utils.files import write_error, write_json_atomic
 
 # Bumped whenever the candidates or the measurement change: older cache entries are then ignored.
 TUNER_VERSION = 1
@@ -348,7 +349,10 @@ def tune(
         if measure is None:
             images, labels = batch()
             batch_file = os.path.join(tmp, "batch.pt")
-            torch.save({"images": images.cpu(), "labels": labels.cpu()}, batch_file)
+            try:
+                save_atomic({"images": images.cpu(), "labels": labels.cpu()}, batch_file)
+            except OSError as exc:  # a full temporary folder: tuning is an option, the run goes on
+                return TuneResult(default, "defaults", f"not tuned: {exc}")
 
             def measure(config: StepConfig) -> dict:
                 return measure_fresh(
@@ -380,7 +384,10 @@ def tune(
         f"tuned: {chosen.label}, {results[chosen.label].step_s:.3f} s/step ({within}); "
         f"measuring took {seconds:.0f} s"
     )
-    write_cache(path, key, {"candidate": dataclasses.asdict(chosen), "table": text, "seconds": seconds})
+    try:
+        write_cache(path, key, {"candidate": dataclasses.asdict(chosen), "table": text, "seconds": seconds})
+    except OSError as exc:  # the choice holds for this run; the next one measures again
+        log(f"tune: the choice is not cached: {write_error(path, exc)}")
     return TuneResult(chosen, "measured", reason, text, seconds)
 
 

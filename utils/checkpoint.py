@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from utils.cli import first_line
-from utils.files import atomic_file
+from utils.files import FdWriter, atomic_file
 from utils.labels import LabelSet, LabelSetError
 
 log = logging.getLogger("dfpnet")
@@ -244,6 +244,16 @@ def load_imagenet_backbone(
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` through :func:`utils.files.atomic_file` (temporary file, fsync, rename)."""
+    """``torch.save`` through :func:`utils.files.atomic_file` (temporary file, fsync, rename). A failed
+    write raises OSError with its errno and ``path`` (never torch's errno-less RuntimeError)."""
     with atomic_file(path) as tmp:
-        torch.save(obj, tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+        writer = FdWriter(fd)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is None:
+                raise
+            raise writer.error from None
+        finally:
+            os.close(fd)

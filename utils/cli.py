@@ -8,6 +8,7 @@ not installed.
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import sys
@@ -86,7 +87,8 @@ def output_folder_problem(folder: str) -> str | None:
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:
-        return f"{folder}: cannot create the output folder: {exc.strerror or exc}"
+        name = errno.errorcode.get(exc.errno or 0, "an OS error")
+        return f"{folder}: cannot create the output folder: {exc.strerror or exc} ({name})"
     if not os.access(folder, os.W_OK):
         return f"{folder}: output folder is not writable"
     return None

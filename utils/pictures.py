@@ -1,4 +1,5 @@
-"""How a label map looks: the label set's colours over an image, and a legend naming each colour.
+"""How a label map looks: the label set's colours over an image, and a legend naming each colour;
+and the one way pictures are written (:func:`write_image`).
 
 numpy and OpenCV only (no torch): ``dataset.browse``, ``inference.pipeline`` (the pictures of
 parse_images.py and evaluate.py) and the torch-free deployment draw with the same code.
@@ -6,9 +7,12 @@ parse_images.py and evaluate.py) and the torch-free deployment draw with the sam
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 
+from utils.files import write_bytes_atomic
 from utils.labels import IGNORE_COLOUR, IGNORE_LABEL, LabelSet
 
 
@@ -64,3 +68,13 @@ def legend_picture(label_set: LabelSet, *, ignore: bool = False, rows_per_column
             )
         x += width
     return picture
+
+
+def write_image(path: str, picture: np.ndarray) -> None:
+    """``picture`` (BGR or one channel) as the format of ``path``'s extension, written through a
+    temporary file: a failed write raises OSError with its errno and ``path`` and leaves the previous
+    file, if any, as it was (``cv2.imwrite`` only returns False)."""
+    ok, encoded = cv2.imencode(os.path.splitext(path)[1] or ".png", np.ascontiguousarray(picture))
+    if not ok:
+        raise ValueError(f"{path}: OpenCV cannot encode a picture of this type")
+    write_bytes_atomic(encoded.tobytes(), path)

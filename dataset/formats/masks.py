@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import os
 
-import cv2
 import numpy as np
 
 from dataset.formats.common import Entry, PaintContext, PictureFinder, Source, stem
 from dataset.formats.names import ConvertError, read_labelmap
 from utils.labels import IGNORE_LABEL, LabelSet
+from utils.pictures import write_image
 
 LABELMAP = "labelmap.txt"
 MASK_FOLDER = "SegmentationClass"
@@ -248,5 +248,4 @@ def colour_mask(label: np.ndarray, label_set: LabelSet) -> np.ndarray:
 
 
 def write_mask(path: str, label: np.ndarray, label_set: LabelSet) -> None:
-    if not cv2.imwrite(path, colour_mask(label, label_set)):
-        raise OSError(f"{path}: could not write the mask")
+    write_image(path, colour_mask(label, label_set))
