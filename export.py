@@ -268,7 +268,8 @@ def main(args: argparse.Namespace) -> None:
                 os.rmdir(bundle)  # empty, checked above
             os.rename(staging, bundle)
         except OSError as exc:
-            fail(str(write_error(exc.filename or args.bundle, exc, "the bundle is not written")))
+            where = str(exc.filename or bundle).replace(staging, args.bundle)  # as it would have been
+            fail(str(write_error(where, exc, "the bundle is not written")))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(

@@ -249,8 +249,7 @@ def convert(args: argparse.Namespace) -> int:
             paths = split_paths(work, split)
             os.makedirs(paths.image_dir)
             os.makedirs(paths.label_dir)
-            with open(paths.id_list, "w", encoding="utf-8") as f:
-                f.write("".join(e.name + "\n" for e in split_entries))
+            _write(paths.id_list, "".join(e.name + "\n" for e in split_entries).encode("utf-8"))
         write_json_atomic(label_set.to_dict(), os.path.join(work, LABELS_FILE))
         jobs = [(e, s) for s, es in by_split.items() for e in es]
         pool = ThreadPoolExecutor(max_workers=args.workers or min(8, 2 * (os.cpu_count() or 1)))
