@@ -613,7 +613,7 @@ def test_a_full_disk_leaves_nothing(tmp_path, capsys):
         resource.setrlimit(resource.RLIMIT_FSIZE, old)
         signal.signal(signal.SIGXFSZ, handler)
     assert got == 1
-    one_error_line(err, "cannot write: File too large")
+    one_error_line(err, f"{tmp_path / 'data'}/", ": could not be written: File too large (EFBIG); nothing")
     assert_nothing_written(tmp_path / "data")
 
 

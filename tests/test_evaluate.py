@@ -315,6 +315,50 @@ def test_checkpoint_error_from_the_command_line_is_one_line(data, tmp_path):
     assert not (tmp_path / "m.json").exists()
 
 
+# ---------------------------------------------------------------------------------------------
+# outputs that cannot be written: real failing writes (a file size limit), one line, exit 1
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "script,fsize,args,failing",
+    [
+        # pictures first: each of them is over 100 bytes
+        ("evaluate.py", 100, ["--dataset", "val", "--save-path", "{out}"], "{out}/syn_00000_label.png"),
+        # the metrics last, after every picture was scored
+        (
+            "evaluate.py",
+            1000,
+            ["--dataset", "val", "--metrics-out", "{out}/metrics.json"],
+            "{out}/metrics.json",
+        ),
+        ("parse_images.py", 100, ["--out", "{out}", "{data}/val_images"], "{out}/syn_00000_label.png"),
+        # the 234 MiB model over a 1 MiB limit, as on a full disk
+        ("export.py", 2**20, ["--out", "{out}/dfpnet.onnx", "--static", "--no-check"], "{out}/dfpnet.onnx"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_one_line_and_exit_1(
+    data, dfpnet_checkpoint, tmp_path, script, fsize, args, failing
+):
+    out = tmp_path / "out"
+    _, limit = scripts.refusing("EFBIG", out, fsize=fsize)
+    fill = {"out": str(out), "data": str(data)}
+    argv = [sys.executable, os.path.join(ROOT, script), "--restore-from", str(dfpnet_checkpoint)]
+    argv += ["--input-size", "64,64", *[a.format(**fill) for a in args]]
+    if script != "export.py":
+        argv += ["--device", "cpu", "--workers", "0", "--no-progress"]
+        argv += ["--data-dir", str(data)] if script == "evaluate.py" else []
+    run = scripts.Timed(argv, dict(os.environ), preexec_fn=limit, cwd=ROOT)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"{script}: error: {failing.format(**fill)}: could not be written: File too large (EFBIG); "
+        f"nothing was written"
+    )
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")] if out.is_dir() else True
+
+
 @pytest.mark.slow
 def test_parse_images(data, dfpnet_checkpoint, tmp_path):
     folder = tmp_path / "mixed"

@@ -1,16 +1,20 @@
 """Fault injection for tests/test_faults.py: Python imports this module at start-up when its folder is
 on PYTHONPATH, and DFPNET_TEST_FAULT says what to break (never set outside those tests):
 
-- ``save:N:ERRNO``: the N-th ``torch.save`` and every later one fail with OSError ERRNO (ENOSPC, ...);
 - ``image:N``: from the N-th ``cv2.imread`` on, reading a picture fails as for a truncated file;
 - ``kill_worker:N``: a DataLoader worker kills itself (SIGKILL) when it loads its N-th sample;
 - ``eval``: the evaluation during training raises;
 - ``rank:R:N``: under torchrun, the process of rank R raises in its N-th training step.
+
+Full disks, quotas and read-only folders are not injected: tests/test_faults.py makes them real
+(a small tmpfs, RLIMIT_FSIZE, a read-only bind mount). Each injection writes the time it fired
+(``time.time()``) into the file DFPNET_TEST_FAULT_STAMP names, if any, so that a test can bound
+the time from the fault to the exit, whatever the start-up cost.
 """
 
-import errno
 import os
 import signal
+import time
 
 _kind, _, _arg = os.environ.get("DFPNET_TEST_FAULT", "").partition(":")
 
@@ -20,25 +24,23 @@ def _counter(n: int):
 
     def due() -> bool:
         calls[0] += 1
-        return calls[0] >= n
+        if calls[0] >= n:
+            _stamp()
+            return True
+        return False
 
     return due
 
 
-if _kind == "save":
-    import torch
+def _stamp() -> None:
+    """Record when the fault fires (the first time only: a later one changes nothing)."""
+    path = os.environ.get("DFPNET_TEST_FAULT_STAMP")
+    if path and not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write(f"{time.time()!r}\n")
 
-    _n, _, _name = _arg.partition(":")
-    _due, _real_save = _counter(int(_n)), torch.save
 
-    def _save(obj, f, *args, **kwargs):
-        if _due():
-            code = getattr(errno, _name or "ENOSPC")
-            raise OSError(code, os.strerror(code))
-        return _real_save(obj, f, *args, **kwargs)
-
-    torch.save = _save
-elif _kind == "image":
+if _kind == "image":
     import cv2
 
     _due, _real_imread = _counter(int(_arg)), cv2.imread
@@ -88,6 +90,7 @@ elif _kind == "eval":
             builtins._dfpnet_patched = True
 
             def fail(*a, **k):
+                _stamp()
                 raise RuntimeError("injected evaluation failure")
 
             module.evaluate_model = fail
