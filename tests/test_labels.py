@@ -171,6 +171,64 @@ def test_presets_have_the_published_sizes_and_mirror_every_left_right_pair():
     )
 
 
+# The published class lists, id by id, transcribed from the sources docs/labels.md cites: SCHP's
+# simple_extractor.py (LIP, ATR, Pascal-Person-Part), the CIHP challenge's class table (CodaLab
+# 23431, which spells id 10 "Tosor-skin"), and the authors' TensorBoard tags for the Dog set. Pairs:
+# the loaders' swaps (CE2P / SCHP: left_idx = [14, 16, 18], right_idx = [15, 17, 19] for LIP and
+# CIHP; ATR's Left-/Right- classes; the authors' (3, 4), (5, 6)).
+PUBLISHED = {
+    "dog": (
+        "Background head body left_arm right_arm left_leg right_leg tail",
+        [(3, 4), (5, 6)],
+    ),
+    "lip": (
+        "Background Hat Hair Glove Sunglasses Upper-clothes Dress Coat Socks Pants Jumpsuits Scarf Skirt "
+        "Face Left-arm Right-arm Left-leg Right-leg Left-shoe Right-shoe",
+        [(14, 15), (16, 17), (18, 19)],
+    ),
+    "cihp": (
+        "Background Hat Hair Glove Sunglasses Upper-clothes Dress Coat Socks Pants Torso-skin Scarf Skirt "
+        "Face Left-arm Right-arm Left-leg Right-leg Left-shoe Right-shoe",
+        [(14, 15), (16, 17), (18, 19)],
+    ),
+    "atr": (
+        "Background Hat Hair Sunglasses Upper-clothes Skirt Pants Dress Belt Left-shoe Right-shoe Face "
+        "Left-leg Right-leg Left-arm Right-arm Bag Scarf",
+        [(9, 10), (12, 13), (14, 15)],
+    ),
+    "pascal-person-part": ("Background Head Torso Upper~Arms Lower~Arms Upper~Legs Lower~Legs", []),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_each_preset_is_the_published_list_id_by_id(name):
+    names, pairs = PUBLISHED[name]
+    labels = preset(name)
+    published = tuple(n.replace("~", " ") for n in names.split())  # "Upper~Arms": one name, a space
+    assert labels.names == published
+    assert sorted(labels.flip_pairs) == pairs
+
+
+def test_the_presets_table_of_docs_labels_md_is_the_code():
+    """docs/labels.md's table names each preset's classes and pairs; it must say what the code has."""
+    rows = {}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "docs", "labels.md"), encoding="utf-8") as f:
+        for line in f:
+            cells = [c.strip() for c in line.split("|")[1:-1]]
+            if len(cells) == 4 and cells[0].startswith("`") and cells[0].strip("`") in PRESETS:
+                rows[cells[0].strip("`")] = cells
+    assert sorted(rows) == sorted(PRESETS)
+    for name, (_, classes, pairs, _) in rows.items():
+        labels = preset(name)
+        count, _, listed = classes.partition(": ")
+        assert int(count) == labels.num_classes, name
+        if not listed.startswith("as LIP"):
+            assert tuple(listed.split(", ")) == labels.names, name
+        want = [] if pairs == "none" else [tuple(int(i) for i in p.split("-")) for p in pairs.split(", ")]
+        assert sorted(labels.flip_pairs) == want, name
+
+
 # ---------------------------------------------------------------------------------------------
 # Where the set comes from
 # ---------------------------------------------------------------------------------------------
