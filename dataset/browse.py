@@ -68,7 +68,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=parse_size,
         default=recipe.INPUT_SIZE,
         metavar="H,W",
-        help="crop of --augment, height,width (the training default)",
+        help="crop of --augment, height,width: the training crop",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the --augment draws")
     add_label_arguments(parser, stored=False)

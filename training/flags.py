@@ -144,8 +144,8 @@ def _add_our_flags(parser: argparse.ArgumentParser) -> None:
         const="auto",
         default="auto",
         metavar="PATH|auto|none",
-        help="continue a run from a training state: auto (default) = <snapshot-dir>/last.pth "
-        "if it exists; a path; none = start anew (overwriting last.pth later)",
+        help="continue a run from a training state: auto = <snapshot-dir>/last.pth if it exists, a "
+        "path, or none = start anew (overwriting last.pth later)",
     )
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N"
@@ -161,7 +161,7 @@ def _add_our_flags(parser: argparse.ArgumentParser) -> None:
         choices=AMP_MODES,
         default=None,
         help="autocast precision of the network: off, bf16 or fp16 (CUDA, with loss "
-        "scaling); default bf16 where the device supports it, else off",
+        "scaling); default: bf16 where the device supports it, else off",
     )
     parser.add_argument(
         "--channels-last",

@@ -11,6 +11,7 @@ import argparse
 import errno
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -39,14 +40,25 @@ def show_default(value: object) -> str:
     return str(value)
 
 
+# How a help text states a default in words (one that depends on the machine, the checkpoint or other
+# flags): "default: <what>" or "(default <what>)"; "default to" or "defaults" in a sentence is not one.
+_STATED_DEFAULT = re.compile(r"(?:default:\s*|\(default\s+)(.+?)(?:\)|;| \(|$)")
+
+
+def stated_default(text: str) -> str | None:
+    """The default a help text states in words, or None if it states none."""
+    said = _STATED_DEFAULT.search(" ".join(text.split()))
+    return said.group(1).strip().rstrip(".") if said else None
+
+
 class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
     """``--help`` states every flag's default: appended as ``(default: X)`` unless the help text already
-    says it (flags whose default depends on the machine or on other flags say so in words). The
-    description is printed as written."""
+    states it in words (:func:`stated_default`: flags whose default depends on the machine or on other
+    flags). The description is printed as written."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+        if stated_default(text) or action.default is argparse.SUPPRESS or not action.option_strings:
             return text
         return f"{text} (default: {show_default(action.default).replace('%', '%%')})"
 
@@ -224,7 +236,7 @@ def add_inference_arguments(
             "--amp",
             choices=AMP_MODES,
             default=None,
-            help="autocast precision for the network: off (float32), bf16 or fp16; default bf16 "
+            help="autocast precision for the network: off (float32), bf16 or fp16; default: bf16 "
             "where the device runs it natively, else off (the fastest; printed at the end)",
         )
     parser.add_argument(
