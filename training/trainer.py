@@ -63,6 +63,8 @@ class Trainer:
         # --time-budget: re-plan at every epoch end from what the run has measured so far.
         self.replanning = False
         self.timed = {"eval": None, "save": None}  # seconds of the latest evaluation and save
+        self.step_s = 0.0  # wall time per step of the latest whole epoch (or of the timed steps)
+        self.epoch_started = (0.0, 0)  # when the current epoch's steps began, and at which iteration
         self.iteration = cfg.start_epoch * self.iters_per_epoch  # steps done over the whole run
         self.best: dict = {"mean_iou": -1.0, "epoch": -1, "split": None}
         self.signals = StopSignals(PROG)
@@ -146,11 +148,20 @@ class Trainer:
         # The epoch's last step is saved at the epoch end, after its evaluation.
         if cfg.save_every and it % cfg.save_every == 0 and it % self.iters_per_epoch != 0:
             self.save_last()
+        ipe = self.iters_per_epoch
+        if self.replanning and it > (self.epochs - 1) * ipe and it % ipe:
+            # The last epoch: plan again after each step, from its own steps once a few have run,
+            # so that the end the budget set holds even where this epoch runs faster or slower.
+            steps = it - self.epoch_started[1]
+            step_s = (time.perf_counter() - self.epoch_started[0]) / steps if steps >= 5 else self.step_s
+            self.replan(it // ipe, step_s)
 
     def should_stop(self) -> bool:
-        """Did any process get a stop signal? Asked by every process at the same points."""
+        """Did any process get a stop signal, or has a --time-budget run reached its planned end?
+        Asked by every process at the same points."""
         self.stop_signal = du.max_over_processes(self.signals.signum, self.device)
-        return self.stop_signal > 0
+        planned_end = self.replanning and self.iteration >= (self.total_iters or 0)
+        return self.stop_signal > 0 or planned_end
 
     # ---- epochs
     def train_epoch(self, epoch: int, stop_at: int | None = None) -> bool:
@@ -158,6 +169,7 @@ class Trainer:
         (--max-iters, a stop signal, or ``stop_at`` steps done in all)."""
         cfg, data = self.cfg, self.data
         epoch_start = time.perf_counter()
+        self.epoch_started = (epoch_start, self.iteration)
         data.sampler.set_epoch(epoch, self.iteration - epoch * self.iters_per_epoch)
         data.generator.manual_seed(du.derive_seed(cfg.random_seed, "loader", epoch, cfg.rank))
         self.bar.set_description(f"epoch {epoch + 1}/{self.epochs or '?'}")
@@ -268,7 +280,9 @@ class Trainer:
         while epoch < (self.epochs or 0):  # a --time-budget run re-plans self.epochs as it goes
             if self.cfg.max_iters is not None and self.iteration >= self.cfg.max_iters:
                 break
-            if self.should_stop() or not self.train_epoch(epoch, stop_at=self.total_iters):
+            # A re-planning run ends where its latest plan says (should_stop), not at a fixed step.
+            stop_at = None if self.replanning else self.total_iters
+            if self.should_stop() or not self.train_epoch(epoch, stop_at=stop_at):
                 break
             epoch += 1
 
@@ -372,6 +386,7 @@ class Trainer:
         come; ``saves_first`` saves happen before the steps do. Every process takes rank 0's plan,
         so all stop at the same step."""
         cfg = self.cfg
+        self.step_s = step_s
         save_s = self.timed["save"] or 0.0
         left = cfg.time_budget * 60 - (time.perf_counter() - self.started) - saves_first * save_s
         plan = plan_iterations(
