@@ -160,6 +160,7 @@ ERRNO_TEXT = {
     "EFBIG": "File too large (EFBIG)",
     "EROFS": "Read-only file system (EROFS)",
     "EACCES": "Permission denied (EACCES)",
+    "EDQUOT": "Disk quota exceeded (EDQUOT)",
 }
 # writer -> (the file it writes in its folder, the exception it raises)
 FILE_WRITERS = {
@@ -196,7 +197,7 @@ def writer_source(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("kind", ["ENOSPC", "EFBIG", "EROFS", "EACCES"])
+@pytest.mark.parametrize("kind", ["ENOSPC", "EFBIG", "EROFS", "EACCES", "EDQUOT"])
 def test_every_writer_names_the_file_and_the_errno_and_keeps_the_previous_version(
     kind, writer_source, tmp_path
 ):

@@ -283,9 +283,9 @@ def _add_our_flags(parser: argparse.ArgumentParser) -> None:
         metavar="MINUTES",
         help="fit the run into this wall time from the process start: time the first steps, "
         "plan the number of iterations (and the poly schedule over them) so that training, "
-        "evaluations and saves end within it, and plan again at every epoch end from the "
-        "measured times (the last epoch may be partial); a resumed run keeps the last plan "
-        "(instead of --epochs)",
+        "evaluations and saves end as close to it as whole steps allow, and plan again from the "
+        "measured times at every epoch end and, in the last epoch, after every step (it may be "
+        "partial); a resumed run keeps the last plan (instead of --epochs)",
     )
     parser.add_argument(
         "--max-iters",
