@@ -37,13 +37,15 @@ def _quiet_writer_threads() -> None:
 
 class Curves:
     """A ``SummaryWriter`` whose failures end the curves, not the run (see the module docstring).
-    ``add_*``, ``flush`` and ``close`` are the writer's."""
+    ``add_*`` are the writer's; ``add_scalars`` keeps tensorboardX's layout."""
 
     def __init__(self, logdir: str, purge_step: int | None, warn: Callable[[str], None]) -> None:
         self.logdir, self.warn = logdir, warn
         self.failed = False
         _quiet_writer_threads()
+        self.purge_step = purge_step
         self._writer: SummaryWriter | None = SummaryWriter(log_dir=logdir, purge_step=purge_step)
+        self._runs: dict[tuple[str, str], SummaryWriter] = {}  # add_scalars' curves
         self.last_step: int | None = None
 
     def _event_file(self, exc: OSError) -> str:
@@ -62,10 +64,20 @@ class Curves:
             f"{self._event_file(exc)}: could not be written: {exc.strerror or exc} ({name}); the "
             f"TensorBoard curves stop here{after}, training goes on"
         )
+        for open_writer in [writer, *self._runs.values()]:
+            try:
+                open_writer.close()  # a writer whose thread is gone: close only releases the files
+            except OSError:
+                pass
+        self._runs = {}
+
+    def _call_on(self, writer: SummaryWriter, name: str) -> None:
+        if self._writer is None:
+            return
         try:
-            writer.close()  # the writer thread is gone: close only releases the files
-        except OSError:
-            pass
+            getattr(writer, name)()
+        except OSError as exc:
+            self._fail(exc)
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         if self._writer is None:
@@ -81,10 +93,35 @@ class Curves:
         return result
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
-        if not (name.startswith("add_") or name == "flush"):
+        if not name.startswith("add_"):
             raise AttributeError(name)
         return lambda *args, **kwargs: self._call(name, *args, **kwargs)
 
+    def add_scalars(self, main_tag: str, values: dict[str, float], step: int) -> None:
+        """One run per curve, ``<logdir>/<main_tag>/<name>``, all on one chart ``main_tag``: the layout
+        tensorboardX wrote (torch's own add_scalars names the folders ``<main_tag>_<name>``)."""
+        if self._writer is None:
+            return
+        try:
+            for name, value in values.items():
+                run = self._runs.get((main_tag, name))
+                if run is None:
+                    folder = os.path.join(self.logdir, main_tag, name)
+                    run = SummaryWriter(log_dir=folder, purge_step=self.purge_step)
+                    self._runs[main_tag, name] = run
+                run.add_scalar(main_tag, value, step)
+        except OSError as exc:
+            self._fail(exc)
+            return
+        self.last_step = step
+
+    def flush(self) -> None:
+        for run in self._runs.values():
+            self._call_on(run, "flush")
+        self._call("flush")
+
     def close(self) -> None:
+        for run in self._runs.values():
+            self._call_on(run, "close")
         self._call("close")
-        self._writer = None
+        self._writer, self._runs = None, {}
