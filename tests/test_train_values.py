@@ -181,6 +181,33 @@ def test_memory_lean_flags_learn_the_same_weights(data_dir, interrupted, tmp_pat
     _drop_checkpoints(tmp_path)
 
 
+@pytest.mark.slow
+def test_update_in_backward_under_bf16_autocast_learns_what_plain_sgd_learns(data_dir, tmp_path):
+    """The same under bf16 autocast, the default on CPUs with native bf16: autocast casts each weight
+    to bf16 once per forward and caches the copy, and the recomputation in backward casts again, so
+    an update made inside backward must reach neither a copy the step still uses nor a recomputed
+    layer. Three steps each way, weights and momentum compared bit for bit."""
+    runs = {}
+    lean = ("--activation-checkpointing", "all", "--update-in-backward")  # as the memory-lean run is
+    for name, extra in [("plain", ()), ("in_backward", lean)]:
+        snap = tmp_path / name
+        code, out, err = _train(data_dir, snap, "--workers", "0", "--max-iters", "3", "--amp", "bf16", *extra)
+        assert code == 0, err[-3000:]
+        assert "amp bf16" in out and ("SGD update in backward" in out) == bool(extra), out[-2000:]
+        runs[name] = read_checkpoint(snap / "last.pth")
+    plain, in_backward = runs["plain"], runs["in_backward"]
+    assert plain["iteration"] == in_backward["iteration"] == 3
+    _assert_equal_tensors(in_backward["model"], plain["model"])
+    momentum = {str(k): v["momentum_buffer"] for k, v in in_backward["optimizer"]["state"].items()}
+    _assert_equal_tensors(
+        momentum, {str(k): v["momentum_buffer"] for k, v in plain["optimizer"]["state"].items()}
+    )
+    # Not vacuous: the steps moved the weights away from the first step's.
+    first = _weights(tmp_path / "plain" / "DFPnet_epoch_0.pth")
+    assert any(not torch.equal(first[k], plain["model"][k]) for k in first if first[k].is_floating_point())
+    _drop_checkpoints(tmp_path)
+
+
 # ------------------------------------------------------------------------------------------
 # 2. best.pth holds the weights of the best val mean IU
 # ------------------------------------------------------------------------------------------

@@ -223,6 +223,11 @@ def test_train_py_measures_then_reads_its_cache(data_dir, tmp_path):
         line for line in first.stdout.splitlines() if line.startswith("| ") and "configuration" not in line
     ]
     assert len(rows) == len(pool) + 1 and rows[0].startswith("| authors |")
+    # Every configuration was measured: no failed row, a positive step time and peak memory each.
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] != "failed", row
+        assert float(cells[1]) > 0 and float(cells[3]) > 0, row
     (chosen_row,) = [row for row in rows if row.rstrip().endswith("| chosen |")]
     (chosen,) = [c for c in pool if chosen_row.startswith(f"| {c.label} |")]
     assert f"tuned: {chosen.label}" in first.stdout
