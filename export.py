@@ -310,30 +310,34 @@ def export(args: argparse.Namespace, given: LabelSet | None, shown: str | None =
             )
         except CalibrationError as exc:
             fail(str(exc), 2)
-    with atomic_file(args.out) as tmp:
-        # int8: the float32 model first, beside the output, then quantized into it.
-        float_path = tmp if calibration is None else f"{tmp}.float32"
-        try:
+    target = shown or args.out  # the file as the user named it (not a --bundle's staging folder)
+    try:
+        with atomic_file(args.out) as tmp:
+            # int8: the float32 model first, beside the output, then quantized into it.
+            float_path = tmp if calibration is None else f"{tmp}.float32"
             try:
-                export_onnx(
-                    module,
-                    example,
-                    float_path,
-                    opset=args.opset,
-                    dynamic=not args.static,
-                    props=metadata(args, label_set),
-                )
-            except OSError as exc:
-                fail(str(write_error(args.out, exc)))
-            except Exception as exc:  # noqa: BLE001 - the exporter raises many types; one line for the user
-                fail(f"{args.restore_from}: the ONNX export failed: {first_line(exc)}")
-            if not args.no_check:
-                check(module, float_path, example, args, label_set)
-            if calibration is not None:
-                quantize(float_path, tmp, calibration, args)
-        finally:
-            if float_path != tmp and os.path.exists(float_path):
-                os.unlink(float_path)
+                try:
+                    export_onnx(
+                        module,
+                        example,
+                        float_path,
+                        opset=args.opset,
+                        dynamic=not args.static,
+                        props=metadata(args, label_set),
+                    )
+                except OSError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the exporter raises many types; one line
+                    fail(f"{args.restore_from}: the ONNX export failed: {first_line(exc)}")
+                if not args.no_check:
+                    check(module, float_path, example, args, label_set)
+                if calibration is not None:
+                    quantize(float_path, tmp, calibration, args)
+            finally:
+                if float_path != tmp and os.path.exists(float_path):
+                    os.unlink(float_path)
+    except OSError as exc:  # a full disk, quota, size limit or read-only folder, at any write
+        fail(str(write_error(target, exc)))
     size_mb = os.path.getsize(args.out) / 2**20
     print(
         f"Wrote {shown or args.out} ({size_mb:.1f} MiB, {args.precision}, opset {args.opset}, "
@@ -362,8 +366,8 @@ def quantize(float_path: str, path: str, calibration, args: argparse.Namespace) 
         )
     except CalibrationError as exc:
         fail(str(exc), 2)
-    except OSError as exc:
-        fail(str(write_error(args.out, exc)))
+    except OSError:
+        raise  # export() names the file
     except Exception as exc:  # noqa: BLE001 - the quantizer raises many types; one line for the user
         fail(f"{args.restore_from}: int8 quantization failed: {first_line(exc)}")
     finally:

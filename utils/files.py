@@ -43,8 +43,8 @@ class WriteError(OSError):
 def write_error(path: str | os.PathLike, exc: OSError, left: str | None = None) -> WriteError:
     """``exc`` as a :class:`WriteError` naming ``path``; ``left`` says what is there now (default: the
     previous version if ``path`` is a file, else nothing)."""
-    if isinstance(exc, WriteError):
-        return exc
+    if isinstance(exc, WriteError):  # named again, as the caller shows the file
+        return WriteError(exc.errno, exc.strerror, str(path), exc.left if left is None else left)
     if left is None:
         left = "its previous version is kept" if os.path.isfile(path) else "nothing was written"
     return WriteError(exc.errno, exc.strerror or str(exc), str(path), left)
