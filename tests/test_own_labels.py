@@ -24,7 +24,7 @@ from tests.labelsets import DOG_TO_QUAD6, QUAD6, RENAMED8, remapped_dataset
 from tests.scripts import run_call
 from training.model import fine_tune_from
 from utils.checkpoint import read_checkpoint, read_weights, save_atomic, stored_label_set, with_label_set
-from utils.labels import DOG, LabelSet, load_label_file
+from utils.labels import DOG, LabelSet, load_label_file, preset
 
 CLASSIFIERS = ("aux_pred.4.", "outc.2.")
 
@@ -248,6 +248,68 @@ def test_own_label_set_end_to_end(quad_data, quad, dog_checkpoint, tmp_path, cap
     assert code == 2 and "last.pth: the run it continues has 6 classes" in err, err
     assert "8 classes from the preset 'dog'" in err
     assert os.path.getmtime(os.path.join(snap, "last.pth")) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("given", ["file", "preset"])
+def test_labels_flag_overrides_the_data_folders_set_through_train_evaluate_and_parse(
+    quad_data, given, tmp_path, capsys
+):
+    """--labels wins over the data folder's labels.json: a file of the same six classes under other
+    names, colours and pair, or a preset with room for the data's ids (Pascal-Person-Part's 7). Two
+    steps from scratch; the checkpoint, evaluate.py's scores and parse_images.py's colours all carry
+    the given set, none the folder's."""
+    if given == "file":
+        labels = {
+            "names": ["bg", "a", "r", "c", "d", "l"],
+            "flip_pairs": [["l", "r"]],
+            "palette": [[5, 5, 5], [200, 0, 0], [0, 200, 0], [0, 0, 200], [200, 200, 0], [0, 200, 200]],
+        }
+        spec = str(tmp_path / "mine.json")
+        (tmp_path / "mine.json").write_text(json.dumps(labels))
+        want, said = LabelSet.from_dict(labels, spec), f"label set: 6 classes from {spec}: bg, a, r, c, d, l"
+    else:
+        spec, want = "pascal-person-part", preset("pascal-person-part")
+        said = "label set: 7 classes from the preset 'pascal-person-part' (--labels pascal-person-part)"
+    snap = tmp_path / "snap"
+    common = ["--input-size", "48,48", "--workers", "0", "--labels", spec]
+    argv = ["--data-dir", quad_data, "--batch-size", "4", "--restore-from", "none", "--max-iters", "2"]
+    code, out, err = _run(
+        lambda: train.run([*argv, *common, "--snapshot-dir", str(snap), "--val-datasets"]), capsys
+    )
+    assert code == 0, err
+    assert said in out, out
+    last = str(snap / "last.pth")
+    assert stored_label_set(read_checkpoint(last), last).to_dict() == want.to_dict()
+
+    metrics, parsed = tmp_path / "m.json", tmp_path / "parsed"
+    run = ["--restore-from", last, *common, "--no-progress", "--device", "cpu"]
+    code, out, err = _run(
+        lambda: evaluate.main(
+            evaluate.get_arguments([*run, "--data-dir", quad_data, "--metrics-out", str(metrics)])
+        ),
+        capsys,
+    )
+    assert code == 0, err
+    result = json.loads(metrics.read_text())
+    assert (
+        list(result["per_class_iou"]) == list(want.names)
+        and len(result["confusion_matrix"]) == want.num_classes
+    )
+    code, out, err = _run(
+        lambda: parse_images.main(
+            parse_images.get_arguments([*run, "--out", str(parsed), os.path.join(quad_data, "val_images")])
+        ),
+        capsys,
+    )
+    assert code == 0, err
+    parsed_labels = glob.glob(str(parsed / "*_label.png"))
+    assert len(parsed_labels) == 4
+    for path in parsed_labels:
+        label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        colour = cv2.imread(path.replace("_label.png", "_color.png"))[:, :, ::-1]
+        assert label.max() < want.num_classes
+        np.testing.assert_array_equal(colour, want.colours()[label])
 
 
 def test_num_classes_that_disagrees_with_the_set_is_one_line(quad_data, tmp_path, capsys):
