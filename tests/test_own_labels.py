@@ -52,6 +52,18 @@ def dog_checkpoint(tmp_path_factory) -> str:
 _run = run_call
 
 
+def _assert_parsed_in_colours(parsed, label_set: LabelSet, pictures: int) -> None:
+    """parse_images.py's outputs in ``parsed``: ``pictures`` label maps with ids of ``label_set`` only,
+    each coloured exactly with its palette."""
+    parsed_labels = glob.glob(str(parsed / "*_label.png"))
+    assert len(parsed_labels) == pictures
+    for path in parsed_labels:
+        label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        colour = cv2.imread(path.replace("_label.png", "_color.png"))[:, :, ::-1]
+        assert label.max() < label_set.num_classes
+        np.testing.assert_array_equal(colour, label_set.colours()[label])
+
+
 # ---------------------------------------------------------------------------------------------
 # The loader
 # ---------------------------------------------------------------------------------------------
@@ -218,13 +230,7 @@ def test_own_label_set_end_to_end(quad_data, quad, dog_checkpoint, tmp_path, cap
         capsys,
     )
     assert code == 0, err
-    parsed_labels = glob.glob(str(parsed / "*_label.png"))
-    assert len(parsed_labels) == 4
-    for path in parsed_labels:
-        label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-        colour = cv2.imread(path.replace("_label.png", "_color.png"))[:, :, ::-1]
-        assert label.max() < 6
-        np.testing.assert_array_equal(colour, quad.colours()[label])
+    _assert_parsed_in_colours(parsed, quad, 4)
 
     # Data of another label set, or --labels of other classes: refused in one line naming both.
     other = tmp_path / "other"
@@ -303,13 +309,7 @@ def test_labels_flag_overrides_the_data_folders_set_through_train_evaluate_and_p
         capsys,
     )
     assert code == 0, err
-    parsed_labels = glob.glob(str(parsed / "*_label.png"))
-    assert len(parsed_labels) == 4
-    for path in parsed_labels:
-        label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-        colour = cv2.imread(path.replace("_label.png", "_color.png"))[:, :, ::-1]
-        assert label.max() < want.num_classes
-        np.testing.assert_array_equal(colour, want.colours()[label])
+    _assert_parsed_in_colours(parsed, want, 4)
 
 
 def test_num_classes_that_disagrees_with_the_set_is_one_line(quad_data, tmp_path, capsys):
