@@ -67,3 +67,35 @@ def remapped_dataset(
     with open(os.path.join(out, "labels.json"), "w", encoding="utf-8") as f:
         json.dump(labels, f)
     return out
+
+
+# Eight classes (a DFPnet of the Dog set's size) whose pairs sit at other ids than the Dog set's
+# (3, 4) and (5, 6): flip testing that used the Dog's pairs would average the wrong channels.
+OTHER_PAIRS8 = {
+    "names": ["bg", "left_ear", "left_paw", "c3", "c4", "c5", "right_paw", "right_ear"],
+    "flip_pairs": [["left_ear", "right_ear"], ["left_paw", "right_paw"]],
+}
+
+
+def relabelled_onnx(src: str, dst: str, label_set) -> str:
+    """A copy of the ONNX model ``src`` at ``dst`` whose recorded label set is ``label_set``."""
+    import onnx
+
+    from utils.labels import stored_form
+
+    model = onnx.load(src)
+    for prop in model.metadata_props:
+        if prop.key == "label_set":
+            prop.value = stored_form(label_set)
+    onnx.save(model, dst)
+    return dst
+
+
+def flip_averaged(probs, probs_of_mirror, label_set):
+    """What flip testing must give, computed here from two plain predictions: the average of the
+    picture's probabilities and its mirror's, mirrored back with the set's left/right channels
+    exchanged."""
+    perm = list(range(label_set.num_classes))
+    for a, b in label_set.flip_pairs:
+        perm[a], perm[b] = b, a
+    return (probs + probs_of_mirror[:, perm, :, ::-1]) / 2

@@ -217,6 +217,30 @@ def test_onnx_flip_and_scales_average_like_pytorch(models, crops):
         assert (labels == want.argmax(1).numpy()).mean() >= 0.999
 
 
+@pytest.mark.slow
+def test_onnx_flip_and_scales_use_the_models_own_pairs(models, crops, tmp_path):
+    """The same with a set whose pairs are not at the Dog's ids, recorded in the model: onnxruntime's
+    flip and multi-scale testing against PyTorch's, and flip alone against two plain predictions."""
+    from tests.labelsets import OTHER_PAIRS8, flip_averaged, relabelled_onnx
+
+    other = LabelSet.from_dict(OTHER_PAIRS8, "OTHER_PAIRS8")
+    _, _, onnx_path, fused = models["synthetic"]
+    session = OnnxModel(relabelled_onnx(str(onnx_path), str(tmp_path / "other.onnx"), other))
+    assert session.label_set.to_dict() == other.to_dict()
+    x = crops.numpy()
+    want = predict_probs(fused, crops, label_set=other, flip=True, scales=(0.75, 1.0)).numpy()
+    np.testing.assert_allclose(
+        session.predict_probs(x, flip=True, scales=(0.75, 1.0)), want, rtol=0, atol=2e-4
+    )
+    plain = session.predict_probs(x)
+    mirror = session.predict_probs(np.ascontiguousarray(x[..., ::-1]))
+    np.testing.assert_allclose(
+        session.predict_probs(x, flip=True), flip_averaged(plain, mirror, other), atol=1e-6
+    )
+    # Not vacuous: the Dog's pairs give another answer.
+    assert np.abs(flip_averaged(plain, mirror, DOG) - flip_averaged(plain, mirror, other)).max() > 1e-3
+
+
 def test_numpy_resize_is_pytorchs():
     x = torch.randn(2, 3, 13, 21, generator=torch.Generator().manual_seed(0))
     for size in ((13, 21), (7, 30), (26, 11), (1, 5)):

@@ -155,6 +155,27 @@ def test_int8_runs_close_to_float32(exported, data, runtime):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["onnxruntime", pytest.param("openvino", marks=needs_openvino)])
+def test_int8_flip_uses_the_models_own_pairs(exported, data, runtime, tmp_path):
+    """Flip testing on the int8 model, with a set whose pairs are not at the Dog's ids: the average
+    of two plain int8 predictions, mirrored back with the set's channels exchanged."""
+    from tests.labelsets import OTHER_PAIRS8, flip_averaged, relabelled_onnx
+    from utils.labels import LabelSet
+
+    other = LabelSet.from_dict(OTHER_PAIRS8, "OTHER_PAIRS8")
+    model = OnnxModel(
+        relabelled_onnx(str(exported["int8"]), str(tmp_path / "int8.onnx"), other), runtime=runtime
+    )
+    assert model.label_set.to_dict() == other.to_dict() and model.run_precision == "int8"
+    x = _val(data)
+    plain, mirror = model.predict_probs(x), model.predict_probs(np.ascontiguousarray(x[..., ::-1]))
+    np.testing.assert_allclose(
+        model.predict_probs(x, flip=True), flip_averaged(plain, mirror, other), atol=1e-6
+    )
+    assert np.abs(flip_averaged(plain, mirror, DOG) - flip_averaged(plain, mirror, other)).max() > 1e-3
+
+
+@pytest.mark.slow
 @needs_openvino
 def test_runtimes_agree_on_the_int8_model(exported, data):
     x = _val(data)
