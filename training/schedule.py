@@ -64,7 +64,7 @@ def plan_iterations(
     about half a last.pth), under the --eval-every / --snapshot-every rules; the last epoch, whole
     or not, is evaluated and snapshotted.
     """
-    ipe = iters_per_epoch
+    ipe, step_s = iters_per_epoch, max(step_s, 1e-6)  # a step takes time: the search below ends
 
     def end_cost(epoch: int, last: bool) -> float:
         evaluated = eval_s > 0 and (last or evaluation_due(epoch, epoch + 2, eval_every))
@@ -76,7 +76,7 @@ def plan_iterations(
         ends = sum(end_cost(e, False) for e in range(next_end, epochs - 1))
         return (total - done) * step_s + ends + end_cost(epochs - 1, True)
 
-    best, best_s = done, end_cost(next_end, True)  # nothing fits: stop now, with the last epoch end
+    best = done  # nothing fits: stop now, with the last epoch end
     ends = 0.0  # the epoch ends before the last one, next_end .. epochs - 2
     epochs = max(next_end + 1, -(-done // ipe))
     while True:
@@ -84,12 +84,8 @@ def plan_iterations(
         first = max(done, (epochs - 1) * ipe + 1)  # the fewest iterations that end in this epoch
         if (first - done) * step_s + ends + last > left_s:
             break
-        fits = int((left_s - ends - last) / step_s) if step_s > 0 else ipe
-        best = min(epochs * ipe, done + fits)
-        best_s = (best - done) * step_s + ends + last
+        best = min(epochs * ipe, done + int((left_s - ends - last) / step_s))
         ends += end_cost(epochs - 1, False)
         epochs += 1
-    over = seconds(best + 1) - left_s
-    if over < left_s - best_s:
-        return best + 1, seconds(best + 1)
-    return best, best_s
+    under, over = left_s - seconds(best), seconds(best + 1) - left_s
+    return (best + 1, seconds(best + 1)) if over < under else (best, seconds(best))

@@ -352,8 +352,9 @@ class Trainer:
         two are warm-up and not counted. The plan counts every step, evaluation (estimated from a
         forward pass until one has run) and save (the first last.pth, timed here) the run will
         make, and the budget counts from the process start. It is made again at every epoch end
-        from the epoch's measured wall time per step (:meth:`replan`), so a run whose steps speed
-        up or slow down still ends on time; the last epoch may be partial.
+        from the epoch's measured wall time per step, and in the last epoch after every step
+        (:meth:`replan`), so a run whose steps speed up or slow down still ends on time; the last
+        epoch may be partial.
         """
         cfg, ipe = self.cfg, self.iters_per_epoch
         epoch = self.iteration // ipe
