@@ -24,6 +24,7 @@ import pytest
 import torch
 
 import train
+from dataset.layout import read_id_list, split_paths
 from utils.checkpoint import read_checkpoint, save_atomic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -213,7 +214,7 @@ def test_update_in_backward_under_bf16_autocast_learns_what_plain_sgd_learns(dat
 # ------------------------------------------------------------------------------------------
 
 
-def _evaluate(data_dir: str, checkpoint, channels_last: bool, metrics) -> float:
+def _evaluate(data_dir: str, checkpoint, channels_last: bool, metrics, save_path=None) -> float:
     """evaluate.py (in this process) on val with the settings of the run's evaluation; its mean IU."""
     import evaluate
 
@@ -238,6 +239,8 @@ def _evaluate(data_dir: str, checkpoint, channels_last: bool, metrics) -> float:
         "--metrics-out",
         str(metrics),
     ]
+    if save_path is not None:
+        argv += ["--save-path", str(save_path)]
     with contextlib.redirect_stdout(io.StringIO()):
         evaluate.main(evaluate.get_arguments(argv))
     with open(metrics) as f:
@@ -246,50 +249,58 @@ def _evaluate(data_dir: str, checkpoint, channels_last: bool, metrics) -> float:
 
 @pytest.mark.slow
 def test_best_pth_holds_the_weights_of_the_best_val_score(data_dir, tmp_path):
-    snap = tmp_path / "snap"
-    # Batch 8: one iteration per epoch. A high LR makes val mean IU go up and down: here the first epoch
-    # scores best, so a best.pth that held the last epoch's weights fails (as would one of any other epoch).
-    code, out, err = _train(
-        data_dir,
-        snap,
-        "--workers",
-        "0",
-        "--eval-every",
-        "1",
-        "--snapshot-every",
-        "1",
-        shape=("--batch-size", "8", "--epochs", "3"),
-        lr="0.1",
+    # The val labels are made to be what the first epoch's weights predict, so epoch 0 is right on every
+    # pixel and every later epoch scores less: the best epoch is the first, never the last, by construction. A best.pth
+    # holding the last epoch's weights (or any other epoch's) then fails.
+    flags = ["--workers", "0", "--eval-every", "1", "--snapshot-every", "1"]
+    lr = "0.1"  # large steps: later epochs predict visibly differently from the first
+    code, _, err = _train(
+        data_dir, tmp_path / "first", *flags, shape=("--batch-size", "8", "--epochs", "1"), lr=lr
     )
     assert code == 0, err[-3000:]
+    first = tmp_path / "first" / "DFPnet_epoch_0.pth"
+    channels_last = read_checkpoint(tmp_path / "first" / "last.pth")["args"]["channels_last"]
+    predicted = tmp_path / "predicted"
+    _evaluate(data_dir, first, channels_last, tmp_path / "first.json", save_path=predicted)
+    relabelled = str(tmp_path / "relabelled")
+    shutil.copytree(data_dir, relabelled)
+    val = split_paths(relabelled, "val")
+    for image_id in read_id_list(val.id_list):
+        shutil.copyfile(predicted / f"{image_id}_label.png", os.path.join(val.label_dir, f"{image_id}.png"))
+
+    snap = tmp_path / "snap"
+    code, out, err = _train(relabelled, snap, *flags, shape=("--batch-size", "8", "--epochs", "3"), lr=lr)
+    assert code == 0, err[-3000:]
+    # Same seed, same first step: the 3-epoch run's first epoch is the 1-epoch run's, bit for bit.
+    _assert_equal_tensors(_weights(snap / "DFPnet_epoch_0.pth"), _weights(first))
     lines = re.findall(r"^epoch (\d+)/3 .*val mIoU ([0-9.]+).*$", out, re.M)
     printed = {int(epoch) - 1: float(score) for epoch, score in lines}
     assert sorted(printed) == [0, 1, 2], out[-3000:]
 
     # evaluate.py, with the run's evaluation settings, on the snapshot of every epoch: the scores printed.
-    channels_last = read_checkpoint(snap / "last.pth")["args"]["channels_last"]
     scores = {
         epoch: _evaluate(
-            data_dir, snap / f"DFPnet_epoch_{epoch}.pth", channels_last, tmp_path / f"epoch_{epoch}.json"
+            relabelled, snap / f"DFPnet_epoch_{epoch}.pth", channels_last, tmp_path / f"{epoch}.json"
         )
         for epoch in printed
     }
     for epoch, score in scores.items():
         assert score == pytest.approx(printed[epoch], abs=0.005 + 1e-9), epoch  # printed with 2 decimals
-    best_epoch = min(epoch for epoch in scores if scores[epoch] == max(scores.values()))
+    # Epoch 0 is right on every pixel (classes absent from val count 0, so its mean IU is under 100).
+    assert json.loads((tmp_path / "0.json").read_text())["pixel_accuracy"] == 100.0
+    assert scores[0] > max(scores[1], scores[2]), scores
 
     best = read_checkpoint(snap / "last.pth")["best"]
-    assert best["split"] == "val" and best["epoch"] == best_epoch
-    assert best["mean_iou"] == pytest.approx(scores[best_epoch], abs=1e-9)
+    assert best["split"] == "val" and best["epoch"] == 0
+    assert best["mean_iou"] == pytest.approx(scores[0], abs=1e-9)
     marked = [int(e) - 1 for e in re.findall(r"^epoch (\d+)/3 .*\(best\)$", out, re.M)]
-    assert marked[-1] == best_epoch  # no later epoch claimed to be the best
-    # best.pth scores the best of them, and is that epoch's snapshot tensor for tensor.
-    best_score = _evaluate(data_dir, snap / "best.pth", channels_last, tmp_path / "best.json")
-    assert best_score == pytest.approx(scores[best_epoch], abs=1e-9)
-    _assert_equal_tensors(_weights(snap / "best.pth"), _weights(snap / f"DFPnet_epoch_{best_epoch}.pth"))
-    if best_epoch != 2:
-        weights_last, weights_best = _weights(snap / "last.pth"), _weights(snap / "best.pth")
-        assert any(not torch.equal(weights_last[k], weights_best[k]) for k in weights_last)
+    assert marked == [0]  # no later epoch claimed to be the best
+    # best.pth scores the best of them, is the first epoch's snapshot tensor for tensor, and not the last.
+    best_score = _evaluate(relabelled, snap / "best.pth", channels_last, tmp_path / "best.json")
+    assert best_score == pytest.approx(scores[0], abs=1e-9)
+    _assert_equal_tensors(_weights(snap / "best.pth"), _weights(snap / "DFPnet_epoch_0.pth"))
+    weights_last, weights_best = _weights(snap / "last.pth"), _weights(snap / "best.pth")
+    assert any(not torch.equal(weights_last[k], weights_best[k]) for k in weights_last)
     _drop_checkpoints(tmp_path)
 
 
