@@ -394,20 +394,43 @@ def test_evaluate_onnx_and_fused_match_evaluate(models, data, tmp_path, capsys):
     assert abs(mean_iou["onnxruntime"] - mean_iou["pytorch"]) <= 0.05
 
 
-_NO_TORCH = """
-import runpy, sys
+_BLOCK_TORCH = """
+import sys
 class NoTorch:
     def find_spec(self, name, path=None, target=None):
         if name == "torch" or name.startswith("torch."):
             raise ImportError(f"import of {name} blocked: this test runs without PyTorch")
 sys.meta_path.insert(0, NoTorch())
+"""
+_NO_TORCH = (
+    _BLOCK_TORCH
+    + """
+import runpy
 sys.argv = ["parse_images.py", *sys.argv[1:]]
 runpy.run_path("parse_images.py", run_name="__main__")
 """
+)
+# The bundle's own inference module, torch blocked: argv = crops.npy, model.onnx, out.npz.
+_BUNDLE_PROBS = (
+    _BLOCK_TORCH
+    + """
+import numpy as np
+import inference.onnx_infer as onnx_infer
+x, model = np.load(sys.argv[1]), onnx_infer.OnnxModel(sys.argv[2])
+np.savez(
+    sys.argv[3],
+    plain=model.predict_probs(x),
+    mirror=model.predict_probs(np.ascontiguousarray(x[..., ::-1])),
+    flip=model.predict_probs(x, flip=True),
+    tta=model.predict_probs(x, flip=True, scales=(0.75, 1.0)),
+)
+print(onnx_infer.__file__)
+"""
+)
 
 
 @pytest.mark.slow
-def test_parse_images_onnx_runs_without_torch(models, data, tmp_path, capsys):
+def test_parse_images_onnx_runs_without_torch(models, data, crops, tmp_path, capsys):
     _, checkpoint, onnx_path, _ = models["synthetic"]
     inputs = str(data / "val_images")
     common = ["--no-progress"]  # no --input-size: the crop the model and the checkpoint record (SIZE)
@@ -464,6 +487,39 @@ def test_parse_images_onnx_runs_without_torch(models, data, tmp_path, capsys):
         timeout=60,
     )
     assert blocked.returncode != 0 and "blocked" in blocked.stderr  # the blocker does block
+
+    # The bundle's own copy of the inference code flips with the pairs its model records, here a set
+    # whose pairs are not at the Dog's ids: against PyTorch, and flip alone against two plain predictions.
+    from tests.labelsets import OTHER_PAIRS8, flip_averaged, relabelled_onnx
+
+    other = LabelSet.from_dict(OTHER_PAIRS8, "OTHER_PAIRS8")
+    other_onnx = relabelled_onnx(str(onnx_path), str(alone / "other.onnx"), other)
+    np.save(tmp_path / "crops.npy", crops.numpy())
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _BUNDLE_PROBS,
+            str(tmp_path / "crops.npy"),
+            other_onnx,
+            str(tmp_path / "p.npz"),
+        ],
+        cwd=alone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(alone / "inference" / "onnx_infer.py")  # the copy, not the checkout
+    probs = np.load(tmp_path / "p.npz")
+    want = predict_probs(models["synthetic"][3], crops, label_set=other, flip=True, scales=(0.75, 1.0))
+    np.testing.assert_allclose(probs["tta"], want.numpy(), rtol=0, atol=2e-4)
+    np.testing.assert_allclose(
+        probs["flip"], flip_averaged(probs["plain"], probs["mirror"], other), atol=1e-6
+    )
+    dog = flip_averaged(probs["plain"], probs["mirror"], DOG)  # not vacuous: the Dog's pairs differ
+    assert np.abs(dog - flip_averaged(probs["plain"], probs["mirror"], other)).max() > 1e-3
 
     code, pt_out, err = run_main(
         parse_images,
