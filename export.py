@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import warnings
 
 import numpy as np
@@ -312,30 +313,30 @@ def export(args: argparse.Namespace, given: LabelSet | None, shown: str | None =
             fail(str(exc), 2)
     target = shown or args.out  # the file as the user named it (not a --bundle's staging folder)
     try:
-        with atomic_file(args.out) as tmp:
-            # int8: the float32 model first, beside the output, then quantized into it.
-            float_path = tmp if calibration is None else f"{tmp}.float32"
+        with atomic_file(args.out) as tmp, contextlib.ExitStack() as scratch:
+            # int8: the float32 model first, in a folder of its own beside the output (where the
+            # quantizer also writes its copies, and which goes with them), then quantized into it.
+            float_path = tmp
+            if calibration is not None:
+                folder = tempfile.TemporaryDirectory(prefix=".int8-", dir=os.path.dirname(tmp))
+                float_path = os.path.join(scratch.enter_context(folder), "float32.onnx")
             try:
-                try:
-                    export_onnx(
-                        module,
-                        example,
-                        float_path,
-                        opset=args.opset,
-                        dynamic=not args.static,
-                        props=metadata(args, label_set),
-                    )
-                except OSError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - the exporter raises many types; one line
-                    fail(f"{args.restore_from}: the ONNX export failed: {first_line(exc)}")
-                if not args.no_check:
-                    check(module, float_path, example, args, label_set)
-                if calibration is not None:
-                    quantize(float_path, tmp, calibration, args)
-            finally:
-                if float_path != tmp and os.path.exists(float_path):
-                    os.unlink(float_path)
+                export_onnx(
+                    module,
+                    example,
+                    float_path,
+                    opset=args.opset,
+                    dynamic=not args.static,
+                    props=metadata(args, label_set),
+                )
+            except OSError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the exporter raises many types; one line
+                fail(f"{args.restore_from}: the ONNX export failed: {first_line(exc)}")
+            if not args.no_check:
+                check(module, float_path, example, args, label_set)
+            if calibration is not None:
+                quantize(float_path, tmp, calibration, args)
     except OSError as exc:  # a full disk, quota, size limit or read-only folder, at any write
         fail(str(write_error(target, exc)))
     size_mb = os.path.getsize(args.out) / 2**20
@@ -380,7 +381,11 @@ def quantize(float_path: str, path: str, calibration, args: argparse.Namespace) 
         fail(f"{args.out}: the int8 model does not load: {exc}")
     files = ImageFiles(calibration.paths[:4], args.input_size)
     images = np.stack([files[i][0] for i in range(len(files))])
-    want, got = reference(images), quantized(images)
+    step = 1 if args.static else len(images)  # a --static model takes one picture at a time
+    want, got = (
+        np.concatenate([run(images[i : i + step]) for i in range(0, len(images), step)])
+        for run in (reference, quantized)
+    )
     if got.shape != want.shape or not np.isfinite(got).all():
         fail(
             f"{args.out}: the int8 model's output is unusable (shape {got.shape}, or not finite); "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ import onnx
 
 from dataset.layout import read_id_list, split_paths
 from inference.pipeline import ImageFiles
+from utils.files import claim_space
 
 # Calibration images by default: enough for stable per-tensor ranges (bench/RESULTS.md s. 15).
 DEFAULT_CALIBRATION_IMAGES = 300
@@ -110,8 +112,9 @@ def quantize_int8(
     """Write the static int8 QDQ model of the float32 model ``src`` to ``dst``; return the record of its
     calibration (also in ``dst``'s metadata as ``calibration``, with ``precision`` int8 and
     ``reduce_range``, beside the metadata ``src`` records, which the quantizer carries over).
-    ``on_image`` is called once per calibration image.
-    Raises ``CalibrationError`` for an unreadable image."""
+    ``on_image`` is called once per calibration image. The quantizer's scratch files go to src's
+    folder (give it one of its own) and are left to the caller to remove.
+    Raises ``CalibrationError`` for an unreadable image, OSError for a write that failed."""
     from onnxruntime.quantization import (  # heavy: only export.py --precision int8 needs it
         CalibrationDataReader,
         CalibrationMethod,
@@ -120,6 +123,14 @@ def quantize_int8(
         quantize_static,
     )
 
+    # The quantizer writes copies of the model (shape-inferred, augmented for calibration; one at a
+    # time) beside ``src`` and in the temporary folder, the shape-inferred one through C++ that
+    # truncates it on a full disk without an error. They all go to src's folder, where the space for
+    # the largest is claimed first, and again after a failure that was not an OSError (a truncated
+    # copy reads as "Wire format was corrupt"): a full disk then raises as one.
+    scratch = os.path.dirname(os.path.abspath(src))
+    copy_bytes = os.path.getsize(src) + 2**20  # the augmented model adds a few outputs
+    claim_space(scratch, copy_bytes)
     images = ImageFiles(calibration.paths, calibration.input_size)
 
     class Reader(CalibrationDataReader):
@@ -143,8 +154,9 @@ def quantize_int8(
     # The quantizer logs advice about pre-processing (which does not apply to dynamic shapes) at
     # WARNING, on the root logger: quiet it for the call only, not for the caller's process.
     root = logging.getLogger()
-    level = root.level
+    level, tempdir = root.level, tempfile.tempdir
     root.setLevel(logging.ERROR)
+    tempfile.tempdir = scratch
     try:
         quantize_static(
             src,
@@ -161,8 +173,15 @@ def quantize_int8(
             # bound it, but onnxruntime 1.32 discards the batches it is meant to merge.)
             calibrate_method=CalibrationMethod.MinMax,
         )
+    except CalibrationError:
+        raise
+    except Exception as exc:
+        if not isinstance(exc, OSError):
+            claim_space(scratch, copy_bytes)
+        raise
     finally:
         root.setLevel(level)
+        tempfile.tempdir = tempdir
     record = calibration.record(reduce_range, keep)
     quantized = onnx.load(dst)
     props = {"precision": "int8", "reduce_range": json.dumps(reduce_range)}

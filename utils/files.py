@@ -113,6 +113,20 @@ def atomic_file(path: str | os.PathLike, *, durable: bool = True) -> Iterator[st
             os.unlink(tmp)
 
 
+def claim_space(folder: str | os.PathLike, nbytes: int) -> None:
+    """Raise the OSError (ENOSPC, EDQUOT, EFBIG, EROFS, EACCES) that writing a file of ``nbytes`` bytes
+    into ``folder`` would meet, by reserving the blocks (``posix_fallocate``: nothing is written) in
+    a file removed at once. For writers that do not report a failed write themselves: onnx's C++
+    shape inference, for one, leaves a truncated file on a full disk, which then reads as a corrupt
+    model."""
+    fd, path = tempfile.mkstemp(prefix=".space-", suffix=".tmp", dir=folder)
+    try:
+        os.posix_fallocate(fd, 0, max(nbytes, 1))
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
 def write_bytes_atomic(data: bytes, path: str | os.PathLike, *, durable: bool = False) -> None:
     """``data`` into ``path`` through :func:`atomic_file` (not flushed to disk unless ``durable``)."""
     with atomic_file(path, durable=durable) as tmp, open(tmp, "wb") as f:
