@@ -124,6 +124,58 @@ def test_keep_freed_memory_reuses_blocks_without_page_faults():
     assert min(runs["system"][1][1:]) > 100, runs  # mapped and faulted in again each time
 
 
+_HEAPS = """
+import ctypes, sys, tempfile, threading
+from utils.cpu_defaults import keep_freed_memory
+print(keep_freed_memory(one_heap=sys.argv[1] == "one"))
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes, libc.fclose.argtypes = [ctypes.c_int, ctypes.c_void_p], [ctypes.c_void_p]
+def work():  # a thread's first allocations, as an OpenMP worker's
+    ctypes.memset(libc.malloc(1 << 20), 1, 1 << 20)
+threads = [threading.Thread(target=work) for _ in range(3)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+with tempfile.NamedTemporaryFile(suffix=".xml") as out:
+    f = libc.fopen(out.name.encode(), b"w")
+    libc.malloc_info(0, f)
+    libc.fclose(f)
+    print(open(out.name).read().count("<heap nr="))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_the_memory_lean_flags_keep_one_heap_for_every_thread():
+    """keep_freed_memory(one_heap=True), which the memory-lean flags ask for, makes threads that
+    allocate share the main heap (glibc's malloc_info counts the heaps); without it each gets one."""
+    heaps = {}
+    for mode in ("one", "per-thread"):
+        done = subprocess.run(
+            [sys.executable, "-c", _HEAPS, mode],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dict(os.environ, PYTHONPATH=ROOT),
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        tuned, count = done.stdout.split()
+        assert tuned == "True"
+        heaps[mode] = int(count)
+    assert heaps["one"] == 1 and heaps["per-thread"] >= 2, heaps
+
+
+def test_train_keeps_one_heap_only_with_a_memory_lean_flag(monkeypatch):
+    from training import config
+    from training.flags import get_args_parser
+
+    asked = []
+    monkeypatch.setattr(config, "keep_freed_memory", lambda one_heap=False: asked.append(one_heap) or True)
+    for flags in ([], ["--update-in-backward"], ["--activation-checkpointing", "layer3"]):
+        config.setup(get_args_parser().parse_args(["--device", "cpu", "--tune", "off", *flags]))
+    assert asked == [False, True, True]
+
+
 def test_train_resolves_the_malloc_choice():
     from training.config import setup
     from training.flags import get_args_parser

@@ -151,7 +151,8 @@ def setup(args: argparse.Namespace) -> TrainConfig:
     # Left to the tuner (training.tune.apply) when it may choose: it measured glibc untouched, and
     # mallopt cannot give back glibc's adaptive mmap threshold once set.
     decided = args.malloc is not None or args.tune == "off"
-    malloc_reuse = device.type == "cpu" and malloc == "reuse" and decided and keep_freed_memory()
+    lean = args.activation_checkpointing != "off" or args.update_in_backward  # one heap: fewer MiB
+    malloc_reuse = device.type == "cpu" and malloc == "reuse" and decided and keep_freed_memory(lean)
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         # Some CUDA kernels (bilinear upsampling's backward) have no deterministic version: warn there.

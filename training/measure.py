@@ -178,6 +178,11 @@ class StepConfig:
     malloc_reuse: bool = False  # CPU, fresh processes only: train.py's --malloc reuse
 
     @property
+    def memory_lean(self) -> bool:
+        """Whether a memory-lean flag is on (train.py then keeps one heap for every thread)."""
+        return bool(self.checkpointed) or self.update_in_backward
+
+    @property
     def label(self) -> str:
         norm = {"abn": "ABN", "bn": "BatchNorm2d + F.cross_entropy"}.get(
             self.norm, "InPlace-ABN" if self.inplace else "InPlace-ABN off"
@@ -332,7 +337,7 @@ def measure_here(
     cuda = device.type == "cuda"
     # train.py's default on the CPU (--malloc reuse); other configurations keep glibc's defaults,
     # as the authors' code ran. Only a fresh process can make the difference (it is process-wide).
-    reuse = not cuda and config.malloc_reuse and keep_freed_memory()
+    reuse = not cuda and config.malloc_reuse and keep_freed_memory(config.memory_lean)
     start_mb = torch.cuda.memory_allocated(device) / 2**20 if cuda else rss_mb()
     step = TrainStep(config, device, images.to(device), labels.to(device), num_classes)
     synchronize(device)
@@ -405,6 +410,9 @@ def _main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    config = StepConfig.from_json(args.config)
+    if device.type == "cpu" and config.malloc_reuse:  # as train.py: before anything else allocates
+        keep_freed_memory(config.memory_lean)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one fixed input size: pick kernels once
     if args.batch_file:
@@ -413,7 +421,6 @@ def _main(argv: list[str] | None = None) -> None:
     else:
         height, width = (int(v) for v in args.input_size.split(","))
         images, labels = make_batch(args.batch_size, (height, width), torch.device("cpu"), args.num_classes)
-    config = StepConfig.from_json(args.config)
     print(json.dumps(measure_here(config, device, images, labels, args.num_classes, args.warmup, args.iters)))
 
 

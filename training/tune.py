@@ -429,7 +429,7 @@ def apply(cfg: TrainConfig, candidate: Candidate) -> TrainConfig:
     is while the tuner may choose, which is how the candidates were measured)."""
     reuse = cfg.malloc_reuse
     if cfg.device.type == "cpu" and candidate.malloc_reuse and not reuse:
-        reuse = keep_freed_memory()
+        reuse = keep_freed_memory(cfg.activation_checkpointing != "off" or cfg.update_in_backward)
     return dataclasses.replace(
         cfg,
         amp=candidate.amp,

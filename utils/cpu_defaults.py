@@ -136,9 +136,10 @@ def cpu_defaults(capability: str | None = None, bf16: bool | None = None) -> Cpu
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
 
 
-def keep_freed_memory() -> bool:
+def keep_freed_memory(one_heap: bool = False) -> bool:
     """Make glibc's malloc keep freed memory for reuse instead of returning it to the kernel.
 
     With its defaults every tensor above the mmap threshold (at most 32 MiB; smaller ones too
@@ -149,6 +150,13 @@ def keep_freed_memory() -> bool:
     12 with up to a third more (freed blocks stay in the heap; bench/RESULTS.md sections 2 and 11).
     The same as starting the process with ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<huge>``,
     but taking effect from here on, however the process was started (run.sh, torchrun, python).
+
+    ``one_heap`` (the memory-lean flags ask for it) also gives every thread the main heap
+    (``MALLOC_ARENA_MAX=1``, for threads that have not allocated yet: call this first): a thread that
+    allocates (OpenMP's, oneDNN's) otherwise gets a heap of its own, which keeps its own freed
+    blocks, and where blocks land then depends on timing. With the memory-lean flags that lowered
+    the peak and its spread between processes on both CPU classes; the default's own peak it raised
+    on AVX2, so the default keeps a heap per thread (bench/RESULTS.md section 13).
 
     Returns False where there is no glibc (macOS, musl), which changes nothing.
     """
@@ -161,4 +169,11 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     # mallopt returns 1 on success; a trim threshold of -1 disables trimming (mallopt(3)).
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))
+    return all(
+        mallopt(option, value)
+        for option, value in (
+            (_M_MMAP_MAX, 0),
+            (_M_TRIM_THRESHOLD, -1),
+            *([(_M_ARENA_MAX, 1)] if one_heap else []),
+        )
+    )
