@@ -24,7 +24,7 @@ with onnxruntime against the PyTorch network on one random input before it repla
 
 Exit status: 0 on success; 2 for bad arguments, a bad label set, an unusable checkpoint, missing
 or unreadable calibration images or an unwritable output; 1 if the exporter, the quantizer or the
-check fails.
+check fails, or if the deploy packages (requirements-deploy.txt) are not installed.
 """
 
 from __future__ import annotations
@@ -41,8 +41,15 @@ import tempfile
 import warnings
 
 import numpy as np
-import onnx
 import torch
+
+try:
+    import onnx
+except ImportError:  # the deploy set (requirements-deploy.txt) is not installed
+    raise SystemExit(
+        "export.py: error: onnx is not installed: pip install -r requirements-deploy.txt "
+        "(bash tests/run.sh installs it into ./.venv)"
+    ) from None
 from torch import nn
 from tqdm import tqdm
 

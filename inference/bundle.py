@@ -25,22 +25,26 @@ DEPLOY_FILES: tuple[str, ...] = (
     *(f"dataset/formats/{m}.py" for m in ("__init__", "common", "names", "rle", "shapes", "masks", "coco")),
     *(f"dataset/formats/{m}.py" for m in ("labelme", "labelstudio")),
 )
-# The packages those files import, pinned as the repository's requirements.txt pins them.
+# The packages those files import, pinned as the repository's requirement files pin them.
 DEPLOY_PACKAGES: tuple[str, ...] = ("numpy", "opencv-python-headless", "onnxruntime", "openvino", "tqdm")
+REQUIREMENT_FILES: tuple[str, ...] = ("requirements.txt", "requirements-deploy.txt")
 
 
-def requirements(path: str = os.path.join(ROOT, "requirements.txt")) -> list[str]:
-    """The lines of the repository's requirements.txt that name DEPLOY_PACKAGES, in that order."""
-    with open(path, encoding="utf-8") as f:
-        lines = [line.split("#")[0].strip() for line in f]
+def requirements(root: str = ROOT) -> list[str]:
+    """The lines of the repository's requirements.txt and requirements-deploy.txt that name
+    DEPLOY_PACKAGES, in that order."""
     found = {}
-    for line in lines:
-        name = re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].lower()
-        if name in DEPLOY_PACKAGES:
-            found[name] = line
+    for name in REQUIREMENT_FILES:
+        path = os.path.join(root, name)
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.split("#")[0].strip()
+                package = re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].lower()
+                if package in DEPLOY_PACKAGES:
+                    found[package] = line
     missing = [p for p in DEPLOY_PACKAGES if p not in found]
     if missing:
-        raise ValueError(f"{path}: does not name {', '.join(missing)}")
+        raise ValueError(f"{' and '.join(REQUIREMENT_FILES)} in {root}: do not name {', '.join(missing)}")
     return [found[p] for p in DEPLOY_PACKAGES]
 
 

@@ -41,6 +41,7 @@ class OnnxModelError(Exception):
 # What export.py writes (metadata "precision"): float32 weights; float32 weights run in bf16 where
 # the CPU has it natively; int8 QDQ weights and activations (static, calibrated).
 PRECISIONS = ("float32", "bf16", "int8")
+DEPLOY_REQUIREMENTS = "requirements-deploy.txt, or a bundle's requirements.txt"  # the runtimes' pins
 
 
 class _Port(NamedTuple):
@@ -58,7 +59,7 @@ class _OrtSession:
             import onnxruntime as ort  # only here: evaluate.py and parse_images.py load it with --onnx alone
         except ImportError:
             raise OnnxModelError(
-                f"{path}: onnxruntime is not installed (pip install -r requirements.txt)"
+                f"{path}: onnxruntime is not installed (pip install -r {DEPLOY_REQUIREMENTS})"
             ) from None
         self.version = ort.__version__
         options = ort.SessionOptions()
@@ -208,9 +209,8 @@ class OnnxModel:
         if os.path.getsize(path) == 0:
             raise OnnxModelError(f"{path}: ONNX model file is empty")
         if runtime == "openvino" and not openvino_available():
-            raise OnnxModelError(
-                f"{path}: --runtime openvino, but openvino is not installed (pip install -r requirements.txt)"
-            )
+            missing = f"openvino is not installed (pip install -r {DEPLOY_REQUIREMENTS})"
+            raise OnnxModelError(f"{path}: --runtime openvino, but {missing}")
         # onnxruntime reads the file first (float32, the default export, runs there); OpenVINO opens it
         # only when asked, or when the recorded precision is one it runs faster.
         session = _OpenVinoSession(path, threads) if runtime == "openvino" else _OrtSession(path, threads)

@@ -5,7 +5,7 @@
 # (e.g. `bash tests/run.sh -m "not slow"`, `bash tests/run.sh tests/test_loss.py`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source utils/env.sh
+DFPNET_REQUIREMENTS=requirements-dev.txt source utils/env.sh
 workers="${DFPNET_TEST_WORKERS:-$(nproc 2>/dev/null || echo 1)}"
 if ! [[ "$workers" =~ ^[0-9]+$ ]]; then
   echo "tests/run.sh: error: DFPNET_TEST_WORKERS must be a whole number, got '$workers'" >&2

@@ -655,3 +655,26 @@ def test_min_confidence_leaves_doubtful_pixels_out_of_labels_and_annotations(mod
     # Some pixels of the pictures are doubtful, not all (the crop's share, warped back without the
     # letterbox's border, need not be the pictures' share).
     assert 0 < unsure < total, (unsure, total, doubtful)
+
+
+def test_export_without_the_deploy_set_says_what_to_install():
+    """A checkout where only requirements.txt is installed (./run.sh installs no more): export.py,
+    whose first need is onnx, stops in one line naming the file to install, with its exit status."""
+    block_onnx = (
+        "import runpy, sys\n"
+        "class NoOnnx:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'onnx' or name.startswith('onnx.'):\n"
+        "            raise ImportError(f'No module named {name!r}')\n"
+        "sys.meta_path.insert(0, NoOnnx())\n"
+        "sys.argv = ['export.py', '--restore-from', 'model.pth']\n"
+        "runpy.run_path('export.py', run_name='__main__')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", block_onnx], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "export.py: error: onnx is not installed: pip install -r requirements-deploy.txt "
+        "(bash tests/run.sh installs it into ./.venv)"
+    )

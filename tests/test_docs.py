@@ -115,7 +115,7 @@ def test_flags_doc_matches_the_parsers():
 
 def _doc_files() -> list[Path]:
     tracked = subprocess.run(
-        ["git", "ls-files", "*.md", "requirements.txt", "environment.yaml"],
+        ["git", "ls-files", "*.md", "requirements*.txt", "environment.yaml"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -204,3 +204,11 @@ def test_long_modules_are_the_ones_design_md_names():
         and len((ROOT / name).read_text(encoding="utf-8").splitlines()) > 400
     }
     assert long - named == set(), f"over 400 lines but not named in docs/design.md: {sorted(long - named)}"
+
+
+def test_the_readme_stays_a_front_page():
+    """README.md is the front page (at most 200 lines); the detail lives in docs/, which it links."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines: move detail to docs/"
+    linked = set(re.findall(r"\]\((docs/[\w.-]+\.md)", "\n".join(lines)))
+    assert linked >= {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")}, linked

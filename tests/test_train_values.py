@@ -249,9 +249,9 @@ def _evaluate(data_dir: str, checkpoint, channels_last: bool, metrics, save_path
 
 @pytest.mark.slow
 def test_best_pth_holds_the_weights_of_the_best_val_score(data_dir, tmp_path):
-    # The val labels are made to be what the first epoch's weights predict, so epoch 0 is right on every
-    # pixel and every later epoch scores less: the best epoch is the first, never the last, by construction. A best.pth
-    # holding the last epoch's weights (or any other epoch's) then fails.
+    # The val labels are made to be what the first epoch's weights predict, so epoch 0 is right on
+    # every pixel and every later epoch scores less: the best epoch is the first, never the last, by
+    # construction. A best.pth holding the last epoch's weights (or any other epoch's) then fails.
     flags = ["--workers", "0", "--eval-every", "1", "--snapshot-every", "1"]
     lr = "0.1"  # large steps: later epochs predict visibly differently from the first
     code, _, err = _train(
@@ -585,7 +585,7 @@ def fake_checkout(tmp_path):
     """run.sh, utils/env.sh and utils/recipe.py, copied as they are, beside a .venv whose up-to-date stamp
     makes env.sh export its bin/python: a stand-in that records its arguments (one JSON list a call) and
     exits 0, except that it answers `-m utils.recipe NAME` (run.sh's look-ups) with the real interpreter."""
-    for name in ("run.sh", "requirements.txt", "utils/env.sh", "utils/recipe.py"):
+    for name in ("run.sh", *REQUIREMENT_FILES, "utils/env.sh", "utils/recipe.py"):
         os.makedirs(os.path.dirname(tmp_path / name), exist_ok=True)
         shutil.copy2(os.path.join(ROOT, name), tmp_path / name)
     venv_bin = tmp_path / ".venv" / "bin"
@@ -627,6 +627,51 @@ def _run_sh_printing(checkout, **settings: str) -> tuple[list[list[str]], str]:
     assert "[setup]" not in result.stderr  # the stamp was current: no venv set up, nothing downloaded
     with open(log) as f:
         return [json.loads(line) for line in f], result.stdout
+
+
+REQUIREMENT_FILES = ("requirements.txt", "requirements-deploy.txt", "requirements-dev.txt")
+
+
+def test_env_sh_installs_the_sets_a_command_names_once(fake_checkout):
+    """run.sh needs the runtime only (its stamp is current: nothing installed); tests/run.sh names
+    requirements-dev.txt, installed once and then found by its stamp; a changed requirement file
+    installs it again."""
+    log = fake_checkout / "calls.jsonl"
+    env = dict(os.environ, FAKE_PYTHON_LOG=str(log))
+
+    def source(sets: str) -> tuple[list[list[str]], str]:
+        log.unlink(missing_ok=True)
+        script = f'DFPNET_REQUIREMENTS="{sets}" source utils/env.sh && echo "$PYTHON"'
+        done = subprocess.run(
+            ["bash", "-c", script], cwd=fake_checkout, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        return calls, done.stderr
+
+    calls, err = source("")
+    assert calls == [] and err == ""  # the runtime's stamp is current
+    dev = str(fake_checkout / "requirements-dev.txt")
+    calls, err = source("requirements-dev.txt")
+    assert calls == [["-m", "pip", "install", "-q", "-r", dev]], calls
+    assert f"[setup] installing requirements-dev.txt into {fake_checkout / '.venv'}" in err
+    assert source("requirements-dev.txt")[0] == []  # installed: its stamp now says so
+    with open(fake_checkout / "requirements-deploy.txt", "a") as f:
+        f.write("# a changed pin\n")
+    assert source("requirements-dev.txt")[0] == [["-m", "pip", "install", "-q", "-r", dev]]
+    # The sets are by purpose: dev takes the other two, and no package is pinned in two files.
+    with open(os.path.join(ROOT, "requirements-dev.txt")) as f:
+        includes = [line.split()[1] for line in f if line.startswith("-r ")]
+    assert includes == ["requirements.txt", "requirements-deploy.txt"]
+    packages = {}
+    for name in REQUIREMENT_FILES:
+        with open(os.path.join(ROOT, name)) as f:
+            packages[name] = [re.split(r"[<>=~ ]", line)[0] for line in f if line[:1].isalpha()]
+    every = sum(packages.values(), [])
+    assert len(every) == len(set(every)), every
+    assert {"torch", "opencv-python-headless", "tensorboard"} <= set(packages["requirements.txt"])
+    assert {"onnx", "onnxruntime", "openvino"} <= set(packages["requirements-deploy.txt"])
+    assert {"pytest", "ruff", "pycocotools"} <= set(packages["requirements-dev.txt"])
 
 
 def test_run_sh_passes_each_setting_as_its_flag(fake_checkout):

@@ -1,6 +1,8 @@
-# Sourced by run.sh, run_evaluate.sh and tests/run.sh: makes sure ./.venv exists and is up to
-# date, then exports PYTHON. First use takes about a minute (torch CPU wheel, OpenCV, ...,
-# and inplace-abn built from source); later uses only compare a stamp.
+# Sourced by run.sh, run_evaluate.sh, tests/run.sh and .ci/run: makes sure ./.venv exists and holds
+# what the command needs, then exports PYTHON. requirements.txt (the runtime) always; the files named
+# in DFPNET_REQUIREMENTS too (tests/run.sh and .ci/run: requirements-dev.txt, which takes the runtime
+# and requirements-deploy.txt). First use takes about a minute (torch CPU wheel, OpenCV, ..., and
+# inplace-abn built from source); later uses only compare a stamp per file.
 # Overrides: DFPNET_PYTHON (interpreter that creates the venv), DFPNET_SKIP_INPLACE_ABN=1.
 
 _dfpnet_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,6 +43,21 @@ if [ ! -x "$_dfpnet_venv/bin/python" ] || [ "$(cat "$_dfpnet_stamp" 2>/dev/null)
   echo "$_dfpnet_want" > "$_dfpnet_stamp"
   echo "[setup] ready in $((SECONDS - _dfpnet_t0)) s" >&2
 fi
+
+# The command's other sets (deploy, dev), each with its stamp: a hash of every requirements file and
+# this script, since one set may take another (-r).
+for _dfpnet_set in ${DFPNET_REQUIREMENTS:-}; do
+  _dfpnet_set_stamp="$_dfpnet_venv/.dfpnet-stamp-$_dfpnet_set"
+  _dfpnet_set_want="$(cat "$_dfpnet_root"/requirements*.txt "$_dfpnet_root/utils/env.sh" | sha256sum | cut -c1-16)"
+  if [ "$(cat "$_dfpnet_set_stamp" 2>/dev/null)" != "$_dfpnet_set_want" ]; then
+    echo "[setup] installing $_dfpnet_set into $_dfpnet_venv" >&2
+    if ! "$_dfpnet_venv/bin/python" -m pip install -q -r "$_dfpnet_root/$_dfpnet_set" >&2; then
+      echo "[setup] error: pip could not install $_dfpnet_set into $_dfpnet_venv" >&2
+      return 1 2>/dev/null || exit 1
+    fi
+    echo "$_dfpnet_set_want" > "$_dfpnet_set_stamp"
+  fi
+done
 
 export PYTHON="$_dfpnet_venv/bin/python"
 export PYTHONPATH="$_dfpnet_root${PYTHONPATH:+:$PYTHONPATH}"
