@@ -27,10 +27,31 @@ from training.measure import summarize as summarize
 from training.measure import synchronize as synchronize
 from training.measure import timed as timed
 from utils.cpu_defaults import cpu_model as cpu_model
+from utils.cpuinfo import allows_isa, cpu_flags, int8_dot_product, isa_ceiling, native_bf16
 
 # --------------------------------------------------------------------------------------------
 # The machine
 # --------------------------------------------------------------------------------------------
+
+
+def cpu_class_name(flags: frozenset[str] | None = None, ceiling: str | None = "env") -> str:
+    """A short name of the class, for tables: e.g. ``avx512 + avx512_bf16 + amx``, ``avx2 + vnni``."""
+    flags = cpu_flags() if flags is None else flags
+    ceiling = isa_ceiling() if ceiling == "env" else ceiling
+    if "avx512f" in flags and allows_isa(ceiling, "AVX512_CORE"):
+        parts = ["avx512"]
+        if int8_dot_product(flags, ceiling):
+            parts.append("vnni")
+        if native_bf16(flags, ceiling):
+            parts.append("avx512_bf16")
+        if "amx_bf16" in flags and allows_isa(ceiling, "AVX512_CORE_AMX"):
+            parts.append("amx")
+    elif "avx2" in flags:
+        parts = ["avx2"] + (["vnni"] if int8_dot_product(flags, ceiling) else [])
+    else:
+        return "other"
+    name = " + ".join(parts)
+    return f"{name} (capped at {ceiling})" if ceiling else name
 
 
 def load_average() -> list[float]:
@@ -153,3 +174,15 @@ def format_environment(info: dict) -> str:
         f"opencv {info['opencv']}, python {info['python']}; ABN backend: {info.get('abn_backend')}\n"
         f"date: {info['date']}; load average: {info['load_average']}; command: {info['command']}"
     )
+
+
+def copy_as_bf16(src: str, dst: str) -> None:
+    """Write to ``dst`` what ``export.py --precision bf16`` would have written for the float32 model
+    ``src``: the same graph, its metadata's precision bf16 (the benches mark their export so)."""
+    import onnx  # lazy: only the deploy benches need it, and it is in the deploy set
+
+    from inference.quantize import set_metadata  # lazy: with onnx
+
+    model = onnx.load(src)
+    set_metadata(model, {"precision": "bf16"})
+    onnx.save(model, dst)

@@ -51,17 +51,26 @@ import torch
 from torch import nn
 
 import export
-from bench.common import alternate, environment, finish, format_table, log, summarize
+from bench.common import (
+    alternate,
+    copy_as_bf16,
+    cpu_class_name,
+    environment,
+    finish,
+    format_table,
+    log,
+    summarize,
+)
 from dataset.synthetic import generate_dataset
 from inference.onnx_infer import OnnxModel, openvino_available
-from inference.quantize import calibration_set, copy_as_bf16, quantize_int8
+from inference.quantize import calibration_set, quantize_int8
 from libs import ABN
 from networks.dfpnet import DFPNet
 from networks.fuse import fuse_for_inference
 from utils import recipe
 from utils.checkpoint import load_model_weights
 from utils.cli import DefaultsHelpFormatter, parse_size, positive_int
-from utils.cpuinfo import cpu_class_name, int8_dot_product, isa_ceiling, native_bf16
+from utils.cpuinfo import int8_dot_product, isa_ceiling, native_bf16
 from utils.device import autocast, default_amp
 from utils.labels import DOG
 

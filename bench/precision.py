@@ -30,15 +30,15 @@ import numpy as np
 import torch
 
 import export
-from bench.common import environment, finish, format_table, log
+from bench.common import copy_as_bf16, cpu_class_name, environment, finish, format_table, log
 from dataset.datasets import CartoonDataSet, default_transform
 from inference.model import load_model
 from inference.onnx_infer import OnnxModel, openvino_available
 from inference.predict import evaluate_model, make_eval_loader
-from inference.quantize import calibration_set, copy_as_bf16, quantize_int8
+from inference.quantize import calibration_set, quantize_int8
 from utils.checkpoint import read_weights
 from utils.cli import DefaultsHelpFormatter, parse_size, positive_int
-from utils.cpuinfo import cpu_class_name, native_bf16
+from utils.cpuinfo import native_bf16
 
 INT8_MEAN_IU_POINTS = 0.5
 AGREEMENT = 0.99

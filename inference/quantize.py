@@ -198,11 +198,3 @@ def set_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
     for key, value in [*kept, *props.items()]:
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-
-
-def copy_as_bf16(src: str, dst: str) -> None:
-    """Write to ``dst`` what ``export.py --precision bf16`` would have written for the float32 model
-    ``src``: the same graph, its metadata's precision bf16 (the benches mark their export so)."""
-    model = onnx.load(src)
-    set_metadata(model, {"precision": "bf16"})
-    onnx.save(model, dst)

@@ -230,7 +230,7 @@ def test_default_collate_batches_training_items(tiny_train):
     image, label, edge, meta = next(iter(torch.utils.data.DataLoader(ds, batch_size=3, shuffle=False)))
     assert image.shape == (3, 3, 16, 24) and image.dtype == torch.float32
     assert label.shape == (3, 16, 24) and label.dtype == torch.int64
-    assert edge.shape == (3, 16, 24) and edge.dtype == torch.int64
+    assert edge.shape == (3, 16, 24) and edge.dtype == torch.uint8
     assert meta["center"].shape == (3, 2) and meta["center"].dtype == torch.float32
     assert meta["scale"].shape == (3, 2) and meta["scale"].dtype == torch.float32
     assert meta["name"] == ["s0", "s1", "s2"]
@@ -353,5 +353,5 @@ def test_default_transform_types():
     label = np.full((4, 5), 3, np.int64)
     edge = np.zeros((4, 5), np.uint8)
     image_t, label_t, edge_t = default_transform()(image, label, edge)
-    assert image_t.dtype == torch.float32 and label_t.dtype == torch.int64 and edge_t.dtype == torch.int64
+    assert image_t.dtype == torch.float32 and label_t.dtype == torch.int64 and edge_t.dtype == torch.uint8
     assert default_transform()(image)[1:] == (None, None)

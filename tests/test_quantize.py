@@ -21,13 +21,14 @@ import torch
 import evaluate
 import export
 import parse_images
+from bench.common import cpu_class_name
 from inference.onnx_infer import OnnxModel, choose_runtime, openvino_available
 from inference.pipeline import ImageFiles, list_images
 from inference.quantize import CalibrationError, calibration_set, float_nodes
 from networks.dfpnet import DFPNet
 from tests.scripts import run_main
 from utils.checkpoint import save_atomic
-from utils.cpuinfo import cpu_class_name, int8_dot_product, isa_ceiling, native_bf16
+from utils.cpuinfo import int8_dot_product, isa_ceiling, native_bf16
 from utils.labels import DOG
 
 SIZE = "64,64"

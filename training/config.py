@@ -40,8 +40,6 @@ class TrainConfig:
     labels: str | None
     num_classes: int | None
     ignore_label: int
-    random_mirror: bool
-    random_scale: bool
     random_seed: int
     restore_from: str
     snapshot_dir: str

@@ -58,7 +58,7 @@ def isa_ceiling(environ: dict[str, str] | None = None) -> str | None:
     return None
 
 
-def _allows(ceiling: str | None, isa: str) -> bool:
+def allows_isa(ceiling: str | None, isa: str) -> bool:
     if ceiling is None or ceiling not in _ISA_ORDER:
         return True
     return _ISA_ORDER.index(ceiling) >= _ISA_ORDER.index(isa)
@@ -68,7 +68,7 @@ def native_bf16(flags: frozenset[str] | None = None, ceiling: str | None = "env"
     """bf16 dot products in hardware (AVX512-BF16 or AMX-BF16) and allowed by the ceiling."""
     flags = cpu_flags() if flags is None else flags
     ceiling = isa_ceiling() if ceiling == "env" else ceiling
-    return bool({"avx512_bf16", "amx_bf16"} & flags) and _allows(ceiling, "AVX512_CORE_BF16")
+    return bool({"avx512_bf16", "amx_bf16"} & flags) and allows_isa(ceiling, "AVX512_CORE_BF16")
 
 
 def int8_dot_product(flags: frozenset[str] | None = None, ceiling: str | None = "env") -> bool:
@@ -79,26 +79,6 @@ def int8_dot_product(flags: frozenset[str] | None = None, ceiling: str | None = 
     """
     flags = cpu_flags() if flags is None else flags
     ceiling = isa_ceiling() if ceiling == "env" else ceiling
-    if {"avx512_vnni", "amx_int8"} & flags and _allows(ceiling, "AVX512_CORE_VNNI"):
+    if {"avx512_vnni", "amx_int8"} & flags and allows_isa(ceiling, "AVX512_CORE_VNNI"):
         return True
-    return "avx_vnni" in flags and _allows(ceiling, "AVX2_VNNI")
-
-
-def cpu_class_name(flags: frozenset[str] | None = None, ceiling: str | None = "env") -> str:
-    """A short name of the class, for tables: e.g. ``avx512 + avx512_bf16 + amx``, ``avx2 + vnni``."""
-    flags = cpu_flags() if flags is None else flags
-    ceiling = isa_ceiling() if ceiling == "env" else ceiling
-    if "avx512f" in flags and _allows(ceiling, "AVX512_CORE"):
-        parts = ["avx512"]
-        if int8_dot_product(flags, ceiling):
-            parts.append("vnni")
-        if native_bf16(flags, ceiling):
-            parts.append("avx512_bf16")
-        if "amx_bf16" in flags and _allows(ceiling, "AVX512_CORE_AMX"):
-            parts.append("amx")
-    elif "avx2" in flags:
-        parts = ["avx2"] + (["vnni"] if int8_dot_product(flags, ceiling) else [])
-    else:
-        return "other"
-    name = " + ".join(parts)
-    return f"{name} (capped at {ceiling})" if ceiling else name
+    return "avx_vnni" in flags and allows_isa(ceiling, "AVX2_VNNI")
