@@ -10,8 +10,8 @@ quantized op) that both onnxruntime and OpenVINO run with int8 kernels:
 - left in float: the first convolution (three input channels: little to gain, the image's
   detail to lose) and the output block at the full input size (the last upsampling, ``outc``'s
   two convolutions, and what export.py appends: softmax, argmax); everything else is quantized.
-  bench/RESULTS.md section 15 measures the alternatives: with 7-bit weights this halves the mean
-  IU loss for 6% of int8's time on AVX2, and costs nothing measurable on AMX.
+  bench/RESULTS.md section 15 measures the alternatives: with 7-bit weights this lowers the mean
+  IU loss for a small part of int8's time.
 
 Calibration images are prepared exactly as the evaluation prepares them (``inference.pipeline``'s
 letterbox and normalisation) from a split of a dataset folder. Torch-free.

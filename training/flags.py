@@ -183,8 +183,8 @@ def _add_our_flags(parser: argparse.ArgumentParser) -> None:
         "--malloc",
         choices=("reuse", "system"),
         default=None,
-        help="on the CPU, glibc malloc keeps freed memory for reuse (reuse: 7-11%% faster steps, no "
-        "page faults for every activation; at large batches up to a third more peak memory) or "
+        help="on the CPU, glibc malloc keeps freed memory for reuse (reuse: faster steps, no "
+        "page faults for every activation; at large batches more peak memory) or "
         "leaves glibc as it is (system) (default: reuse, or what --tune measured fastest)",
     )
     parser.add_argument(

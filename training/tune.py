@@ -1,7 +1,7 @@
 """Pick the training configuration by measuring it on the machine at hand (``train.py --tune``).
 
 The per-CPU-class defaults (``utils.cpu_defaults``) come from a few CPUs, and within a class the
-fastest float32 configuration differs by CPU model by about 10%: enough to make the default slower
+fastest float32 configuration differs by CPU model: enough to make the default slower
 than the authors' step on one machine and faster on the next (bench/RESULTS.md section 14). As
 cuDNN's benchmark mode does for kernels, the tuner times each candidate configuration at the run's
 own batch size and crop, on the real network and a real batch, and keeps the fastest whose peak

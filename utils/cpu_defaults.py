@@ -4,13 +4,12 @@ One choice does not fit both classes of CPU our users train on (bench/RESULTS.md
 step on the two CPU classes"):
 
 * **AVX-512 with native bf16** (AVX512-BF16 / AMX): bf16 autocast, channels-last, InPlace-ABN in
-  place: 0.43x the authors' step time (section 1).
+  place: the fastest configuration measured there (section 1).
 * **AVX2 only** (bf16 emulated, hundreds of times slower than float32): float32. Layout and the
   in-place trick were measured against each other there: once InPlace-ABN runs on ATen's fused
   batch norm (libs' pure backend) rather than the inplace-abn package's CPU kernels, in place +
-  channels-last is as fast as the fastest float32 config (emulated AVX2) and uses less memory;
-  channels-last alone was 0.80x the baseline's step on a real AVX2 EPYC
-  (a measurement made outside this repository, with the command in bench/RESULTS.md section 11).
+  channels-last is as fast as the fastest float32 config (emulated AVX2) and uses less memory,
+  and channels-last alone was faster than the baseline on a real AVX2 EPYC (section 11).
 
 The choice is made from what torch reports about the CPU (`torch.backends.cpu.get_cpu_capability`
 and oneDNN's native-bf16 test; `utils.device.default_amp` asks this module on the CPU), so it costs
@@ -65,7 +64,7 @@ RULES: dict[str, tuple[str, bool, bool, str]] = {
         "bf16",
         True,
         True,
-        "AVX-512 with native bf16: bf16, channels-last, in place (0.43x the baseline's step)",
+        "AVX-512 with native bf16: bf16, channels-last, in place (the fastest measured there)",
     ),
     "avx512": (
         "off",
@@ -145,9 +144,9 @@ def keep_freed_memory(one_heap: bool = False) -> bool:
     With its defaults every tensor above the mmap threshold (at most 32 MiB; smaller ones too
     while the threshold adapts) is mapped fresh and unmapped when freed, so each training step
     faults all its activations in again and the kernel zeroes those pages: 100 000-300 000 page
-    faults per CPU step at batch 2, 384x384. No mmap and no trim turn that into reuse: 7-11 %
-    faster steps on both CPU classes at batch 2-4 with the same peak memory, 40 % faster at batch
-    12 with up to a third more (freed blocks stay in the heap; bench/RESULTS.md sections 2 and 11).
+    faults per CPU step at batch 2, 384x384. No mmap and no trim turn that into reuse: faster steps
+    on both CPU classes, with the same peak memory at small batches and more at large ones (freed
+    blocks stay in the heap; bench/RESULTS.md sections 2 and 11 have the figures).
     The same as starting the process with ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<huge>``,
     but taking effect from here on, however the process was started (run.sh, torchrun, python).
 
