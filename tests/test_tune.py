@@ -279,8 +279,10 @@ def test_the_allocator_is_set_once_the_choice_is_made(monkeypatch):
     from training.flags import get_args_parser
 
     calls: list[str] = []
-    monkeypatch.setattr(tuning, "keep_freed_memory", lambda: calls.append("tuner") or True)
-    monkeypatch.setattr(config_module, "keep_freed_memory", lambda: calls.append("setup") or True)
+    monkeypatch.setattr(tuning, "keep_freed_memory", lambda one_heap=False: calls.append("tuner") or True)
+    monkeypatch.setattr(
+        config_module, "keep_freed_memory", lambda one_heap=False: calls.append("setup") or True
+    )
     cfg = config_module.setup(get_args_parser().parse_args(["--device", "cpu"]))
     assert calls == [] and cfg.malloc == "reuse" and not cfg.malloc_reuse
     system = dataclasses.replace(tuning.class_default(CPU), malloc_reuse=False)
