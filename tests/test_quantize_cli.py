@@ -70,7 +70,7 @@ def test_a_full_disk_while_quantizing_is_one_line(checkpoint, data, tmp_path):
     )
     env = dict(os.environ, SEEN=str(seen))
     argv = int8_argv(checkpoint, out / "int8.onnx", data, "--input-size", SIZE, "--calibration-images", "2")
-    run = scripts.Timed([*prefix, sys.executable, os.path.join(ROOT, "export.py"), *argv], env)
+    run = scripts.Timed([*prefix, sys.executable, os.path.join(ROOT, "export.py"), *argv, "--no-check"], env)
     assert run.returncode == 1, run.stderr[-3000:]
     assert "Traceback" not in run.stderr
     line = run.stderr.strip().splitlines()[-1].split("\r")[-1].strip()  # after the progress bar
@@ -79,9 +79,7 @@ def test_a_full_disk_while_quantizing_is_one_line(checkpoint, data, tmp_path):
         "nothing was written"
     )
     assert run.seconds_after("could not be written") < 15
-    assert (
-        "Check on a random" in run.stdout
-    )  # the float32 model was written and checked: the quantizer failed
+    assert "calibrating int8" in run.stderr  # the float32 model was written: the quantizer failed
     assert (seen / "left").read_text() == ""  # no model, no float32 copy, no scratch folder
 
 
