@@ -29,6 +29,7 @@ import cv2
 
 from dataset.check import check_dataset
 from dataset.datasets import CartoonDataSet, default_transform, is_training_split
+from dataset.layout import split_paths
 from inference.model import network_input_size, network_label_set, read_network, setup_device, setup_model
 from inference.pipeline import InferenceStats, save_legend, save_prediction
 from inference.predict import evaluate_model, make_eval_loader
@@ -122,7 +123,7 @@ def find_split(data_dir: str, split: str) -> None:
     """Stop at once if the folder or the split's id list is missing, or the split is a training one."""
     if not os.path.isdir(data_dir):
         fail(f"{data_dir}: dataset folder not found (set --data-dir)")
-    id_file = os.path.join(data_dir, f"{split}_id.txt")
+    id_file = split_paths(data_dir, split).id_list
     if not os.path.isfile(id_file):
         have = sorted(f[: -len("_id.txt")] for f in os.listdir(data_dir) if f.endswith("_id.txt"))
         fail(
@@ -143,17 +144,7 @@ def check_split(data_dir: str, split: str, label_set: LabelSet, ignore_label: in
 
     report = check_dataset(data_dir, [split], label_set=label_set, ignore_label=ignore_label)
     if not report.ok:
-        print(f"{PROG}: error: {data_dir} split {split!r} failed the dataset check:", file=sys.stderr)
-        for problem in report.problems:
-            print(f"  {problem}", file=sys.stderr)
-        hidden = getattr(report, "total_problems", len(report.problems)) - len(report.problems)
-        if hidden > 0:
-            print(
-                f"  ... and {hidden} more problems (python -m dataset.check {data_dir} --splits {split})",
-                file=sys.stderr,
-            )
-        if report.summary:
-            print(report.summary, file=sys.stderr)
+        print("\n".join(report.failure_lines(PROG, data_dir, [split])), file=sys.stderr)
         sys.exit(1)
     for line in report.warnings:
         print(f"{PROG}: {line}", file=sys.stderr)

@@ -58,6 +58,17 @@ class CheckReport:
     total_problems: int = 0
     warnings: list[str] = field(default_factory=list)
 
+    def failure_lines(self, prog: str, data_dir: str, splits: list[str]) -> list[str]:
+        """What a script prints on stderr when the folder fails the check (train.py and evaluate.py):
+        the error, the problems kept, how many more there are and how to list them, the summary."""
+        lines = [f"{prog}: error: {data_dir} failed the dataset check (splits {', '.join(splits)}):"]
+        lines += [f"  {problem}" for problem in self.problems]
+        hidden = self.total_problems - len(self.problems)
+        if hidden > 0:
+            listed = f"python -m dataset.check {data_dir} --splits {' '.join(splits)}"
+            lines.append(f"  ... and {hidden} more ({listed})")
+        return lines + ([self.summary] if self.summary else [])
+
 
 @dataclass
 class _Item:

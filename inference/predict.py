@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from inference.metrics import ConfusionMatrix
 from inference.pipeline import InferenceStats, check_scales, run_loop, scaled_size
 from networks.dfpnet import resize
-from utils.device import autocast
+from utils.device import autocast, is_main_process
 from utils.labels import IGNORE_LABEL, LabelSet
 
 if TYPE_CHECKING:
@@ -129,10 +129,6 @@ def predict_labels(
 # --------------------------------------------------------------------------------------------
 
 
-def _is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def run_inference(
     model: nn.Module | OnnxModel,
     loader: Iterable,
@@ -162,7 +158,7 @@ def run_inference(
     pixels whose winning probability is below it unlabelled (255).
     """
     total = len(loader.sampler) if hasattr(loader, "sampler") and hasattr(loader.sampler, "__len__") else None
-    progress = progress and _is_main_process()
+    progress = progress and is_main_process()
     if not isinstance(model, nn.Module):
 
         def predict_onnx(images: torch.Tensor) -> np.ndarray:

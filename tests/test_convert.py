@@ -146,6 +146,23 @@ def test_traced_polygons_fill_back_exactly_at_tolerance_0_and_closely_at_the_def
         assert (inter / union).min() >= 0.98, (tolerance, inter / union)
 
 
+def test_a_small_background_keeps_exact_outlines():
+    """A dog filling its picture, with a ragged border: each part's simplified outline fills its own
+    region closely, but what they all lose lands in the background, which no outline draws. The
+    picture then keeps its exact outlines, so the background comes back too."""
+    rng = np.random.default_rng(3)
+    label = np.full((60, 60), 2, np.uint8)  # body everywhere
+    label[:, :30] = 1  # head on the left
+    ragged = rng.random((60, 60)) < 0.5
+    edge = np.zeros((60, 60), bool)
+    edge[:3], edge[-3:], edge[:, :3], edge[:, -3:] = True, True, True, True
+    label[edge & ragged] = 0  # a thin, ragged background round the border: 5% of the picture
+    simplified = labelme._shapes(label, DOG, DEFAULT_TOLERANCE)
+    assert labelme._min_class_iou(label, DOG, simplified) < shapes.MIN_IOU  # the case at hand
+    painted = paint_labelme(labelme.shapes_of(label, DOG, DEFAULT_TOLERANCE), label.shape)
+    np.testing.assert_array_equal(painted, label)
+
+
 def paint_labelme(shapes_list: list[dict], size: tuple[int, int]) -> np.ndarray:
     """LabelMe shapes drawn by the converter's LabelMe reader, with the Dog set's ids."""
     from dataset.formats.common import PaintContext, Tally

@@ -638,9 +638,11 @@ def test_every_flag_reaches_the_run_configuration():
     from dataclasses import fields
 
     from training.config import TrainConfig
-    from training.flags import get_args_parser
+    from training.flags import IGNORED_FLAGS, get_args_parser
 
     flags = {action.dest for action in get_args_parser()._actions if action.dest != "help"}
+    assert set(IGNORED_FLAGS) <= flags and not set(IGNORED_FLAGS) & {f.name for f in fields(TrainConfig)}
+    flags -= set(IGNORED_FLAGS)
     assert flags and flags <= {f.name for f in fields(TrainConfig)}, flags - {
         f.name for f in fields(TrainConfig)
     }

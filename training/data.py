@@ -92,18 +92,7 @@ def check_data(cfg: TrainConfig, splits: list[str], label_set: LabelSet) -> bool
 
 
 def _print_problems(data_dir: str, splits: list[str], report) -> None:
-    print(
-        f"{PROG}: error: {data_dir} failed the dataset check (splits {', '.join(splits)}):", file=sys.stderr
-    )
-    for problem in report.problems:
-        print(f"  {problem}", file=sys.stderr)
-    hidden = report.total_problems - len(report.problems)
-    if hidden > 0:
-        print(
-            f"  ... and {hidden} more (python -m dataset.check {data_dir} --splits {' '.join(splits)})",
-            file=sys.stderr,
-        )
-    print(report.summary, file=sys.stderr)
+    print("\n".join(report.failure_lines(PROG, data_dir, splits)), file=sys.stderr)
     if not os.path.isdir(data_dir):
         print(
             "Get the Dog dataset from the authors' Google Drive folder (see README.md), or try ./run.sh, "

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from training import PROG
+from utils.device import is_main_process as is_main_process  # training's callers ask here
 
 
 def log(*parts: object) -> None:
@@ -43,10 +44,6 @@ def get_rank() -> int:
 
 def get_world_size() -> int:
     return dist.get_world_size() if is_dist_avail_and_initialized() else 1
-
-
-def is_main_process() -> bool:
-    return get_rank() == 0
 
 
 def launched_rank() -> int:

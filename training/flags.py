@@ -24,6 +24,10 @@ from utils.labels import IGNORE_LABEL
 _BACKBONE = ("layer1", "layer2", "layer3", "layer4")
 CHECKPOINTED_LAYERS = {"off": (), "layer3": ("layer3",), "backbone": _BACKBONE, "all": (*_BACKBONE, "heads")}
 
+# The authors' flags train.py accepts and ignores (training splits are always augmented): no run
+# configuration reads them, so TrainConfig has no field for them.
+IGNORED_FLAGS = ("random_mirror", "random_scale")
+
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -20,6 +20,12 @@ from utils.cpu_defaults import cpu_defaults
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun group, or the only process: the one that prints and writes."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return not distributed or torch.distributed.get_rank() == 0
+
+
 def default_amp(device: torch.device) -> str:
     """bf16 where it is native: GPUs with bf16 and CPUs with AVX512-BF16/AMX; float32 elsewhere."""
     if device.type == "cuda":

@@ -183,7 +183,33 @@ def _picture(path: str, data: dict, images: str | None, workdir: str) -> str:
 def shapes_of(label: np.ndarray, label_set: LabelSet, tolerance: float) -> list[dict]:
     """The label map as LabelMe polygons: classes by decreasing area, so that later (smaller) ones are
     drawn over earlier ones. Each hole of a class's regions whose pixels are mostly background or a
-    class drawn before follows as a polygon of that class; one of a later class is drawn by it."""
+    class drawn before follows as a polygon of that class; one of a later class is drawn by it.
+
+    Each outline is simplified to ``tolerance`` where it still fills its region closely
+    (``shapes.trace``); what the simplified outlines lose of every region adds up in the background,
+    which no outline draws, so if any class (the background included) would come back with an IoU
+    under ``shapes.MIN_IOU``, the picture keeps its exact outlines."""
+    out = _shapes(label, label_set, tolerance)
+    if tolerance > 0 and _min_class_iou(label, label_set, out) < shapes.MIN_IOU:
+        out = _shapes(label, label_set, 0.0)
+    return out
+
+
+def _min_class_iou(label: np.ndarray, label_set: LabelSet, drawn: list[dict]) -> float:
+    """The lowest per-class IoU of the map the shapes paint (in order, LabelMe's rule) against ``label``."""
+    ids = {name: i for i, name in enumerate(label_set.names)}
+    painted = np.zeros(label.shape, np.uint8)
+    for shape in drawn:
+        shapes.fill_polygon(painted, shape["points"], 0.0, ids[shape["label"]])
+    scored = label != IGNORE_LABEL
+    worst = 1.0
+    for c in np.unique(label[scored]):
+        want, got = (label == c) & scored, (painted == c) & scored
+        worst = min(worst, float((want & got).sum() / max(1, (want | got).sum())))
+    return worst
+
+
+def _shapes(label: np.ndarray, label_set: LabelSet, tolerance: float) -> list[dict]:
     classes, counts = np.unique(label, return_counts=True)
     order = [
         int(c) for c, _ in sorted(zip(classes, counts), key=lambda t: -t[1]) if c not in (0, IGNORE_LABEL)
