@@ -102,6 +102,20 @@ print(tuned, *faults)
 """
 
 
+def _fresh_process(script: str, mode: str) -> list[str]:
+    """The words ``script`` prints when run with ``mode`` in a fresh interpreter (glibc's allocator
+    settings are per process and cannot be undone)."""
+    done = subprocess.run(
+        [sys.executable, "-c", script, mode],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.split()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_keep_freed_memory_reuses_blocks_without_page_faults():
     """An activation-sized block freed and allocated again: glibc's defaults map it anew and fault
@@ -109,15 +123,7 @@ def test_keep_freed_memory_reuses_blocks_without_page_faults():
     allocations reuse the heap and fault nothing."""
     runs = {}
     for mode in ("reuse", "system"):
-        done = subprocess.run(
-            [sys.executable, "-c", _FAULTS, mode],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=dict(os.environ, PYTHONPATH=ROOT),
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        tuned, *faults = done.stdout.split()
+        tuned, *faults = _fresh_process(_FAULTS, mode)
         runs[mode] = (tuned, [int(f) for f in faults])
     assert runs["reuse"][0] == "True" and runs["system"][0] == "False"
     assert max(runs["reuse"][1][1:]) < 20, runs  # reused: no new pages
@@ -151,15 +157,7 @@ def test_the_memory_lean_flags_keep_one_heap_for_every_thread():
     allocate share the main heap (glibc's malloc_info counts the heaps); without it each gets one."""
     heaps = {}
     for mode in ("one", "per-thread"):
-        done = subprocess.run(
-            [sys.executable, "-c", _HEAPS, mode],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=dict(os.environ, PYTHONPATH=ROOT),
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        tuned, count = done.stdout.split()
+        tuned, count = _fresh_process(_HEAPS, mode)
         assert tuned == "True"
         heaps[mode] = int(count)
     assert heaps["one"] == 1 and heaps["per-thread"] >= 2, heaps
