@@ -57,7 +57,7 @@ from inference.bundle import write_bundle
 from inference.model import load_model, network_input_size, network_label_set, read_network
 from inference.onnx_infer import OUTPUTS, PRECISIONS, OnnxModel, OnnxModelError
 from inference.pipeline import ImageFiles
-from inference.quantize import DEFAULT_CALIBRATION_IMAGES, CalibrationError, calibration_set, quantize_int8
+from inference.quantize import CalibrationError, calibration_set, quantize_int8
 from utils import recipe
 from utils.checkpoint import CheckpointError
 from utils.cli import (
@@ -76,8 +76,6 @@ from utils.labels import LabelSet, stored_form
 from utils.transforms import MEAN, STD
 
 PROG = "export.py"
-# The torch.export-based exporter (onnxscript) writes opset 18 natively; older opsets are converted.
-DEFAULT_OPSET = 18
 REDUCE_RANGE = ("auto", "on", "off")  # --reduce-range; bench/ takes the same
 
 
@@ -137,8 +135,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--opset",
         type=positive_int,
-        default=DEFAULT_OPSET,
-        help=f"ONNX opset (default {DEFAULT_OPSET}, what the exporter writes natively)",
+        default=recipe.ONNX_OPSET,
+        help="ONNX opset (what the exporter, torch.export + onnxscript, writes natively; older ones are "
+        "converted)",
     )
     parser.add_argument(
         "--static",
@@ -166,7 +165,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--calibration-images",
         type=positive_int,
-        default=DEFAULT_CALIBRATION_IMAGES,
+        default=recipe.CALIBRATION_IMAGES,
         metavar="N",
         help="calibration images, spread evenly over the split (all of it when smaller), prepared as "
         "the evaluation prepares them at --input-size",

@@ -34,9 +34,6 @@ from dataset.layout import read_id_list, split_paths
 from inference.pipeline import ImageFiles
 from utils.files import claim_space
 
-# Calibration images by default: enough for stable per-tensor ranges (bench/RESULTS.md s. 15).
-DEFAULT_CALIBRATION_IMAGES = 300
-
 
 class CalibrationError(Exception):
     """The calibration images cannot be read; one line naming the file or folder and the problem."""

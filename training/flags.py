@@ -244,7 +244,7 @@ def _add_our_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--val-datasets",
         nargs="*",
-        default=["val", "trainTest"],
+        default=list(recipe.VAL_DATASETS),
         metavar="SPLIT",
         help="splits evaluated during training; one whose id list is missing is skipped "
         "with a warning; best.pth follows the first one evaluated (val)",

@@ -216,7 +216,7 @@ def add_inference_arguments(
     parser.add_argument(
         "--workers",
         type=non_negative_int,
-        default=2,
+        default=recipe.WORKERS,
         help="DataLoader worker processes reading and warping images",
     )
     parser.add_argument(

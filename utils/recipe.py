@@ -39,6 +39,7 @@ SAVE_NUM_IMAGES = 2                                       # authors' --save-num-
 EVAL_EVERY = 5                                            # authors, s. 6: val and trainTest, every N epochs,
 EVAL_EVERY_LATE = 20                                      # authors, s. 6: ... every N from EVAL_LATE_FROM on
 EVAL_LATE_FROM = 500                                      # authors, s. 6
+VAL_DATASETS = ("val", "trainTest")                       # authors, s. 6: the splits evaluated in training
 SAVE_EVERY = 500                                          # ours: last.pth every N iterations, and each epoch
 WORKERS = 2                                               # ours: DataLoader workers per process
 EVAL_WORKERS = 2                                          # ours: at most this many for evaluation in training
@@ -49,6 +50,8 @@ TUNE_STEPS = 3                                            # ours: --tune: measur
 TUNE_START_STEPS = 3                                      # ours: --tune: a fresh process's start, in steps
 TUNE_TIE = 0.05                                           # ours: --tune: step times this close are a tie
 TUNE_MAX_SHARE = 0.01                                     # ours: --tune auto measures under 1 % of the run
+ONNX_OPSET = 18                                           # ours: export.py; what the exporter writes natively
+CALIBRATION_IMAGES = 300                                  # ours: export.py --precision int8 (RESULTS s. 15)
 
 # Augmentation of the training splits, the authors' loader (s. 3.3): scale 1 +- 0.25, rotation
 # +- 30 degrees for 60 % of the samples, horizontal flip half of the time.
