@@ -170,10 +170,8 @@ def quantize_int8(
             # bound it, but onnxruntime 1.32 discards the batches it is meant to merge.)
             calibrate_method=CalibrationMethod.MinMax,
         )
-    except CalibrationError:
-        raise
     except Exception as exc:
-        if not isinstance(exc, OSError):
+        if not isinstance(exc, (OSError, CalibrationError)):  # a truncated copy: was it the disk?
             claim_space(scratch, copy_bytes)
         raise
     finally:

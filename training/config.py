@@ -122,6 +122,11 @@ def resolve_training_device(name: str, local_rank: int) -> torch.device:
     return device
 
 
+def memory_lean(activation_checkpointing: str, update_in_backward: bool) -> bool:
+    """Whether a memory-lean flag is on: glibc then keeps one heap for every thread (fewer MiB)."""
+    return activation_checkpointing != "off" or update_in_backward
+
+
 def setup(args: argparse.Namespace) -> TrainConfig:
     """The run's configuration from checked flags; sets up the process for it on the way: --gpu's
     CUDA_VISIBLE_DEVICES, the allocator (before anything is allocated), determinism, cuDNN."""
@@ -149,7 +154,7 @@ def setup(args: argparse.Namespace) -> TrainConfig:
     # Left to the tuner (training.tune.apply) when it may choose: it measured glibc untouched, and
     # mallopt cannot give back glibc's adaptive mmap threshold once set.
     decided = args.malloc is not None or args.tune == "off"
-    lean = args.activation_checkpointing != "off" or args.update_in_backward  # one heap: fewer MiB
+    lean = memory_lean(args.activation_checkpointing, args.update_in_backward)
     malloc_reuse = device.type == "cpu" and malloc == "reuse" and decided and keep_freed_memory(lean)
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -32,7 +32,7 @@ from torch.utils.data import default_collate
 
 from libs import BACKEND
 from training import distributed as du
-from training.config import TrainConfig
+from training.config import TrainConfig, memory_lean
 from training.data import TrainData
 from training.measure import AUTHORS, StepConfig, measure_fresh, summarize
 from utils import recipe
@@ -429,7 +429,7 @@ def apply(cfg: TrainConfig, candidate: Candidate) -> TrainConfig:
     is while the tuner may choose, which is how the candidates were measured)."""
     reuse = cfg.malloc_reuse
     if cfg.device.type == "cpu" and candidate.malloc_reuse and not reuse:
-        reuse = keep_freed_memory(cfg.activation_checkpointing != "off" or cfg.update_in_backward)
+        reuse = keep_freed_memory(memory_lean(cfg.activation_checkpointing, cfg.update_in_backward))
     return dataclasses.replace(
         cfg,
         amp=candidate.amp,
