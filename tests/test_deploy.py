@@ -400,14 +400,20 @@ def test_evaluate_onnx_and_fused_match_evaluate(models, data, tmp_path, capsys):
     assert abs(mean_iou["onnxruntime"] - mean_iou["pytorch"]) <= 0.05
 
 
-_BLOCK_TORCH = """
+def _blocking(package: str) -> str:
+    """The start of a script in which importing ``package`` (or any module in it) fails, as where it
+    is not installed."""
+    return f"""
 import sys
-class NoTorch:
+class Blocked:
     def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError(f"import of {name} blocked: this test runs without PyTorch")
-sys.meta_path.insert(0, NoTorch())
+        if name == {package!r} or name.startswith({package + "."!r}):
+            raise ImportError(f"import of {{name}} blocked: this test runs without {package}")
+sys.meta_path.insert(0, Blocked())
 """
+
+
+_BLOCK_TORCH = _blocking("torch")
 _NO_TORCH = (
     _BLOCK_TORCH
     + """
@@ -666,13 +672,8 @@ def test_min_confidence_leaves_doubtful_pixels_out_of_labels_and_annotations(mod
 def test_export_without_the_deploy_set_says_what_to_install():
     """A checkout where only requirements.txt is installed (./run.sh installs no more): export.py,
     whose first need is onnx, stops in one line naming the file to install, with its exit status."""
-    block_onnx = (
-        "import runpy, sys\n"
-        "class NoOnnx:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'onnx' or name.startswith('onnx.'):\n"
-        "            raise ImportError(f'No module named {name!r}')\n"
-        "sys.meta_path.insert(0, NoOnnx())\n"
+    block_onnx = _blocking("onnx") + (
+        "import runpy\n"
         "sys.argv = ['export.py', '--restore-from', 'model.pth']\n"
         "runpy.run_path('export.py', run_name='__main__')\n"
     )
